@@ -1,0 +1,303 @@
+"""A bounded, forgiving view of a message for the detectors.
+
+The stdlib ``email`` parser recurses once per MIME level and decodes whole
+bodies, so a hostile message (thousands of nested multiparts, megabytes of
+base64) costs unbounded time there. The detectors only need a handful of
+facts: header values, the MIME types present, the text of the first few text
+parts and the header blocks of returned messages. This module collects those
+with fixed limits on depth, part count and decoded size, and never raises on
+malformed input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import quopri
+import re
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+
+# Limits that keep the work per message bounded whatever arrives.
+MAX_BODY = 256 * 1024  # raw body bytes looked at
+MAX_DEPTH = 6  # MIME nesting levels followed
+MAX_PARTS = 64  # MIME parts visited in total
+MAX_TEXT = 64 * 1024  # decoded characters kept per text part
+MAX_HEADERS = 300  # header fields kept per header block
+MAX_VALUE = 16 * 1024  # characters kept per header value
+
+_CRLF = re.compile(rb"\r\n|\r(?!\n)")
+_HEADER_LINE = re.compile(r"^([!-9;-~]+)[ \t]*:(.*)$")
+_PARAM = re.compile(r';\s*([A-Za-z0-9_.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.){0,1000})"|([^;\s]{0,1000}))')
+
+
+def normalise_newlines(raw: bytes) -> bytes:
+    """Turn CRLF and lone CR line endings into LF."""
+    return _CRLF.sub(b"\n", raw)
+
+
+def split_header_block(text: str, limit: int = MAX_HEADERS) -> tuple[list[tuple[str, str]], str]:
+    """Split ``text`` into (headers, rest) at the first empty line.
+
+    Continuation lines are unfolded into the previous value. Lines that are
+    neither a header nor a continuation end the block (as MUAs do).
+    """
+    headers: list[tuple[str, str]] = []
+    pos = 0
+    length = len(text)
+    while pos < length:
+        end = text.find("\n", pos)
+        if end < 0:
+            end = length
+        line = text[pos:end]
+        if line.strip() == "":
+            return headers, text[end + 1 :]
+        if line[0] in " \t" and headers:
+            name, value = headers[-1]
+            if len(value) < MAX_VALUE:
+                headers[-1] = (name, value + " " + line.strip())
+        else:
+            match = _HEADER_LINE.match(line)
+            if match is None:
+                return headers, text[pos:]
+            if len(headers) < limit:
+                headers.append((match.group(1), match.group(2).strip()[:MAX_VALUE]))
+        pos = end + 1
+    return headers, ""
+
+
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded words, leaving the value unchanged on error."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value[:MAX_VALUE])))
+    except Exception:  # noqa: BLE001 - any decoding fault keeps the raw value.
+        return value
+
+
+@dataclass
+class ContentType:
+    """A parsed Content-Type: lower-case ``type/subtype`` and parameters."""
+
+    mime: str = "text/plain"
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: str | None) -> ContentType:
+        """Parse a header value; an absent or broken one means text/plain."""
+        if not value:
+            return cls()
+        value = value[:4096]
+        head = value.split(";", 1)[0].strip().lower()
+        if "/" not in head:
+            head = "text/plain"
+        params: dict[str, str] = {}
+        for match in _PARAM.finditer(value):
+            name = match.group(1).lower()
+            params.setdefault(
+                name, match.group(2) if match.group(2) is not None else match.group(3)
+            )
+        return cls(head, params)
+
+
+class Headers:
+    """Case-insensitive access to an ordered header list."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.items = [(str(n), str(v)[:MAX_VALUE]) for n, v in items[:MAX_HEADERS]]
+        self._index: dict[str, list[str]] = {}
+        for name, value in self.items:
+            self._index.setdefault(name.strip().lower(), []).append(value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name``, unfolded."""
+        values = self._index.get(name.lower())
+        if not values:
+            return default
+        return " ".join(values[0].split())
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name`` in order, unfolded."""
+        return [" ".join(v.split()) for v in self._index.get(name.lower(), [])]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._index
+
+
+@dataclass
+class Part:
+    """One MIME leaf or container that the detectors may look at."""
+
+    content_type: ContentType
+    headers: Headers
+    text: str = ""  # decoded text for text/* and message/* status parts
+    depth: int = 0
+    returned: bool = False  # inside a message/rfc822 part (a returned or forwarded mail)
+
+
+@dataclass
+class MailView:
+    """What the detectors read from one message."""
+
+    headers: Headers
+    content_type: ContentType
+    parts: list[Part]
+    body_seen: bool
+
+    def parts_of(self, *mimes: str) -> list[Part]:
+        """Parts whose type is one of ``mimes``."""
+        return [p for p in self.parts if p.content_type.mime in mimes]
+
+    def first_text(self) -> str:
+        """The text of the first text/plain part, or of the first text/html part stripped of tags."""
+        for part in self.parts:
+            if part.content_type.mime == "text/plain" and not part.returned and part.text.strip():
+                return part.text
+        for part in self.parts:
+            if part.content_type.mime == "text/html" and not part.returned and part.text.strip():
+                return html_to_text(part.text)
+        return ""
+
+    def own_text(self, limit: int = 3 * MAX_TEXT) -> str:
+        """Text of the message's own readable parts (not of returned mail), joined, bounded."""
+        chunks: list[str] = []
+        total = 0
+        own = [p for p in self.parts if not p.returned]
+        plain = [p for p in own if p.content_type.mime == "text/plain"]
+        chosen = plain or [p for p in own if p.content_type.mime == "text/html"]
+        for part in chosen:
+            text = part.text if part.content_type.mime == "text/plain" else html_to_text(part.text)
+            chunks.append(text)
+            total += len(text)
+            if total >= limit:
+                break
+        return "\n".join(chunks)[:limit]
+
+
+_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]{0,2000}>", re.S | re.I)
+_ENTITY = {"&nbsp;": " ", "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'"}
+
+
+def html_to_text(html: str) -> str:
+    """Crude tag stripping, enough for phrase matching."""
+    text = re.sub(r"<br\s*/?>|</p\s*>|</div\s*>", "\n", html[:MAX_TEXT], flags=re.I)
+    text = _TAG.sub(" ", text)
+    for entity, char in _ENTITY.items():
+        text = text.replace(entity, char)
+    return text
+
+
+def _decode_payload(payload: str, encoding: str | None, charset: str | None) -> str:
+    """Decode a transfer-encoded payload into text; never raises."""
+    encoding = (encoding or "").strip().lower()
+    data: bytes
+    raw = payload[: MAX_TEXT * 2].encode("latin-1", "replace")
+    if encoding == "base64":
+        try:
+            cleaned = re.sub(rb"[^A-Za-z0-9+/=]", b"", raw)
+            cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
+            data = base64.b64decode(cleaned)
+        except (binascii.Error, ValueError):
+            data = raw
+    elif encoding == "quoted-printable":
+        try:
+            data = quopri.decodestring(raw)
+        except Exception:  # noqa: BLE001 - malformed QP keeps the raw bytes.
+            data = raw
+    else:
+        data = raw
+    for name in (charset, "utf-8"):
+        if not name:
+            continue
+        try:
+            return data.decode(name, "replace")[:MAX_TEXT]
+        except (LookupError, ValueError):
+            continue
+    return data.decode("latin-1")[:MAX_TEXT]
+
+
+def _split_multipart(body: str, boundary: str) -> list[str]:
+    """The parts between ``--boundary`` delimiter lines (bounded)."""
+    delimiter = "--" + boundary
+    parts: list[str] = []
+    lines = body.split("\n")
+    current: list[str] | None = None
+    for line in lines:
+        stripped = line.rstrip()
+        if stripped.startswith(delimiter):
+            rest = stripped[len(delimiter) :]
+            if current is not None:
+                parts.append("\n".join(current))
+                if len(parts) >= MAX_PARTS:
+                    return parts
+            if rest.startswith("--"):
+                return parts
+            current = []
+        elif current is not None:
+            current.append(line)
+    if current:
+        parts.append("\n".join(current))
+    return parts
+
+
+def _walk(
+    headers: Headers,
+    body: str,
+    depth: int,
+    out: list[Part],
+    budget: list[int],
+    returned: bool = False,
+) -> None:
+    """Collect the parts of one entity; recursion is capped by MAX_DEPTH and MAX_PARTS."""
+    if budget[0] <= 0:
+        return
+    budget[0] -= 1
+    ctype = ContentType.parse(headers.get("Content-Type"))
+    mime = ctype.mime
+    encoding = headers.get("Content-Transfer-Encoding")
+    if mime.startswith("multipart/") and depth < MAX_DEPTH:
+        out.append(Part(ctype, headers, "", depth, returned))
+        boundary = ctype.params.get("boundary")
+        if not boundary:
+            return
+        for chunk in _split_multipart(body, boundary):
+            if budget[0] <= 0:
+                return
+            sub_headers, sub_body = split_header_block(chunk)
+            _walk(Headers(sub_headers), sub_body, depth + 1, out, budget, returned)
+        return
+    if mime == "message/rfc822" or mime == "message/global":
+        text = _decode_payload(body, encoding, "utf-8")
+        inner_headers, inner_body = split_header_block(text.lstrip("\n"))
+        out.append(Part(ctype, Headers(inner_headers), text[:4096], depth, returned))
+        if depth < MAX_DEPTH:
+            # The returned message is walked too, but marked deeper so that
+            # detectors can tell its text from the report's own text.
+            _walk(Headers(inner_headers), inner_body, depth + 1, out, budget, True)
+        return
+    if (
+        mime.startswith("text/")
+        or mime.startswith("message/")
+        or mime
+        in (
+            "application/json",
+            "application/xml",
+        )
+    ):
+        text = _decode_payload(body, encoding, ctype.params.get("charset"))
+        out.append(Part(ctype, headers, text, depth, returned))
+        return
+    out.append(Part(ctype, headers, "", depth, returned))
+
+
+def view(headers: list[tuple[str, str]], body: bytes | None) -> MailView:
+    """Build the bounded view the detectors work on."""
+    top = Headers(headers)
+    ctype = ContentType.parse(top.get("Content-Type"))
+    parts: list[Part] = []
+    if body is None:
+        return MailView(top, ctype, parts, body_seen=False)
+    text = normalise_newlines(body[:MAX_BODY]).decode("latin-1")
+    _walk(top, text, 0, parts, [MAX_PARTS])
+    return MailView(top, ctype, parts, body_seen=True)

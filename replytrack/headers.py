@@ -1,0 +1,191 @@
+"""Header parsing and editing on the raw bytes of a message.
+
+The proxy edits headers without ever re-serialising the body: a message is split at the
+first empty line, the header block is cut into fields (a field keeps its folded lines and
+its own line endings byte for byte), fields are dropped or added, and the pieces are joined
+again. Everything here is pure and bounded in the work it does on hostile input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from email.utils import getaddresses
+
+# Bounds against hostile input: a References header of a real thread has tens of IDs,
+# never thousands, and no legitimate header value is megabytes long.
+MAX_IDS = 1000
+MAX_VALUE_CHARS = 256 * 1024
+MAX_ADDRESSES = 1000
+
+
+@dataclass(frozen=True)
+class Field:
+    """One header field as it appeared: ``raw`` holds its bytes, folded lines included."""
+
+    name: str
+    raw: bytes
+
+    @property
+    def value(self) -> str:
+        """The unfolded value as text (undecodable bytes kept as surrogate escapes)."""
+        _, _, rest = self.raw.partition(b":")
+        text = rest.decode("utf-8", "surrogateescape")
+        return re.sub(r"\r?\n[ \t]", " ", text).rstrip("\r\n").strip()
+
+
+def split_message(data: bytes) -> tuple[bytes, bytes]:
+    """Split into the header block and the rest (the empty line and the body, untouched).
+
+    A message without an empty line is all header; a message starting with an empty line
+    has no header at all.
+    """
+    if data.startswith(b"\r\n") or data.startswith(b"\n"):
+        return b"", data
+    match = re.search(rb"\r?\n(?=\r?\n)", data)
+    if match is None:
+        return data, b""
+    return data[: match.end()], data[match.end() :]
+
+
+def line_ending(header: bytes) -> bytes:
+    """The line ending the header block uses (CRLF on the wire, LF in files)."""
+    index = header.find(b"\n")
+    if index > 0 and header[index - 1 : index] == b"\r":
+        return b"\r\n"
+    return b"\n" if index >= 0 else b"\r\n"
+
+
+def parse_fields(header: bytes) -> list[Field]:
+    """Cut a header block into fields; continuation lines stay with their field.
+
+    A line that is neither a field nor a continuation (no colon) is kept as a field with an
+    empty name, so joining the fields always gives back the original bytes.
+    """
+    fields: list[Field] = []
+    current: list[bytes] = []
+    current_name = ""
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if current:
+            fields.append(Field(current_name, b"".join(current)))
+        name, colon, _ = line.partition(b":")
+        valid = bool(colon) and bool(name) and re.fullmatch(rb"[\x21-\x39\x3b-\x7e]+", name)
+        current_name = name.decode("ascii") if valid else ""
+        current = [line]
+    if current:
+        fields.append(Field(current_name, b"".join(current)))
+    return fields
+
+
+def header_values(header: bytes, name: str) -> list[str]:
+    """All values of the fields called ``name`` (case-insensitive), in order."""
+    wanted = name.lower()
+    return [f.value for f in parse_fields(header) if f.name.lower() == wanted]
+
+
+def edit_header(
+    data: bytes,
+    *,
+    remove: Iterable[str] = (),
+    remove_prefixes: Iterable[str] = (),
+    add: Sequence[tuple[str, str]] = (),
+) -> tuple[bytes, list[Field]]:
+    """Drop the named fields, put new ones on top, leave every other byte as it was.
+
+    Returns the new message and the fields removed (so the caller can read what it dropped).
+    New fields use the line ending of the existing header block.
+    """
+    header, rest = split_message(data)
+    names = {n.lower() for n in remove}
+    prefixes = tuple(p.lower() for p in remove_prefixes)
+    kept: list[bytes] = []
+    removed: list[Field] = []
+    for f in parse_fields(header):
+        lowered = f.name.lower()
+        if f.name and (lowered in names or (prefixes and lowered.startswith(prefixes))):
+            removed.append(f)
+        else:
+            kept.append(f.raw)
+    eol = line_ending(header) if header else (b"\r\n" if rest.startswith(b"\r\n") else b"\n")
+    if kept and not kept[-1].endswith(b"\n"):
+        kept[-1] += eol
+    new_fields = [f"{n}: {v}".encode("utf-8", "surrogateescape") + eol for n, v in add]
+    if not rest and not header:
+        rest = eol
+    elif not rest:
+        # A message that was all header gets the empty line that ends a header block.
+        rest = eol
+    return b"".join(new_fields) + b"".join(kept) + rest, removed
+
+
+_COMMENT = re.compile(r"\([^()]*\)")
+_MSGID = re.compile(r"<\s*([^<>\s]+?)\s*>|([^\s<>(),;\"']+@[^\s<>(),;\"']+)")
+
+
+def strip_comments(value: str) -> str:
+    """Remove RFC 5322 comments (nested ones too) with a bounded number of passes."""
+    for _ in range(8):
+        stripped = _COMMENT.sub(" ", value)
+        if stripped == value:
+            break
+        value = stripped
+    return value
+
+
+def normalize_msgid(value: str) -> str:
+    """A Message-ID as we store and compare it: no brackets, no surrounding space."""
+    text = value.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    return text
+
+
+def extract_msgids(value: str, limit: int = MAX_IDS) -> list[str]:
+    """Message-IDs in an In-Reply-To, References or Message-ID value, in order, deduplicated.
+
+    Accepts folded values, comments and IDs missing their angle brackets (some clients
+    write them bare). Work is bounded: at most ``MAX_VALUE_CHARS`` are read and at most
+    ``limit`` IDs returned.
+    """
+    text = strip_comments(value[:MAX_VALUE_CHARS])
+    seen: set[str] = set()
+    ids: list[str] = []
+    for match in _MSGID.finditer(text):
+        msgid = match.group(1) or match.group(2)
+        if "@" not in msgid or msgid in seen or len(msgid) > 998:
+            continue
+        seen.add(msgid)
+        ids.append(msgid)
+        if len(ids) >= limit:
+            break
+    return ids
+
+
+def normalize_address(address: str) -> str:
+    """An address as we store and compare it: lowercase, no brackets or spaces."""
+    return address.strip().strip("<>").strip().lower()
+
+
+def extract_addresses(values: Iterable[str], limit: int = MAX_ADDRESSES) -> list[str]:
+    """Mailbox addresses in To/Cc/From style values, normalised, deduplicated, bounded."""
+    bounded = [v[:MAX_VALUE_CHARS] for v in values]
+    result: list[str] = []
+    seen: set[str] = set()
+    for _, addr in getaddresses(bounded):
+        norm = normalize_address(addr)
+        if "@" not in norm or norm in seen:
+            continue
+        seen.add(norm)
+        result.append(norm)
+        if len(result) >= limit:
+            break
+    return result
+
+
+def address_domain(address: str) -> str:
+    """The domain of an address, lowercase (empty when there is none)."""
+    return address.rpartition("@")[2].lower()

@@ -1,0 +1,238 @@
+"""What the proxy, the milter and the CLI need from a store, independent of the backend.
+
+The embedded backend is SQLite (``replytrack.store.sqlite``); a PostgreSQL backend for
+multi-host sites implements the same interface. Records are plain dataclasses; times are
+UNIX seconds (float, UTC); addresses are lowercase; Message-IDs carry no angle brackets.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Enrollment states. Only "active" (and "paused" once its date has passed) lets mail through.
+ACTIVE = "active"
+STOPPED = "stopped"
+PAUSED = "paused"
+BOUNCED = "bounced"
+ENROLLMENT_STATES = (ACTIVE, STOPPED, PAUSED, BOUNCED)
+
+# Event kinds. The first six are inbound verdicts; the rest are actions on enrollments.
+EVENT_KINDS = (
+    "reply",
+    "auto_reply",
+    "bounce",
+    "receipt",
+    "feedback",
+    "unrelated",
+    "stopped",
+    "resumed",
+    "paused",
+    "suppressed",
+)
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (locked, read-only, full, corrupt)."""
+
+
+@dataclass(frozen=True)
+class OutboundRecipient:
+    """One recipient of an outbound mail and how it was addressed."""
+
+    address: str
+    role: str  # "to", "cc" or "bcc" (envelope only)
+    envelope: bool  # named in RCPT TO
+    status: str = "sent"  # "sent", "suppressed", "refused" (upstream refused it)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboundRecord:
+    """Everything the proxy records about one relayed (or fully suppressed) mail."""
+
+    message_id: str
+    original_message_id: str | None
+    campaign: str | None
+    step: int | None
+    sender: str
+    from_address: str | None
+    subject: str | None
+    size: int
+    status: str  # "relayed" or "suppressed"
+    recipients: tuple[OutboundRecipient, ...]
+    created_at: float
+    upstream_reply: str | None = None
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """A recorded outbound mail, as the milter and the CLI read it."""
+
+    id: int
+    message_id: str
+    original_message_id: str | None
+    campaign: str | None
+    step: int | None
+    sender: str
+    from_address: str | None
+    subject: str | None
+    created_at: float
+    status: str
+    recipients: tuple[OutboundRecipient, ...] = ()
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """A recipient's place in a campaign."""
+
+    campaign: str
+    recipient: str
+    status: str
+    reason: str | None
+    since: float
+    until: float | None = None
+    updated_by: str | None = None
+
+    def blocks_sending(self, now: float) -> bool:
+        """True when the next campaign mail must not go to this recipient."""
+        if self.status == PAUSED:
+            return self.until is None or self.until > now
+        return self.status in (STOPPED, BOUNCED)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened: an inbound verdict or an action on enrollments."""
+
+    kind: str
+    created_at: float
+    campaign: str | None = None
+    message_id: str | None = None  # the outbound mail it concerns (stamped ID)
+    inbound_message_id: str | None = None
+    sender: str | None = None
+    recipient: str | None = None
+    relation: str | None = None  # original_recipient | cc | other_address | same_domain | other
+    evidence: tuple[str, ...] = ()
+    detail: dict[str, Any] = field(default_factory=dict)
+    queue_id: str | None = None
+    actor: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class CampaignStats:
+    """Per-campaign counts for ``replytrack campaigns``."""
+
+    campaign: str
+    sent: int
+    recipients: int
+    replied: int
+    stopped: int
+    bounced: int
+    paused: int
+    active: int
+    suppressed: int
+    first_sent: float | None
+    last_sent: float | None
+
+
+class Store(abc.ABC):
+    """The store interface. Writes are short transactions; every method is thread-safe."""
+
+    # --- outbound -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def blocked_enrollments(self, campaign: str, addresses: Iterable[str]) -> dict[str, Enrollment]:
+        """Enrollments of these addresses in ``campaign`` that block the next mail."""
+
+    @abc.abstractmethod
+    def record_outbound(self, record: OutboundRecord) -> int:
+        """Record a mail, its recipients, the campaign, new enrollments and suppressions.
+
+        One transaction: when this returns the record is committed. Returns the row id.
+        """
+
+    # --- inbound --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def find_sent(self, message_ids: Sequence[str]) -> list[SentMessage]:
+        """Recorded mails whose stamped or original Message-ID is among ``message_ids``."""
+
+    @abc.abstractmethod
+    def enrollments_of(self, address: str) -> list[Enrollment]:
+        """All enrollments of one recipient address."""
+
+    @abc.abstractmethod
+    def enrollments(
+        self,
+        *,
+        campaign: str | None = None,
+        recipient: str | None = None,
+        domain: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[Enrollment]:
+        """Enrollments filtered by campaign, recipient, recipient domain and status."""
+
+    @abc.abstractmethod
+    def last_message_to(self, address: str, campaign: str | None = None) -> SentMessage | None:
+        """The newest recorded mail sent to ``address`` (in ``campaign`` when given)."""
+
+    @abc.abstractmethod
+    def record_event(
+        self,
+        event: Event,
+        *,
+        dedupe_key: str | None = None,
+        set_status: Sequence[tuple[str, str, str, str | None, float | None]] = (),
+        notify: bool = True,
+    ) -> int | None:
+        """Record an event and change enrollments in one transaction.
+
+        ``set_status`` holds ``(campaign, recipient, status, reason, until)`` changes.
+        With ``dedupe_key`` an event already recorded under that key is not recorded again
+        and nothing changes: the method returns None. ``notify`` queues it in the outbox.
+        """
+
+    @abc.abstractmethod
+    def remember_ooo(self, address: str, until: float) -> None:
+        """Remember that ``address`` is out of office until ``until`` (across campaigns)."""
+
+    @abc.abstractmethod
+    def ooo_until(self, address: str) -> float | None:
+        """When ``address`` is back, if we know they are away."""
+
+    @abc.abstractmethod
+    def reactivate_due(self, now: float) -> int:
+        """Turn paused enrollments whose date has passed active again; returns how many."""
+
+    # --- listing ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def messages(
+        self,
+        *,
+        campaign: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[SentMessage]:
+        """Recorded mails, newest first, with their recipients."""
+
+    @abc.abstractmethod
+    def events(
+        self,
+        *,
+        kind: str | None = None,
+        campaign: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Events, newest first."""
+
+    @abc.abstractmethod
+    def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
+        """Counts per campaign."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close this thread's connection (other threads close theirs on exit)."""

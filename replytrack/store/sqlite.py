@@ -1,0 +1,669 @@
+"""The embedded store: one SQLite file in WAL mode, accessed through sqlite-utils.
+
+Each thread gets its own connection (SQLite connections must not be shared across threads
+without serialising every call). Writes are short ``BEGIN IMMEDIATE`` transactions so that a
+writer waits for the lock up front (bounded by the busy timeout) instead of failing halfway.
+The schema is versioned: ``MIGRATIONS[n]`` brings a store from version n to n + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from replytrack.store.base import (
+    ACTIVE,
+    BOUNCED,
+    PAUSED,
+    STOPPED,
+    CampaignStats,
+    Enrollment,
+    Event,
+    OutboundRecipient,
+    OutboundRecord,
+    SentMessage,
+    Store,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+# SQLite allows 32766 host parameters; stay far below so IN (...) lists are cheap.
+_CHUNK = 500
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: the foundation.
+    """
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL UNIQUE,
+        original_message_id TEXT,
+        campaign TEXT,
+        step INTEGER,
+        sender TEXT NOT NULL,
+        from_address TEXT,
+        subject TEXT,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        size INTEGER,
+        upstream_reply TEXT
+    );
+    CREATE INDEX messages_original ON messages(original_message_id)
+        WHERE original_message_id IS NOT NULL;
+    CREATE INDEX messages_campaign ON messages(campaign, created_at);
+    CREATE INDEX messages_created ON messages(created_at);
+    CREATE TABLE recipients (
+        message INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        role TEXT NOT NULL,
+        envelope INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        PRIMARY KEY (message, address)
+    ) WITHOUT ROWID;
+    CREATE INDEX recipients_address ON recipients(address, message);
+    CREATE TABLE campaigns (
+        campaign TEXT PRIMARY KEY,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE enrollments (
+        campaign TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        since REAL NOT NULL,
+        until REAL,
+        updated_by TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (campaign, recipient)
+    ) WITHOUT ROWID;
+    CREATE INDEX enrollments_recipient ON enrollments(recipient);
+    CREATE INDEX enrollments_domain ON enrollments(campaign, domain);
+    CREATE INDEX enrollments_paused ON enrollments(until) WHERE status = 'paused';
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        campaign TEXT,
+        message_id TEXT,
+        inbound_message_id TEXT,
+        sender TEXT,
+        recipient TEXT,
+        relation TEXT,
+        evidence TEXT NOT NULL DEFAULT '[]',
+        detail TEXT NOT NULL DEFAULT '{}',
+        queue_id TEXT,
+        actor TEXT,
+        dedupe_key TEXT UNIQUE
+    );
+    CREATE INDEX events_created ON events(created_at);
+    CREATE INDEX events_kind ON events(kind, created_at);
+    CREATE INDEX events_campaign ON events(campaign, created_at);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        event INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        delivered_at REAL,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(next_attempt_at) WHERE delivered_at IS NULL;
+    CREATE TABLE ooo (
+        address TEXT PRIMARY KEY,
+        until REAL NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _row_to_enrollment(row: sqlite3.Row | dict[str, Any]) -> Enrollment:
+    return Enrollment(
+        campaign=row["campaign"],
+        recipient=row["recipient"],
+        status=row["status"],
+        reason=row["reason"],
+        since=row["since"],
+        until=row["until"],
+        updated_by=row["updated_by"],
+    )
+
+
+def _row_to_event(row: sqlite3.Row | dict[str, Any]) -> Event:
+    return Event(
+        id=row["id"],
+        kind=row["kind"],
+        created_at=row["created_at"],
+        campaign=row["campaign"],
+        message_id=row["message_id"],
+        inbound_message_id=row["inbound_message_id"],
+        sender=row["sender"],
+        recipient=row["recipient"],
+        relation=row["relation"],
+        evidence=tuple(json.loads(row["evidence"] or "[]")),
+        detail=json.loads(row["detail"] or "{}"),
+        queue_id=row["queue_id"],
+        actor=row["actor"],
+    )
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SQLiteStore(Store):
+    """The store in one SQLite file. Safe to share between threads."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        create: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.readonly = readonly
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        if not self.path.exists() and not create:
+            raise StoreError(f"store {self.path} does not exist (run `replytrack init`)")
+        if create and not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.migrate()
+
+    # --- connections -----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.readonly:
+                conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=0
+                )
+            else:
+                conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=0)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            if not self.readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                # WAL with synchronous=NORMAL survives a crash of the process (the promise
+                # behind our 250); only a power cut can lose the last commits.
+                conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection wrapped by sqlite-utils (for listing and ad-hoc queries)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite_utils.Database(self.conn)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A short write transaction; SQLite errors become StoreError, rolled back."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store busy or not writable: {exc}") from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"store write failed: {exc}") from exc
+            raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        return int(self._query("PRAGMA user_version")[0][0])
+
+    def migrate(self) -> None:
+        """Bring the schema to ``SCHEMA_VERSION``; each step is its own transaction."""
+        if self.readonly:
+            if self.schema_version() != SCHEMA_VERSION:
+                raise StoreError(f"store {self.path} has schema {self.schema_version()}")
+            return
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema {current}, newer than this replytrack"
+                f" ({SCHEMA_VERSION}); upgrade replytrack"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            with self.write() as conn:
+                # Another process may have migrated while we waited for the lock.
+                if int(conn.execute("PRAGMA user_version").fetchone()[0]) != version:
+                    continue
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            log.info("store %s migrated to schema %d", self.path, version + 1)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            self._local.db = None
+            with self._lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+            conn.close()
+
+    def close_all(self) -> None:
+        """Close every connection (at shutdown, after worker threads stopped)."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    # --- outbound -------------------------------------------------------------------------
+    def blocked_enrollments(self, campaign: str, addresses: Iterable[str]) -> dict[str, Enrollment]:
+        now = time.time()
+        wanted = sorted(set(addresses))
+        blocked: dict[str, Enrollment] = {}
+        for chunk in _chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT * FROM enrollments WHERE campaign = ? AND recipient IN ({marks})"
+                " AND status != 'active'",
+                [campaign, *chunk],
+            )
+            for row in rows:
+                enrollment = _row_to_enrollment(row)
+                if enrollment.blocks_sending(now):
+                    blocked[enrollment.recipient] = enrollment
+        return blocked
+
+    def record_outbound(self, record: OutboundRecord) -> int:
+        with self.write() as conn:
+            cur = conn.execute(
+                "INSERT INTO messages (message_id, original_message_id, campaign, step, sender,"
+                " from_address, subject, created_at, status, size, upstream_reply)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.message_id,
+                    record.original_message_id,
+                    record.campaign,
+                    record.step,
+                    record.sender,
+                    record.from_address,
+                    record.subject,
+                    record.created_at,
+                    record.status,
+                    record.size,
+                    record.upstream_reply,
+                ),
+            )
+            pk = int(cur.lastrowid or 0)
+            conn.executemany(
+                "INSERT OR IGNORE INTO recipients (message, address, role, envelope, status,"
+                " reason) VALUES (?,?,?,?,?,?)",
+                [
+                    (pk, r.address, r.role, int(r.envelope), r.status, r.reason)
+                    for r in record.recipients
+                ],
+            )
+            if record.campaign is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO campaigns (campaign, created_at) VALUES (?, ?)",
+                    (record.campaign, record.created_at),
+                )
+                # The first campaign mail to an address enrolls it; later steps find it.
+                conn.executemany(
+                    "INSERT OR IGNORE INTO enrollments (campaign, recipient, domain, status,"
+                    " reason, since, created_at) VALUES (?,?,?,'active',NULL,?,?)",
+                    [
+                        (
+                            record.campaign,
+                            r.address,
+                            r.address.rpartition("@")[2],
+                            record.created_at,
+                            record.created_at,
+                        )
+                        for r in record.recipients
+                        if r.status == "sent"
+                    ],
+                )
+                for r in record.recipients:
+                    if r.status != "suppressed":
+                        continue
+                    self._insert_event(
+                        conn,
+                        Event(
+                            kind="suppressed",
+                            created_at=record.created_at,
+                            campaign=record.campaign,
+                            message_id=record.message_id,
+                            sender=record.sender,
+                            recipient=r.address,
+                            detail={"reason": r.reason, "step": record.step},
+                        ),
+                        dedupe_key=None,
+                        notify=True,
+                    )
+        return pk
+
+    # --- inbound --------------------------------------------------------------------------
+    def _recipients_for(self, pks: Sequence[int]) -> dict[int, list[OutboundRecipient]]:
+        found: dict[int, list[OutboundRecipient]] = {pk: [] for pk in pks}
+        for start in range(0, len(pks), _CHUNK):
+            chunk = pks[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT * FROM recipients WHERE message IN ({marks}) ORDER BY rowid", chunk
+            ):
+                found[row["message"]].append(
+                    OutboundRecipient(
+                        address=row["address"],
+                        role=row["role"],
+                        envelope=bool(row["envelope"]),
+                        status=row["status"],
+                        reason=row["reason"],
+                    )
+                )
+        return found
+
+    def _messages_from_rows(self, rows: Sequence[sqlite3.Row]) -> list[SentMessage]:
+        recipients = self._recipients_for([row["id"] for row in rows])
+        return [
+            SentMessage(
+                id=row["id"],
+                message_id=row["message_id"],
+                original_message_id=row["original_message_id"],
+                campaign=row["campaign"],
+                step=row["step"],
+                sender=row["sender"],
+                from_address=row["from_address"],
+                subject=row["subject"],
+                created_at=row["created_at"],
+                status=row["status"],
+                recipients=tuple(recipients[row["id"]]),
+            )
+            for row in rows
+        ]
+
+    def find_sent(self, message_ids: Sequence[str]) -> list[SentMessage]:
+        ids = list(dict.fromkeys(message_ids))
+        rows: dict[int, sqlite3.Row] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT * FROM messages WHERE message_id IN ({marks})"
+                f" UNION SELECT * FROM messages WHERE original_message_id IN ({marks})",
+                [*chunk, *chunk],
+            ):
+                rows[row["id"]] = row
+        ordered = sorted(rows.values(), key=lambda r: r["created_at"], reverse=True)
+        return self._messages_from_rows(ordered)
+
+    def enrollments_of(self, address: str) -> list[Enrollment]:
+        return self.enrollments(recipient=address)
+
+    def enrollments(
+        self,
+        *,
+        campaign: str | None = None,
+        recipient: str | None = None,
+        domain: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[Enrollment]:
+        where, params = [], []
+        for column, value in (
+            ("campaign", campaign),
+            ("recipient", recipient),
+            ("domain", domain),
+            ("status", status),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT * FROM enrollments"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY campaign, recipient"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_row_to_enrollment(row) for row in self._query(sql, params)]
+
+    def last_message_to(self, address: str, campaign: str | None = None) -> SentMessage | None:
+        sql = "SELECT m.* FROM recipients r JOIN messages m ON m.id = r.message WHERE r.address = ?"
+        params: list[Any] = [address]
+        if campaign is not None:
+            sql += " AND m.campaign = ?"
+            params.append(campaign)
+        sql += " ORDER BY m.created_at DESC LIMIT 1"
+        rows = self._query(sql, params)
+        return self._messages_from_rows(rows)[0] if rows else None
+
+    def _insert_event(
+        self,
+        conn: sqlite3.Connection,
+        event: Event,
+        *,
+        dedupe_key: str | None,
+        notify: bool,
+    ) -> int | None:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO events (kind, created_at, campaign, message_id,"
+            " inbound_message_id, sender, recipient, relation, evidence, detail, queue_id,"
+            " actor, dedupe_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                event.kind,
+                event.created_at,
+                event.campaign,
+                event.message_id,
+                event.inbound_message_id,
+                event.sender,
+                event.recipient,
+                event.relation,
+                json.dumps(list(event.evidence)),
+                json.dumps(event.detail, default=str),
+                event.queue_id,
+                event.actor,
+                dedupe_key,
+            ),
+        )
+        if cur.rowcount == 0:
+            return None
+        event_id = int(cur.lastrowid or 0)
+        if notify:
+            conn.execute(
+                "INSERT INTO outbox (event, created_at, next_attempt_at) VALUES (?, ?, ?)",
+                (event_id, event.created_at, event.created_at),
+            )
+        return event_id
+
+    def record_event(
+        self,
+        event: Event,
+        *,
+        dedupe_key: str | None = None,
+        set_status: Sequence[tuple[str, str, str, str | None, float | None]] = (),
+        notify: bool = True,
+    ) -> int | None:
+        with self.write() as conn:
+            event_id = self._insert_event(conn, event, dedupe_key=dedupe_key, notify=notify)
+            if event_id is None:
+                return None
+            for campaign, recipient, status, reason, until in set_status:
+                conn.execute(
+                    "INSERT INTO enrollments (campaign, recipient, domain, status, reason, since,"
+                    " until, updated_by, created_at) VALUES (?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (campaign, recipient) DO UPDATE SET status = excluded.status,"
+                    " reason = excluded.reason, since = excluded.since, until = excluded.until,"
+                    " updated_by = excluded.updated_by",
+                    (
+                        campaign,
+                        recipient,
+                        recipient.rpartition("@")[2],
+                        status,
+                        reason,
+                        event.created_at,
+                        until,
+                        event.actor or event.kind,
+                        event.created_at,
+                    ),
+                )
+        return event_id
+
+    def remember_ooo(self, address: str, until: float) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO ooo (address, until, updated_at) VALUES (?,?,?)"
+                " ON CONFLICT (address) DO UPDATE SET until = excluded.until,"
+                " updated_at = excluded.updated_at",
+                (address, until, time.time()),
+            )
+
+    def ooo_until(self, address: str) -> float | None:
+        rows = self._query("SELECT until FROM ooo WHERE address = ?", [address])
+        return float(rows[0]["until"]) if rows else None
+
+    def reactivate_due(self, now: float) -> int:
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE enrollments SET status = 'active', reason = 'pause ended', since = ?,"
+                " until = NULL, updated_by = 'replytrack' WHERE status = 'paused'"
+                " AND until IS NOT NULL AND until <= ?",
+                (now, now),
+            )
+            return int(cur.rowcount)
+
+    # --- listing ---------------------------------------------------------------------------
+    def messages(
+        self,
+        *,
+        campaign: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[SentMessage]:
+        where, params = [], []
+        if campaign is not None:
+            where.append("campaign = ?")
+            params.append(campaign)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        sql = "SELECT * FROM messages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._messages_from_rows(self._query(sql, params))
+
+    def events(
+        self,
+        *,
+        kind: str | None = None,
+        campaign: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        where, params = [], []
+        for column, value in (("kind", kind), ("campaign", campaign)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        sql = "SELECT * FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_row_to_event(row) for row in self._query(sql, params)]
+
+    def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
+        params: list[Any] = []
+        where = ""
+        if campaign is not None:
+            where = "WHERE c.campaign = ?"
+            params.append(campaign)
+        sql = f"""
+            SELECT c.campaign,
+              (SELECT count(*) FROM messages m WHERE m.campaign = c.campaign
+                 AND m.status = 'relayed') AS sent,
+              (SELECT min(created_at) FROM messages m WHERE m.campaign = c.campaign) AS first_sent,
+              (SELECT max(created_at) FROM messages m WHERE m.campaign = c.campaign) AS last_sent,
+              (SELECT count(*) FROM enrollments e WHERE e.campaign = c.campaign) AS recipients,
+              (SELECT count(*) FROM enrollments e WHERE e.campaign = c.campaign
+                 AND e.status = '{STOPPED}') AS stopped,
+              (SELECT count(*) FROM enrollments e WHERE e.campaign = c.campaign
+                 AND e.status = '{BOUNCED}') AS bounced,
+              (SELECT count(*) FROM enrollments e WHERE e.campaign = c.campaign
+                 AND e.status = '{PAUSED}') AS paused,
+              (SELECT count(*) FROM enrollments e WHERE e.campaign = c.campaign
+                 AND e.status = '{ACTIVE}') AS active,
+              (SELECT count(DISTINCT ev.sender) FROM events ev WHERE ev.campaign = c.campaign
+                 AND ev.kind = 'reply') AS replied,
+              (SELECT count(*) FROM events ev WHERE ev.campaign = c.campaign
+                 AND ev.kind = 'suppressed') AS suppressed
+            FROM campaigns c {where} ORDER BY c.campaign
+        """
+        return [
+            CampaignStats(
+                campaign=row["campaign"],
+                sent=row["sent"],
+                recipients=row["recipients"],
+                replied=row["replied"],
+                stopped=row["stopped"],
+                bounced=row["bounced"],
+                paused=row["paused"],
+                active=row["active"],
+                suppressed=row["suppressed"],
+                first_sent=row["first_sent"],
+                last_sent=row["last_sent"],
+            )
+            for row in self._query(sql, params)
+        ]

@@ -1,0 +1,44 @@
+"""Fixtures shared by the whole suite. Feature-specific fixtures live in their test files
+or in ``tests/support/``."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replytrack.store.sqlite import SQLiteStore
+from replytrack.tokens import Keyring
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    """A fresh SQLite store in a temporary directory."""
+    s = SQLiteStore(tmp_path / "replytrack.db")
+    yield s
+    s.close_all()
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    """A fresh signing key."""
+    return Keyring.generate()
+
+
+@pytest.fixture
+def corpus_dir() -> Path:
+    """The shared corpus of real mail; tests using it skip when it is absent."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"corpus not found at {CORPUS}")
+    return CORPUS

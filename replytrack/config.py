@@ -212,7 +212,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"domain: {config.domain!r} is not a domain name")
     if config.milter_stop_scope not in ("recipient", "thread", "domain"):
         raise ConfigError(
-            f"milter.stop_scope: {config.milter_stop_scope!r} is not one of recipient, thread, domain"
+            f"milter.stop_scope: {config.milter_stop_scope!r}"
+            " is not one of recipient, thread, domain"
         )
     if config.proxy_upstream_tls not in ("none", "starttls", "tls"):
         raise ConfigError(

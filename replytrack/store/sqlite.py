@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -241,10 +241,8 @@ class SQLiteStore(Store):
             yield conn
             conn.execute("COMMIT")
         except BaseException as exc:
-            try:
+            with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"store write failed: {exc}") from exc
             raise
@@ -297,10 +295,8 @@ class SQLiteStore(Store):
         with self._lock:
             connections, self._connections = self._connections, []
         for conn in connections:
-            try:
+            with suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
         self._local = threading.local()
 
     # --- outbound -------------------------------------------------------------------------

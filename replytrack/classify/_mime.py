@@ -58,6 +58,13 @@ def split_header_block(text: str, limit: int = MAX_HEADERS) -> tuple[list[tuple[
                 headers[-1] = (name, value + " " + line.strip())
         else:
             match = _HEADER_LINE.match(line)
+            if match is None and headers and headers[-1][1].rstrip().endswith(";"):
+                # A parameter line that lost its indentation ("boundary=..." after
+                # "multipart/mixed;"): mail clients read it as a continuation, so do we.
+                name, value = headers[-1]
+                headers[-1] = (name, value + " " + line.strip())
+                pos = end + 1
+                continue
             if match is None:
                 return headers, text[pos:]
             if len(headers) < limit:
@@ -72,7 +79,7 @@ def decode_words(value: str) -> str:
         return value
     try:
         return str(make_header(decode_header(value[:MAX_VALUE])))
-    except Exception:  # noqa: BLE001 - any decoding fault keeps the raw value.
+    except Exception:  # any decoding fault keeps the raw value.
         return value
 
 
@@ -150,7 +157,7 @@ class MailView:
         return [p for p in self.parts if p.content_type.mime in mimes]
 
     def first_text(self) -> str:
-        """The text of the first text/plain part, or of the first text/html part stripped of tags."""
+        """The first own text/plain part, else the first own text/html part without tags."""
         for part in self.parts:
             if part.content_type.mime == "text/plain" and not part.returned and part.text.strip():
                 return part.text
@@ -203,7 +210,7 @@ def _decode_payload(payload: str, encoding: str | None, charset: str | None) -> 
     elif encoding == "quoted-printable":
         try:
             data = quopri.decodestring(raw)
-        except Exception:  # noqa: BLE001 - malformed QP keeps the raw bytes.
+        except Exception:  # malformed QP keeps the raw bytes.
             data = raw
     else:
         data = raw
@@ -300,4 +307,9 @@ def view(headers: list[tuple[str, str]], body: bytes | None) -> MailView:
         return MailView(top, ctype, parts, body_seen=False)
     text = normalise_newlines(body[:MAX_BODY]).decode("latin-1")
     _walk(top, text, 0, parts, [MAX_PARTS])
+    if not any(
+        p.text.strip() for p in parts if not p.returned and p.content_type.mime.startswith("text/")
+    ):
+        # Broken MIME (a lost boundary, a wrong type): the raw text is better than none.
+        parts.append(Part(ContentType(), Headers([]), text[:MAX_TEXT], 0, False))
     return MailView(top, ctype, parts, body_seen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-_I = re.I | re.U
+# DOTALL: phrases in mail text are wrapped across lines.
+_I = re.I | re.U | re.S
 
 
 def _compile(table: dict[str, list[str]]) -> list[tuple[str, re.Pattern[str]]]:
@@ -184,6 +185,8 @@ BOUNCE_SUBJECT = [
         r"\bonbestelbaar\b|\bniet bezorgd\b|\bniet afgeleverd\b",
         r"\bnotice of non-?delivery\b|\bdelivery notification\b",
         r"\bsuccessful mail delivery report\b|\brelayed\b.{0,20}\bdelivery\b",
+        r"\bfailed (?:mail|delivery)\b|\bmail (?:error|failure)\b|\bdelivery error\b|\bnot (?:a )?member\b",
+        r"メールエラー|配信エラー|配送エラー|送信エラー|不達|未達",
     )
 ]
 
@@ -214,6 +217,10 @@ BOUNCE_BODY = [
         r"there was a temporary problem delivering your message",  # Gmail delay
         r"delivery to the following recipient has been delayed",  # Gmail delay
         r"(?:was|were|is) (?:not|undeliverable) (?:delivered|deliverable) to",
+        r"(?:could not|cannot|can't|couldn't|can not) be delivered",
+        r"not a valid (?:user|recipient|address|mailbox)",
+        r"you are not (?:a member|allowed to post|subscribed)\b",  # list servers refusing a post
+        r"送信できませんでした|配信できませんでした|届きませんでした|配送できませんでした",
         r"unable to deliver (?:your )?(?:message|mail)",
         r"could not be delivered to (?:the )?(?:following|one or more)",
         r"your message (?:to|for) .{0,120} (?:was|has been) (?:rejected|returned|bounced|blocked)",
@@ -277,7 +284,7 @@ RECEIPT_BODY = re.compile(
 CHALLENGE_BODY = [
     re.compile(p, _I)
     for p in (
-        r"\b(?:add|added)\b.{0,60}\b(?:guest list|allowed list|allow[- ]?list|white[- ]?list|approved senders?(?: list)?|"
+        r"\b(?:add|added|listed|list)\b.{0,60}\b(?:guest list|allowed list|allow[- ]?list|white[- ]?list|approved senders?(?: list)?|"
         r"safe senders?(?: list)?|trusted senders?)\b",
         r"\b(?:guest list|allowed list|allow[- ]?list|white[- ]?list|approved senders? list)\b.{0,80}\b(?:click|link|verify|confirm)\b",
         r"\b(?:verify|confirm) (?:that )?you are (?:a )?(?:human|real person|not a (?:robot|spammer))\b",
@@ -289,7 +296,7 @@ CHALLENGE_BODY = [
 
 # Envelope or header senders that are delivery software.
 DAEMON_LOCALPART = re.compile(
-    r"^(?:mailer-daemon|mailer_daemon|mailerdaemon|postmaster|mail-daemon|mdaemon|"
+    r"^(?:mailer-daemon|mailer_daemon|mailerdaemon|postmaster|post_master|post\.master|mail-daemon|mdaemon|"
     r"mail\.delivery\.system|bounces?|nobody|mail-delivery|maildelivery|mta|smtp|mailadmin)$",
     _I,
 )
@@ -297,4 +304,10 @@ DAEMON_DISPLAY = re.compile(
     r"\b(?:mail delivery (?:system|subsystem|service)|mailer[- ]daemon|postmaster|microsoft outlook|"
     r"mail administrator|delivery status notification|mail delivery)\b",
     _I,
+)
+
+# From-header local parts of list servers' administrative mail (not matched
+# against the envelope sender: list traffic from people is sent from such addresses).
+LIST_ADMIN_LOCALPART = re.compile(
+    r"^[\w.+-]+-(?:admin|owner|request)$|^(?:majordomo|listserv|mailman|ezmlm|fml)$", _I
 )

@@ -18,7 +18,8 @@ from typing import Any
 # A return date further ahead than this is more likely a misread (or a
 # sabbatical that should not pause a campaign for longer anyway).
 HORIZON_DAYS = 366
-MAX_CANDIDATES = 6
+MAX_CANDIDATES = 12  # sentences scanned for numeric dates (cheap)
+MAX_PARSER_CALLS = 5  # sentences handed to dateparser (slow)
 MAX_SENTENCE = 240
 MAX_SCAN = 4000
 
@@ -126,7 +127,7 @@ def _written_dates(sentence: str, lang: str, today: dt.date) -> list[dt.date]:
     languages = [lang] if lang == "en" else [lang, "en"]
     try:
         results = search_dates(sentence, languages=languages, settings=dict(_settings(today)))
-    except Exception:  # noqa: BLE001 - a parser fault means no date, not a failed verdict.
+    except Exception:  # a parser fault means no date, not a failed verdict.
         return []
     found: list[dt.date] = []
     for fragment, when in results or []:
@@ -179,8 +180,12 @@ def read_return_date(subject: str, text: str, today: dt.date) -> dt.date | None:
                 break
         if len(candidates) >= MAX_CANDIDATES:
             break
+    parser_calls = 0
     for sentence, lang in candidates:
-        dates = _numeric_dates(sentence, lang, today) or _written_dates(sentence, lang, today)
+        dates = _numeric_dates(sentence, lang, today)
+        if not dates and parser_calls < MAX_PARSER_CALLS:
+            parser_calls += 1
+            dates = _written_dates(sentence, lang, today)
         if dates:
             return max(dates)
     return None

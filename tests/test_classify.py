@@ -506,3 +506,32 @@ def test_classify_message_line_endings_and_mbox_line(newline: bytes) -> None:
 
 def test_kinds_are_the_contract() -> None:
     assert KINDS == ("human", "auto_reply", "bounce", "receipt", "feedback")
+
+
+def test_plain_autoresponder_copying_the_subject() -> None:
+    """Simple autoresponders answer "Re: <subject>" with a short notice and no headers."""
+    result = verdict(
+        "Re: Your proposal",
+        "Hello,\n\nI am currently on vacation until 20 March 2026 with no access to e-mail.\n"
+        "For urgent matters please call the office.\n\nErika",
+    )
+    assert result.kind == "auto_reply", result.evidence
+    assert result.return_date == dt.date(2026, 3, 20)
+
+
+def test_person_mentioning_their_absence_while_answering_is_human() -> None:
+    result = verdict(
+        "Re: Your proposal",
+        "Hi Sam,\n\nthe numbers look fine. I'm on vacation until 20 March, so let's sign after.\n"
+        "\nErika\n\nOn Mon, 2 Mar 2026, Sam Seller wrote:\n> Here is our proposal.\n",
+    )
+    assert result.kind == "human", result.evidence
+
+
+def test_person_writing_about_out_of_office_settings_is_human() -> None:
+    result = verdict(
+        "Re: [it] out of office replies",
+        "Our out of office replies are set in the web portal.\n\n> How do I set an auto-reply?",
+        extra=[("Precedence", "list"), ("X-Auto-Response-Suppress", "All")],
+    )
+    assert result.kind == "human", result.evidence

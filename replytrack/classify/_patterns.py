@@ -31,8 +31,6 @@ AUTO_SUBJECT = _compile(
             r"\bout of office (?:auto[- ]?reply|reply|notification|notice)\b",
             r"\bauto[- ]?reply\s*:",
             r"^\s*(?:autoresponse|autoresponder|auto-generated reply)\b",
-            r"^(?:\[[^\]]{0,80}\]\s*)?(?:thank you|thanks) for (?:your|contacting)\b.{0,40}(?:e-?mail|message)",
-            r"^(?:\[[^\]]{0,80}\]\s*)?(?:we have )?received your (?:e-?mail|message)\b",
             r"^(?:\[[^\]]{0,80}\]\s*)?away (?:from|until)\b",
         ],
         "de": [
@@ -83,6 +81,37 @@ AUTO_SUBJECT = _compile(
     }
 )
 
+# Subjects that autoresponders use but people sometimes write too: supporting evidence only.
+AUTO_SUBJECT_WEAK = _compile(
+    {
+        "en": [
+            r"^(?:\[[^\]]{0,80}\]\s*)?(?:thank you|thanks) for (?:your|contacting)\b.{0,40}(?:e-?mail|message)",
+            r"^(?:\[[^\]]{0,80}\]\s*)?(?:we have )?received your (?:e-?mail|message|request)\b",
+        ],
+        "de": [
+            r"^(?:\[[^\]]{0,80}\]\s*)?(?:vielen )?dank für ihre (?:nachricht|e-?mail|anfrage)\b"
+        ],
+        "fr": [r"^(?:\[[^\]]{0,80}\]\s*)?merci pour votre (?:message|e-?mail|courriel)\b"],
+        "es": [r"^(?:\[[^\]]{0,80}\]\s*)?gracias por su (?:mensaje|correo)\b"],
+        "it": [
+            r"^(?:\[[^\]]{0,80}\]\s*)?grazie per (?:il|la) (?:suo |vostro )?(?:messaggio|e-?mail)\b"
+        ],
+        "pt": [
+            r"^(?:\[[^\]]{0,80}\]\s*)?obrigad[oa] pel[oa] (?:sua )?(?:mensagem|e-?mail|contato|contacto)\b"
+        ],
+        "nl": [r"^(?:\[[^\]]{0,80}\]\s*)?bedankt voor uw (?:bericht|e-?mail)\b"],
+    }
+)
+
+# Bare mentions in a body ("out of office", "auto-reply"): people write these too,
+# so they only support other evidence.
+OOO_MENTION = re.compile(
+    r"\bauto[- ]?repl(?:y|ies)\b|\bout of (?:the )?office\b|\bautomatische antwort\b|"
+    r"\br[ée]ponse automatique\b|\brespuesta autom[áa]tica\b|\brisposta automatica\b|"
+    r"\bresposta autom[áa]tica\b|\bautomatisch antwoord\b",
+    _I,
+)
+
 # Body sentences of out-of-office and vacation notices.
 OOO_BODY = _compile(
     {
@@ -93,8 +122,6 @@ OOO_BODY = _compile(
             r"\b(?:i am|i'm|i will be)\s+(?:\w+\s+){0,2}(?:back|returning) (?:in the office )?(?:on|in|at|by)\b",
             r"\bwith (?:limited|no|intermittent) access to (?:my )?e-?mail\b",
             r"\bthis is an? (?:automatic|automated|auto-generated) (?:reply|response|message|notification)\b",
-            r"\bauto[- ]?reply\b",
-            r"\bout of (?:the )?office\b",
             r"\bi will (?:respond|reply|get back to you|answer)\b.{0,60}\b(?:when|upon|on) my return\b",
             r"\bupon my return\b",
         ],
@@ -183,7 +210,7 @@ BOUNCE_SUBJECT = [
         r"\bnon recapitabile\b|\bmancata consegna\b|\bimpossibile recapitare\b",
         r"\bnão (?:foi possível )?entreg|\bnão entregue\b",
         r"\bonbestelbaar\b|\bniet bezorgd\b|\bniet afgeleverd\b",
-        r"\bnotice of non-?delivery\b|\bdelivery notification\b",
+        r"\bnotice of non-?delivery\b",
         r"\bsuccessful mail delivery report\b|\brelayed\b.{0,20}\bdelivery\b",
         r"\bfailed (?:mail|delivery)\b|\bmail (?:error|failure)\b|\bdelivery error\b|\bnot (?:a )?member\b",
         r"メールエラー|配信エラー|配送エラー|送信エラー|不達|未達",
@@ -310,4 +337,12 @@ DAEMON_DISPLAY = re.compile(
 # against the envelope sender: list traffic from people is sent from such addresses).
 LIST_ADMIN_LOCALPART = re.compile(
     r"^[\w.+-]+-(?:admin|owner|request)$|^(?:majordomo|listserv|mailman|ezmlm|fml)$", _I
+)
+
+# Lines that show a body quotes an earlier message (people's replies do; notices do not).
+QUOTE_MARKERS = re.compile(
+    r"^\s*>|^-{2,}\s*(?:original message|ursprüngliche nachricht|message d'origine|mensaje original|"
+    r"messaggio originale|mensagem original|oorspronkelijk bericht)|^\s*(?:on|am|le|el|il|em|op) .{0,200}"
+    r"(?:wrote|schrieb|a écrit|escribió|ha scritto|escreveu|schreef)\s*:|^\s*(?:from|von|de|van|da):\s.{0,200}$",
+    re.I | re.M,
 )

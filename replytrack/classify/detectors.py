@@ -483,6 +483,21 @@ def _subject_evidence(subject: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _weak_subject_evidence(subject: str) -> str | None:
+    for lang, pattern in pat.AUTO_SUBJECT_WEAK:
+        if pattern.search(subject):
+            return f"subject:acknowledgement:{lang}"
+    return None
+
+
+def _short_and_unquoted(ctx: Context) -> bool:
+    """True when the raw own text is short and quotes no earlier message."""
+    raw = ctx.view.own_text(limit=4000)
+    if len(raw.strip()) > 1500:
+        return False
+    return pat.QUOTE_MARKERS.search(raw) is None
+
+
 def _ooo_body(text: str) -> tuple[str | None, str | None]:
     window = text[:3000]
     for lang, pattern in pat.OOO_BODY:
@@ -520,10 +535,22 @@ def auto_reply(ctx: Context) -> Finding | None:
         # "Re: Out of office" is a person talking about one far more often than not.
         evidence.append(subject_ev)
         score += 1
+    weak_ev = _weak_subject_evidence(ctx.subject)
+    if weak_ev and not subject_ev:
+        evidence.append(weak_ev)
+        score += 1
     ooo_ev, _ = _ooo_body(ctx.text)
     if ooo_ev:
         evidence.append(ooo_ev)
         score += 2
+        if _short_and_unquoted(ctx):
+            # A notice that quotes nothing and says little else: people's replies
+            # quote what they answer, autoresponders do not.
+            evidence.append("body:unquoted-notice")
+            score += 1
+    elif ctx.text and pat.OOO_MENTION.search(ctx.text[:3000]):
+        evidence.append("body:out-of-office-mention")
+        score += 1
     responder_ev = _autoresponder_body(ctx.text)
     if responder_ev:
         evidence.append(responder_ev)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from replytrack.classify import KINDS, classify_message
+from replytrack.classify import KINDS, _mime, classify_message, needs_body
 
 AUTOMATED = frozenset({"auto_reply", "bounce", "receipt", "feedback"})
 ANY = frozenset(KINDS)
@@ -93,6 +93,16 @@ OOO_WITH_DATE: dict[str, str] = {
 }
 
 
+def _headers_of(raw: bytes) -> list[tuple[str, str]]:
+    """The header list a milter would see for a stored message."""
+    data = _mime.normalise_newlines(raw)
+    if data.startswith(b"From "):
+        data = data.split(b"\n", 1)[-1]
+    head = data.split(b"\n\n", 1)[0].decode("utf-8", "replace")
+    headers, _ = _mime.split_header_block(head + "\n\n")
+    return headers
+
+
 def expectation(category: str, name: str) -> frozenset[str]:
     if name in FILE_EXPECTS:
         return FILE_EXPECTS[name][0]
@@ -117,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     human_total = human_kept = 0
     ooo_total = ooo_read = 0
     timings: list[float] = []
+    body_wanted: Counter[str] = Counter()
+    body_total: Counter[str] = Counter()
     categories = [d for d in sorted(corpus.iterdir()) if d.is_dir()]
     for category_dir in categories:
         category = category_dir.name
@@ -126,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             verdict = classify_message(raw)
             timings.append(time.process_time() - start)
             matrix[category][verdict.kind] += 1
+            group = "human" if category == "human_reply" else "automated"
+            body_total[group] += 1
+            body_wanted[group] += needs_body(_headers_of(raw))
             expected = expectation(category, path.name)
             if args.verbose:
                 print(
@@ -165,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"automated mail classified human: {false_human} of {automated_total} (goal 0)")
     print(f"human replies kept human: {human_kept}/{human_total} = {kept:.1f}% (goal >= 99%)")
     print(f"OOO return date read: {ooo_read}/{ooo_total} = {ooo:.0f}% (goal >= 80%)")
+    print(
+        "needs_body() true (milter reads the body even when unmatched): "
+        f"other mail {body_wanted['automated']}/{body_total['automated']}, "
+        f"human replies {body_wanted['human']}/{body_total['human']}"
+    )
     if timings:
         timings.sort()
         print(

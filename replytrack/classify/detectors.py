@@ -439,12 +439,11 @@ def _auto_header_evidence(headers: Headers) -> tuple[list[str], int]:
     score = 0
     auto_submitted = (headers.get("Auto-Submitted") or "").strip().lower()
     if auto_submitted and not auto_submitted.startswith("no"):
-        value = auto_submitted.split(";")[0].strip()
-        evidence.append(f"auto-submitted:{value}")
+        evidence.append("auto-submitted:" + auto_submitted.split(";")[0].strip())
         score += 3
     for name, label in _AUTO_HEADERS:
-        value = headers.get(name)
-        if value is not None and value.strip().lower() not in ("no", "false", "0"):
+        found = headers.get(name)
+        if found is not None and found.strip().lower() not in ("no", "false", "0"):
             evidence.append(f"header:{label}")
             score += 3
     for name in ("Precedence", "X-Precedence"):

@@ -9,7 +9,7 @@ again. Everything here is pure and bounded in the work it does on hostile input.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
 
@@ -110,7 +110,9 @@ def edit_header(
             removed.append(f)
         else:
             kept.append(f.raw)
-    eol = line_ending(header) if header else (b"\r\n" if rest.startswith(b"\r\n") else b"\n")
+    # Without a header block, the empty line that starts the rest tells the line ending;
+    # an empty message gets CRLF, the ending on the wire.
+    eol = line_ending(header) if header else (b"\n" if rest.startswith(b"\n") else b"\r\n")
     if kept and not kept[-1].endswith(b"\n"):
         kept[-1] += eol
     new_fields = [f"{n}: {v}".encode("utf-8", "surrogateescape") + eol for n, v in add]
@@ -123,7 +125,9 @@ def edit_header(
 
 
 _COMMENT = re.compile(r"\([^()]*\)")
-_MSGID = re.compile(r"<\s*([^<>\s]+?)\s*>|([^\s<>(),;\"']+@[^\s<>(),;\"']+)")
+# A bare ID may only start where a run of ID characters starts (the lookbehind): without
+# that anchor a long run with no "@" is rescanned from every position, quadratic in its length.
+_MSGID = re.compile(r"<\s*([^<>\s]+?)\s*>|(?<![^\s<>(),;\"'])([^\s<>(),;\"']+@[^\s<>(),;\"']+)")
 
 
 def strip_comments(value: str) -> str:
@@ -172,10 +176,9 @@ def normalize_address(address: str) -> str:
 
 def extract_addresses(values: Iterable[str], limit: int = MAX_ADDRESSES) -> list[str]:
     """Mailbox addresses in To/Cc/From style values, normalised, deduplicated, bounded."""
-    bounded = [v[:MAX_VALUE_CHARS] for v in values]
     result: list[str] = []
     seen: set[str] = set()
-    for _, addr in getaddresses(bounded):
+    for _, addr in _parse_addresses(v[:MAX_VALUE_CHARS] for v in values):
         norm = normalize_address(addr)
         if "@" not in norm or norm in seen:
             continue
@@ -184,6 +187,24 @@ def extract_addresses(values: Iterable[str], limit: int = MAX_ADDRESSES) -> list
         if len(result) >= limit:
             break
     return result
+
+
+_BARE_ADDRESS = re.compile(r"(?<![^\s<>(),;:\"\[\]])([^\s<>(),;:\"\[\]@]+@[^\s<>(),;:\"\[\]@]+)")
+
+
+def _parse_addresses(values: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(name, address) pairs of each value; a value the stdlib parser chokes on is scanned.
+
+    ``email.utils.getaddresses`` recurses once per nested comment or group, so a hostile
+    value of a few thousand ``(`` or ``:`` raises RecursionError. Such a value is not a
+    real address list; the addresses in it are still picked out with a linear scan.
+    """
+    for value in values:
+        try:
+            pairs = getaddresses([value])
+        except (RecursionError, ValueError, IndexError):
+            pairs = [("", m.group(1)) for m in _BARE_ADDRESS.finditer(value)]
+        yield from pairs
 
 
 def address_domain(address: str) -> str:

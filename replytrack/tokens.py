@@ -127,7 +127,7 @@ def load_keyring(path: str | os.PathLike[str], *, create: bool = True) -> Keyrin
     if not file.exists():
         if not create:
             raise KeyFileError(f"key file {file} does not exist (run `replytrack init`)")
-        write_keyring(file, Keyring.generate())
+        _create_keyring(file)
     try:
         mode = file.stat().st_mode
         text = file.read_text(encoding="ascii")
@@ -155,11 +155,11 @@ def load_keyring(path: str | os.PathLike[str], *, create: bool = True) -> Keyrin
     return Keyring(keys=tuple(keys))
 
 
-def write_keyring(path: str | os.PathLike[str], keyring: Keyring) -> None:
-    """Write the key file atomically with mode 0600."""
-    file = Path(path)
+def _write_temp(file: Path, keyring: Keyring) -> Path:
+    """Write the keys to a new private file beside ``file`` and return its path."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    # The random part keeps threads of one process and a stale file of a crashed run apart.
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as out:
         out.write("# replytrack Message-ID keys: first line signs, all verify. Keep secret.\n")
@@ -167,7 +167,33 @@ def write_keyring(path: str | os.PathLike[str], keyring: Keyring) -> None:
             out.write(f"{kid}:{key.hex()}\n")
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, file)
+    return tmp
+
+
+def _create_keyring(file: Path) -> None:
+    """Create the key file unless another process just did; never replace an existing one.
+
+    Proxy and milter often start together on a fresh install. If both wrote a key and the
+    second replaced the first, one of them would mint IDs that nobody can verify.
+    """
+    try:
+        tmp = _write_temp(file, Keyring.generate())
+    except OSError as exc:
+        raise KeyFileError(f"cannot create key file {file}: {exc}") from None
+    try:
+        os.link(tmp, file)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise KeyFileError(f"cannot create key file {file}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_keyring(path: str | os.PathLike[str], keyring: Keyring) -> None:
+    """Write the key file atomically with mode 0600."""
+    file = Path(path)
+    os.replace(_write_temp(file, keyring), file)
 
 
 def rotate(path: str | os.PathLike[str]) -> Keyring:

@@ -11,6 +11,7 @@ import pytest
 
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
+from tests.support.postfix import postfix_lab  # noqa: F401 (fixture)
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 

@@ -225,12 +225,13 @@ def delivery_status_report(ctx: Context) -> Finding | None:
                 actions.append(action.split()[0])
             if status:
                 statuses.append(status.split()[0])
-            for name in ("Final-Recipient", "Original-Recipient"):
+            # Original-Recipient is the address as we sent it (before aliasing),
+            # Final-Recipient the one that failed; both name the recipient.
+            for name in ("Original-Recipient", "Final-Recipient"):
                 value = group.get(name)
                 addr = _address_of(value) if value else None
                 if addr and addr not in recipients and (action or status):
                     recipients.append(addr)
-                    break
     finding = Finding("bounce", None, evidence)
     if any(a == "failed" for a in actions) or any(s.startswith("5") for s in statuses):
         finding.subtype, finding.permanent = "dsn_failed", True
@@ -285,9 +286,11 @@ def _failed_from_text(ctx: Context) -> list[str]:
     The bounce's own From/To (our sender, the daemon) are left out.
     """
     text = ctx.text[:20000]
+    # The returned message starts after a separator line; "The original message was
+    # received at" (Sendmail's first sentence) is no such line.
     cut = re.search(
-        r"(?im)^.*(?:original message|returned message|message headers follow|"
-        r"this is a copy of the message|undelivered message|--- below this line)"
+        r"(?im)^[\s>*=-]*(?:original message|returned message|undelivered message|"
+        r"message headers follow|this is a copy of the message|below this line)"
         r"|^(?:received|return-path):",
         text,
     )

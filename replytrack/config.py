@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -122,8 +123,10 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     if origin is list or kind is list:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list):
-            return [str(v) for v in value]
+        if isinstance(value, (list, tuple)):
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+            return list(value)
         raise ConfigError(f"{name}: expected a list, got {value!r}")
     if isinstance(kind, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -137,13 +140,21 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             return False
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
     if kind in (int, float):
+        # TOML true is not a number, and 2.5 sessions must not quietly become 2.
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if kind is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+            return int(value)
         try:
             return kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if isinstance(value, (dict, list)):
+    if not isinstance(value, str):
+        # A number or table where a name or path belongs is a typo, not a value to stringify.
         raise ConfigError(f"{name}: expected a string, got {value!r}")
-    return str(value)
+    return value
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -206,9 +217,14 @@ def load_config(
     return config
 
 
+_DOMAIN = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
 def validate(config: Config) -> None:
     """Reject values that would only fail later, with a message naming the setting."""
-    if not config.domain or "@" in config.domain or any(c.isspace() for c in config.domain):
+    if not _DOMAIN.fullmatch(config.domain) or len(config.domain) > 253:
+        # The domain goes verbatim into every Message-ID: anything but a host name (say
+        # a space or ">") would give mail a broken Message-ID header.
         raise ConfigError(f"domain: {config.domain!r} is not a domain name")
     if config.milter_stop_scope not in ("recipient", "thread", "domain"):
         raise ConfigError(
@@ -233,6 +249,10 @@ def parse_hostport(value: str, *, setting: str = "address") -> tuple[str, int]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if ":" in host:
+            # An IPv6 address needs brackets; "::1:25" could be read more than one way.
+            sep = ""
+    digits = port_text.isascii() and port_text.isdigit()
+    if not sep or not host or not digits or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{setting}: {value!r} is not HOST:PORT")
     return host, int(port_text)

@@ -154,6 +154,15 @@ class Store(abc.ABC):
         One transaction: when this returns the record is committed. Returns the row id.
         """
 
+    @abc.abstractmethod
+    def set_message_status(self, pk: int, status: str, upstream_reply: str | None) -> None:
+        """Set a recorded mail's status (``relayed``, ``failed``) and the upstream's reply.
+
+        The proxy records a mail as ``relaying`` before it sends DATA upstream and settles
+        it here once the upstream answered, so a crash in between leaves a trace, never a
+        relayed mail without a record.
+        """
+
     # --- inbound --------------------------------------------------------------------------
     @abc.abstractmethod
     def find_sent(self, message_ids: Sequence[str]) -> list[SentMessage]:

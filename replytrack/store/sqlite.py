@@ -386,6 +386,13 @@ class SQLiteStore(Store):
                     )
         return pk
 
+    def set_message_status(self, pk: int, status: str, upstream_reply: str | None) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE messages SET status = ?, upstream_reply = ? WHERE id = ?",
+                (status, upstream_reply, pk),
+            )
+
     # --- inbound --------------------------------------------------------------------------
     def _recipients_for(self, pks: Sequence[int]) -> dict[int, list[OutboundRecipient]]:
         found: dict[int, list[OutboundRecipient]] = {pk: [] for pk in pks}
@@ -393,7 +400,9 @@ class SQLiteStore(Store):
             chunk = pks[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for row in self._query(
-                f"SELECT * FROM recipients WHERE message IN ({marks}) ORDER BY rowid", chunk
+                f"SELECT * FROM recipients WHERE message IN ({marks})"
+                " ORDER BY message, role DESC, address",
+                chunk,
             ):
                 found[row["message"]].append(
                     OutboundRecipient(

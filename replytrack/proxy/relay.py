@@ -1,0 +1,286 @@
+"""The upstream side of the proxy: a pool of aiosmtplib connections, used in lockstep.
+
+A client transaction borrows one upstream connection at MAIL FROM and gives it back when
+the transaction ends, so every MAIL, RCPT and DATA reply the client sees is the upstream's
+own answer to the same command. Connections are kept open between transactions (no new TCP
+connection, TLS handshake and EHLO per mail); one that died while idle is noticed at the
+next MAIL and replaced, which is safe because nothing of the mail was sent yet.
+
+Every failure becomes a :class:`RelayError` carrying the complete reply the client must get:
+the upstream's own code and text when it refused, ``451 4.4.x`` when it could not be reached
+or stopped answering, ``451 4.7.0`` when required TLS or AUTH could not be had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosmtplib
+
+from replytrack.config import Config, parse_hostport
+
+log = logging.getLogger(__name__)
+
+# How long an idle upstream connection is kept. Postfix's own connection cache keeps them
+# for seconds, not minutes; an upstream's idle timeout is usually 300 s, far above this.
+IDLE_SECONDS = 20.0
+_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}( |$)")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def format_reply(code: int, message: str) -> str:
+    """An upstream reply, made safe to pass on: one or more ``code[- ]text`` lines.
+
+    Control characters are dropped (an upstream must not be able to inject lines into our
+    client's stream), and an enhanced status code is added when the upstream gave none.
+    """
+    lines = [_UNSAFE.sub("", line)[:400] for line in message.splitlines()][:20] or [""]
+    if not _ENHANCED.match(lines[0]) and code // 100 in (2, 4, 5):
+        lines[0] = f"{code // 100}.0.0 {lines[0]}".rstrip()
+    last = len(lines) - 1
+    return "\r\n".join(f"{code}{' ' if i == last else '-'}{line}" for i, line in enumerate(lines))
+
+
+class RelayError(Exception):
+    """The upstream did not take a command; ``reply`` is what the client is told."""
+
+    def __init__(self, reply: str, *, broken: bool = False) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        # The connection is unusable after this (lost, timed out, TLS or AUTH failed).
+        self.broken = broken
+
+    @property
+    def code(self) -> int:
+        """The SMTP code of the reply."""
+        return int(self.reply[:3])
+
+
+def _translate(exc: BaseException, what: str) -> RelayError:
+    """Map an aiosmtplib (or socket) failure to the reply the client gets."""
+    if isinstance(exc, aiosmtplib.SMTPConnectError | OSError) and not isinstance(
+        exc, aiosmtplib.SMTPServerDisconnected
+    ):
+        return RelayError(f"451 4.4.1 upstream unreachable ({what})", broken=True)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError):
+        return RelayError(f"451 4.4.2 upstream timed out ({what})", broken=True)
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return RelayError(f"451 4.4.2 upstream closed the connection ({what})", broken=True)
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return RelayError("451 4.7.0 upstream refused our AUTH credentials", broken=True)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        # 421 means the upstream is closing the connection, whatever command it answered.
+        return RelayError(format_reply(exc.code, exc.message), broken=exc.code == 421)
+    if isinstance(exc, aiosmtplib.SMTPException):
+        return RelayError(f"451 4.7.0 upstream: {exc.message}", broken=True)
+    return RelayError(f"451 4.3.0 relay failed ({what}: {type(exc).__name__})", broken=True)
+
+
+@dataclass
+class UpstreamSettings:
+    """How to reach the upstream; built once from the configuration."""
+
+    host: str
+    port: int
+    local_hostname: str
+    timeout: float
+    tls: str = "none"  # none | starttls | tls
+    tls_context: ssl.SSLContext | None = None
+    username: str | None = None
+    password: str | None = None
+    pool_size: int = 8
+
+    @classmethod
+    def from_config(cls, config: Config) -> UpstreamSettings:
+        """Settings from ``proxy_upstream*``; reads the password file if one is named."""
+        host, port = parse_hostport(config.proxy_upstream, setting="proxy.upstream")
+        context: ssl.SSLContext | None = None
+        if config.proxy_upstream_tls != "none":
+            context = ssl.create_default_context(cafile=config.proxy_upstream_ca_file or None)
+            if not config.proxy_upstream_tls_verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        password = config.proxy_upstream_password or None
+        if config.proxy_upstream_password_file:
+            password = Path(config.proxy_upstream_password_file).read_text().strip()
+        return cls(
+            host=host,
+            port=port,
+            local_hostname=config.hostname,
+            timeout=config.proxy_timeout,
+            tls=config.proxy_upstream_tls,
+            tls_context=context,
+            username=config.proxy_upstream_user or None,
+            password=password,
+            pool_size=config.proxy_pool_size,
+        )
+
+
+@dataclass
+class Upstream:
+    """One connection to the upstream and what we know about it."""
+
+    client: aiosmtplib.SMTP
+    reused: bool = False
+    idle_since: float = field(default_factory=time.monotonic)
+    transactions: int = 0
+
+    def supports(self, extension: str) -> bool:
+        """Whether the upstream announced ``extension`` in its EHLO reply."""
+        return self.client.supports_extension(extension)
+
+    async def mail(self, sender: str, options: list[str], *, utf8: bool) -> None:
+        """MAIL FROM; raises RelayError with the reply for the client."""
+        try:
+            await self.client.mail(sender, options=options, encoding="utf-8" if utf8 else "ascii")
+        except Exception as exc:
+            raise _translate(exc, "MAIL") from exc
+
+    async def rcpt(self, recipient: str, *, utf8: bool) -> str:
+        """RCPT TO; returns the upstream's reply, raises RelayError when refused."""
+        try:
+            response = await self.client.rcpt(recipient, encoding="utf-8" if utf8 else "ascii")
+        except Exception as exc:
+            raise _translate(exc, "RCPT") from exc
+        return format_reply(response.code, response.message)
+
+    async def data(self, message: bytes) -> str:
+        """DATA with the message; returns the upstream's reply, raises RelayError."""
+        try:
+            response = await self.client.data(message)
+        except Exception as exc:
+            raise _translate(exc, "DATA") from exc
+        self.transactions += 1
+        return format_reply(response.code, response.message)
+
+    async def rset(self) -> bool:
+        """RSET; False when the connection is not fit for another transaction."""
+        try:
+            await self.client.rset()
+        except Exception:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Drop the connection without QUIT (it is broken or we are in a hurry)."""
+        try:
+            self.client.close()
+        except Exception:  # pragma: no cover - closing a dead transport
+            log.debug("closing an upstream connection failed", exc_info=True)
+
+
+class UpstreamPool:
+    """Idle upstream connections, reused across client transactions (LIFO, bounded)."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self._idle: collections.deque[Upstream] = collections.deque()
+        self.connects = 0
+        self._closed = False
+
+    async def _connect(self) -> Upstream:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            local_hostname=s.local_hostname,
+            timeout=s.timeout,
+            use_tls=s.tls == "tls",
+            # True makes STARTTLS required: aiosmtplib raises when it is not offered.
+            start_tls=s.tls == "starttls",
+            tls_context=s.tls_context,
+            username=s.username,
+            password=s.password,
+        )
+        try:
+            await client.connect()
+            if s.username is None:
+                # Without AUTH, connect() returns before EHLO; do it now so the pool holds
+                # ready connections and extensions are known before MAIL.
+                await client.ehlo()
+        except Exception as exc:
+            client.close()
+            raise _translate(exc, "connect") from exc
+        if s.tls != "none" and client.get_transport_info("sslcontext") is None:
+            client.close()
+            raise RelayError("451 4.7.0 upstream connection is not encrypted", broken=True)
+        self.connects += 1
+        return Upstream(client=client)
+
+    async def acquire(self) -> Upstream:
+        """An idle connection (newest first) or a new one; raises RelayError."""
+        now = time.monotonic()
+        while self._idle:
+            upstream = self._idle.pop()
+            if now - upstream.idle_since < IDLE_SECONDS and upstream.client.is_connected:
+                upstream.reused = True
+                return upstream
+            upstream.close()
+        return await self._connect()
+
+    def release(self, upstream: Upstream) -> None:
+        """Give back a connection whose transaction is over (completed or reset)."""
+        if self._closed or not upstream.client.is_connected:
+            upstream.close()
+            return
+        upstream.idle_since = time.monotonic()
+        self._idle.append(upstream)
+        while len(self._idle) > self.settings.pool_size:
+            self._idle.popleft().close()
+
+    async def begin(self, sender: str, options: list[str], *, utf8: bool) -> Upstream:
+        """Open a transaction upstream (MAIL FROM) on a pooled or new connection.
+
+        A pooled connection found dead at MAIL is replaced once: nothing of the mail was
+        sent, so trying again is safe. Raises RelayError with the reply for the client.
+        """
+        for attempt in (1, 2):
+            upstream = await self.acquire()
+            if utf8 and not upstream.supports("smtputf8"):
+                self.release(upstream)
+                raise RelayError("553 5.6.7 the upstream does not support SMTPUTF8")
+            wanted = [o for o in options if self._supported(upstream, o)]
+            try:
+                await upstream.mail(sender, wanted, utf8=utf8)
+            except RelayError as exc:
+                if exc.broken:
+                    upstream.close()
+                    if upstream.reused and attempt == 1:
+                        log.info("pooled upstream connection was dead (%s); reconnecting", exc)
+                        continue
+                else:
+                    self.release(upstream)
+                raise
+            return upstream
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _supported(upstream: Upstream, option: str) -> bool:
+        if option.startswith("BODY="):
+            return upstream.supports("8bitmime")
+        # SMTPUTF8: begin() refused the mail already when the upstream lacks it.
+        return option == "SMTPUTF8"
+
+    async def end(self, upstream: Upstream, *, reset: bool) -> None:
+        """End a transaction: RSET when it was left open, then back to the pool."""
+        if reset and not await upstream.rset():
+            upstream.close()
+            return
+        self.release(upstream)
+
+    async def close(self) -> None:
+        """QUIT every idle connection (briefly) and refuse to pool more."""
+        self._closed = True
+        idle, self._idle = list(self._idle), collections.deque()
+        for upstream in idle:
+            try:
+                await asyncio.wait_for(upstream.client.quit(), timeout=2)
+            except Exception:
+                upstream.close()

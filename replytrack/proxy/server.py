@@ -1,0 +1,605 @@
+"""The outbound proxy: aiosmtpd in front, the upstream pool behind, the store beside.
+
+One client transaction maps onto one upstream transaction, command by command, as in
+Postfix's before-queue proxy: MAIL FROM opens the upstream transaction, each RCPT TO gets
+the upstream's own reply, and at the end of DATA the mail is stamped, recorded (status
+``relaying``), sent upstream, then settled as ``relayed`` or ``failed``. The client hears
+``250`` only after the upstream took the mail and the record was committed; every failure
+on our side is a ``451`` (the client keeps the mail and retries), never a ``500``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import ipaddress
+import itertools
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from replytrack import metrics
+from replytrack.config import Config, ConfigError, parse_hostport
+from replytrack.headers import normalize_address
+from replytrack.proxy.relay import RelayError, Upstream, UpstreamPool, UpstreamSettings
+from replytrack.proxy.stamp import MetadataError, Stamped, stamp
+from replytrack.store import Enrollment, OutboundRecipient, OutboundRecord, Store
+from replytrack.tokens import Keyring, mint
+
+log = logging.getLogger("replytrack.proxy")
+T = TypeVar("T")
+
+# Replies, code first, each with an enhanced status code (RFC 3463).
+S250_MAIL_OK = "250 2.1.0 OK"
+S451_INTERNAL = "451 4.3.0 internal error; the mail was not relayed, try again later"
+S451_STORE = "451 4.3.0 cannot record the mail right now; it was not relayed, try again later"
+S451_NO_TRANSACTION = "451 4.4.2 the upstream transaction was lost; start again with MAIL"
+S451_REPLAY = "451 4.4.2 the upstream answered differently on the second pass; try again later"
+S501_SENDER = "501 5.1.7 bad sender address syntax (control characters)"
+S501_RECIPIENT = "501 5.1.3 bad recipient address syntax (control characters)"
+S553_NEEDS_UTF8 = "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter"
+S554_NOT_ALLOWED = "554 5.7.1 relaying denied: client address not allowed"
+
+# aiosmtpd answers some conditions itself, without an enhanced status code; these are the
+# replies we say instead (same code, RFC 3463 detail).
+_STOCK_REPLIES = {
+    "552 Error: Too much mail data": "552 5.3.4 message too big for this proxy",
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 message size exceeds the fixed maximum"
+    ),
+    "503 Error: need MAIL command": "503 5.5.1 need MAIL command first",
+    "503 Error: need RCPT command": "503 5.5.1 need RCPT command first",
+    "503 Error: nested MAIL command": "503 5.5.1 nested MAIL command",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 line too long (RFC 5321 4.5.3.1.6)",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_conn_ids = itertools.count(1)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` (a literal or a name, resolved once) only means this machine."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def allowed_networks(config: Config) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The client networks of ``proxy_allow``; a bad entry is a ConfigError."""
+    networks = []
+    for entry in config.proxy_allow:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(f"proxy.allow: {entry!r} is not an address or network") from None
+    return networks
+
+
+def check_bind(config: Config, host: str) -> None:
+    """Refuse to listen beyond loopback unless clients are restricted.
+
+    Anything but a loopback address needs an allowlist (``proxy.allow``) or SMTP AUTH over
+    TLS (``proxy.auth_file`` with ``proxy.tls_cert``/``tls_key``): an open relay that stamps
+    our Message-IDs on anybody's mail must never be possible by accident.
+    """
+    if is_loopback_host(host):
+        return
+    allowlist = bool(config.proxy_allow)
+    auth = bool(config.proxy_auth_file and config.proxy_tls_cert and config.proxy_tls_key)
+    if not (allowlist or auth):
+        raise ConfigError(
+            f"proxy.listen: refusing to listen on {host} (not loopback) without proxy.allow"
+            " (client networks) or proxy.auth_file with proxy.tls_cert and proxy.tls_key;"
+            " the proxy must never be an open relay"
+        )
+
+
+def client_allowed(
+    peer: Any, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    """Whether a client at ``peer`` (aiosmtpd's ``session.peer``) may submit mail.
+
+    Loopback is always allowed; anything else must be in ``networks``. A peer we cannot read
+    (a Unix socket, a missing address) is refused.
+    """
+    host = peer[0] if isinstance(peer, tuple) and peer else peer
+    if not isinstance(host, str):
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or any(address in net for net in networks)
+
+
+def build_recipients(
+    stamped: Stamped,
+    envelope: Sequence[str],
+    blocked: dict[str, Enrollment],
+    refused: dict[str, str],
+) -> tuple[OutboundRecipient, ...]:
+    """Recipients to record: header To/Cc and envelope, with role, envelope flag and status.
+
+    An envelope recipient not named in To or Cc is a Bcc. Blocked envelope recipients are
+    ``suppressed`` with their enrollment's state as reason; recipients the upstream refused
+    at RCPT are ``refused`` with its reply.
+    """
+    entries: dict[str, list[Any]] = {}
+    for address in stamped.to:
+        entries.setdefault(address, ["to", False])
+    for address in stamped.cc:
+        entries.setdefault(address, ["cc", False])
+    for address in [*envelope, *refused]:
+        entries.setdefault(address, ["bcc", True])[1] = True
+    result = []
+    for address, (role, on_envelope) in entries.items():
+        status, reason = "sent", None
+        if address in refused:
+            status, reason = "refused", refused[address]
+        elif on_envelope and address in blocked:
+            enrollment = blocked[address]
+            status = "suppressed"
+            reason = enrollment.status + (f": {enrollment.reason}" if enrollment.reason else "")
+        result.append(OutboundRecipient(address, role, on_envelope, status, reason))
+    return tuple(result)
+
+
+class ProxySession(Session):
+    """aiosmtpd's per-connection session plus our transaction state."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.rt_id = f"c{next(_conn_ids):x}"
+        # The upstream connection holding this client's open transaction, if any.
+        self.rt_upstream: Upstream | None = None
+        # Recipients of the open transaction the upstream refused at RCPT, with its reply.
+        self.rt_refused: dict[str, str] = {}
+
+
+class ProxySMTP(SMTP):
+    """aiosmtpd's SMTP with enhanced status codes on its own replies and clean teardown."""
+
+    handler: ProxyHandler
+
+    def __init__(self, handler: ProxyHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.handler = handler
+
+    session: ProxySession | None
+
+    def _create_session(self) -> ProxySession:
+        return ProxySession(self.loop)
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.handler.connections.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.handler.connections.discard(self)
+        session = self.session
+        if session is not None and session.rt_upstream is not None:
+            # The client left in the middle of a transaction: the upstream transaction is
+            # half open, so that connection is not reused.
+            session.rt_upstream.close()
+            session.rt_upstream = None
+        super().connection_lost(error)
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = _STOCK_REPLIES.get(status, status)
+        await super().push(status)
+
+
+class ProxyHandler:
+    """The aiosmtpd handler: each hook answers with the upstream's reply or ours."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        keyring: Keyring,
+        pool: UpstreamPool,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.keyring = keyring
+        self.pool = pool
+        self.executor = executor
+        self.networks = allowed_networks(config)
+        self.connections: set[ProxySMTP] = set()
+        self.in_flight = 0
+
+    async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a store call off the event loop: SQLite waits must never stall other clients."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, func, *args)
+
+    async def _end(self, session: ProxySession, *, reset: bool = True) -> None:
+        upstream = session.rt_upstream
+        session.rt_upstream = None
+        if upstream is not None:
+            await self.pool.end(upstream, reset=reset)
+
+    # --- hooks -----------------------------------------------------------------------------
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's fallback for errors outside our hooks: a 451, never its 500."""
+        log.error("unhandled error in the SMTP session: %r", error, exc_info=error)
+        return S451_INTERNAL
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: ProxySession,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        cid = session.rt_id
+        try:
+            if not client_allowed(session.peer, self.networks):
+                log.warning("[%s] MAIL refused: client %s not allowed", cid, session.peer)
+                metrics.PROXY_MAILS.labels("rejected").inc()
+                return S554_NOT_ALLOWED
+            if _CONTROL.search(address):
+                return S501_SENDER
+            utf8 = "SMTPUTF8" in mail_options
+            if not utf8 and not address.isascii():
+                return S553_NEEDS_UTF8
+            # A transaction left open (EHLO in the middle resets aiosmtpd's envelope) ends here.
+            await self._end(session)
+            session.rt_refused = {}
+            options = [o for o in mail_options if o == "BODY=8BITMIME" or o == "SMTPUTF8"]
+            try:
+                session.rt_upstream = await self.pool.begin(address, options, utf8=utf8)
+            except RelayError as exc:
+                log.info("[%s] MAIL FROM:<%s> not taken upstream: %s", cid, address, exc.reply)
+                return exc.reply
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+            return S250_MAIL_OK
+        except Exception:
+            log.exception("[%s] error in MAIL", cid)
+            await self._end(session)
+            return S451_INTERNAL
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: ProxySession,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        cid = session.rt_id
+        try:
+            if _CONTROL.search(address):
+                return S501_RECIPIENT
+            if not envelope.smtp_utf8 and not address.isascii():
+                return S553_NEEDS_UTF8
+            upstream = session.rt_upstream
+            if upstream is None:
+                return S451_NO_TRANSACTION
+            try:
+                reply = await upstream.rcpt(address, utf8=bool(envelope.smtp_utf8))
+            except RelayError as exc:
+                if exc.broken:
+                    session.rt_upstream = None
+                    upstream.close()
+                else:
+                    session.rt_refused[normalize_address(address)] = exc.reply
+                log.info("[%s] RCPT TO:<%s> refused upstream: %s", cid, address, exc.reply)
+                return exc.reply
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            return reply
+        except Exception:
+            log.exception("[%s] error in RCPT", cid)
+            await self._end(session)
+            return S451_INTERNAL
+
+    async def handle_RSET(self, server: SMTP, session: ProxySession, envelope: Envelope) -> str:
+        await self._end(session)
+        session.rt_refused = {}
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: ProxySession, envelope: Envelope) -> str:
+        await self._end(session)
+        return "221 2.0.0 Bye"
+
+    async def handle_DATA(self, server: SMTP, session: ProxySession, envelope: Envelope) -> str:
+        cid = session.rt_id
+        started = time.monotonic()
+        upstream = session.rt_upstream
+        session.rt_upstream = None
+        refused = session.rt_refused
+        session.rt_refused = {}
+        self.in_flight += 1
+        info: dict[str, Any] = {}
+        result = "tempfail"
+        try:
+            if upstream is None:
+                reply = S451_NO_TRANSACTION
+            else:
+                reply, result = await self._deliver(cid, envelope, upstream, refused, info)
+        except Exception:
+            log.exception("[%s] error in DATA", cid)
+            reply, result = S451_INTERNAL, "tempfail"
+            if upstream is not None:
+                upstream.close()
+        finally:
+            self.in_flight -= 1
+        elapsed = time.monotonic() - started
+        metrics.PROXY_MAILS.labels(result).inc()
+        metrics.PROXY_LATENCY.observe(elapsed)
+        log.info(
+            "[%s] mail message_id=<%s> original=%s campaign=%s step=%s sender=<%s>"
+            " recipients=%d suppressed=%d size=%d result=%s reply=%r ms=%.1f",
+            cid,
+            info.get("message_id", ""),
+            f"<{info['original']}>" if info.get("original") else "-",
+            info.get("campaign") or "-",
+            info.get("step") if info.get("step") is not None else "-",
+            envelope.mail_from,
+            len(envelope.rcpt_tos),
+            info.get("suppressed", 0),
+            len(envelope.original_content or b""),
+            result,
+            reply.splitlines()[-1],
+            elapsed * 1000,
+        )
+        return reply
+
+    # --- the mail ---------------------------------------------------------------------------
+    async def _deliver(
+        self,
+        cid: str,
+        envelope: Envelope,
+        upstream: Upstream,
+        refused: dict[str, str],
+        info: dict[str, Any],
+    ) -> tuple[str, str]:
+        """Stamp, check suppression, record, relay, settle. Returns (reply, metric result)."""
+        data = envelope.original_content or b""
+        message_id = mint(self.keyring, self.config.domain)
+        info["message_id"] = message_id
+        try:
+            stamped = stamp(data, message_id)
+        except MetadataError as exc:
+            await self.pool.end(upstream, reset=True)
+            return f"550 5.6.0 {exc}", "rejected"
+        info.update(original=stamped.original_message_id, campaign=stamped.campaign)
+        info["step"] = stamped.step
+        envelope_rcpts = list(dict.fromkeys(normalize_address(r) for r in envelope.rcpt_tos))
+
+        blocked: dict[str, Enrollment] = {}
+        if stamped.campaign is not None:
+            try:
+                blocked = await self._in_thread(
+                    self.store.blocked_enrollments, stamped.campaign, envelope_rcpts
+                )
+            except Exception:
+                log.exception("[%s] cannot read enrollments", cid)
+                metrics.STORE_ERRORS.labels("proxy").inc()
+                await self.pool.end(upstream, reset=True)
+                return S451_STORE, "tempfail"
+        send_to = [r for r in envelope.rcpt_tos if normalize_address(r) not in blocked]
+        info["suppressed"] = len(envelope.rcpt_tos) - len(send_to)
+        recipients = build_recipients(stamped, envelope_rcpts, blocked, refused)
+        record = OutboundRecord(
+            message_id=message_id,
+            original_message_id=stamped.original_message_id,
+            campaign=stamped.campaign,
+            step=stamped.step,
+            sender=normalize_address(envelope.mail_from or ""),
+            from_address=stamped.from_address,
+            subject=stamped.subject,
+            size=len(stamped.data),
+            status="relaying",
+            recipients=recipients,
+            created_at=time.time(),
+        )
+
+        if not send_to:
+            # Nobody left: nothing goes upstream; the suppression itself is recorded.
+            await self.pool.end(upstream, reset=True)
+            reasons = "; ".join(
+                f"{a} {e.status}" + (f" ({e.reason})" if e.reason else "")
+                for a, e in sorted(blocked.items())
+            )
+            reply = f"550 5.7.1 not sent: campaign {stamped.campaign} is over for {reasons}"
+            suppressed = dataclasses.replace(record, status="suppressed", upstream_reply=reply)
+            try:
+                await self._in_thread(self.store.record_outbound, suppressed)
+            except Exception:
+                log.exception("[%s] cannot record the suppression", cid)
+                metrics.STORE_ERRORS.labels("proxy").inc()
+                return S451_STORE, "tempfail"
+            metrics.PROXY_RECIPIENTS_SUPPRESSED.inc(info["suppressed"])
+            return _one_line(reply), "suppressed"
+
+        if blocked:
+            # The upstream already holds every RCPT; start its transaction again with only
+            # the recipients that may get the mail. Nothing was sent, so this is safe, and
+            # any different answer the second time makes the whole mail a 451.
+            try:
+                await self._replay(upstream, envelope, send_to)
+            except RelayError as exc:
+                log.warning("[%s] replay without suppressed recipients failed: %s", cid, exc)
+                if exc.broken:
+                    upstream.close()
+                else:
+                    await self.pool.end(upstream, reset=True)
+                return S451_REPLAY, "tempfail"
+
+        try:
+            pk = await self._in_thread(self.store.record_outbound, record)
+        except Exception:
+            log.exception("[%s] cannot record the mail; not relaying it", cid)
+            metrics.STORE_ERRORS.labels("proxy").inc()
+            await self.pool.end(upstream, reset=True)
+            return S451_STORE, "tempfail"
+
+        try:
+            upstream_reply = await upstream.data(stamped.data)
+        except RelayError as exc:
+            if exc.broken:
+                upstream.close()
+            else:
+                # A refused DATA ends the transaction; the connection is fit for the next.
+                self.pool.release(upstream)
+            await self._settle(cid, pk, "failed", exc.reply)
+            result = "tempfail" if exc.broken else "upstream_refused"
+            return exc.reply, result
+        self.pool.release(upstream)
+        await self._settle(cid, pk, "relayed", upstream_reply)
+        if blocked:
+            metrics.PROXY_RECIPIENTS_SUPPRESSED.inc(info["suppressed"])
+        said = upstream_reply.splitlines()[-1][4:]
+        return _one_line(f"250 2.0.0 <{message_id}> relayed: {said}"), "relayed"
+
+    async def _replay(self, upstream: Upstream, envelope: Envelope, send_to: Iterable[str]) -> None:
+        if not await upstream.rset():
+            raise RelayError("451 4.4.2 upstream lost at RSET", broken=True)
+        utf8 = bool(envelope.smtp_utf8)
+        options = [o for o in envelope.mail_options if o in ("BODY=8BITMIME", "SMTPUTF8")]
+        if not upstream.supports("8bitmime"):
+            options = [o for o in options if o != "BODY=8BITMIME"]
+        await upstream.mail(envelope.mail_from or "", options, utf8=utf8)
+        for recipient in send_to:
+            await upstream.rcpt(recipient, utf8=utf8)
+
+    async def _settle(self, cid: str, pk: int, status: str, reply: str) -> None:
+        """Mark the record relayed or failed. The record exists either way, so a failure
+        here is logged, not turned into a different answer to the client."""
+        try:
+            await self._in_thread(self.store.set_message_status, pk, status, _one_line(reply))
+        except Exception:
+            log.exception("[%s] cannot mark mail %d %s", cid, pk, status)
+            metrics.STORE_ERRORS.labels("proxy").inc()
+
+
+def _one_line(reply: str) -> str:
+    return " ".join(line[4:] if i else line for i, line in enumerate(reply.splitlines()))[:500]
+
+
+class ProxyServer:
+    """The listening proxy: start, serve, and stop gracefully."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        keyring: Keyring,
+        listen: str | None = None,
+    ) -> None:
+        self.config = config
+        self.host, self.port = parse_hostport(listen or config.proxy_listen, setting="listen")
+        check_bind(config, self.host)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="replytrack-store"
+        )
+        self.pool = UpstreamPool(UpstreamSettings.from_config(config))
+        self.handler = ProxyHandler(
+            config=config, store=store, keyring=keyring, pool=self.pool, executor=self.executor
+        )
+        self._server: asyncio.base_events.Server | None = None
+
+    def _protocol(self) -> ProxySMTP:
+        return ProxySMTP(
+            self.handler,
+            hostname=self.config.hostname,
+            data_size_limit=self.config.proxy_max_size,
+            enable_SMTPUTF8=True,
+            ident="replytrack",
+            timeout=max(self.config.proxy_timeout * 5, 300),
+        )
+
+    async def start(self) -> None:
+        """Bind and start accepting; ``self.port`` is the bound port (for port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, self.host, self.port, backlog=1024, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "proxy listening on %s:%d, relaying to %s",
+            self.host,
+            self.port,
+            self.config.proxy_upstream,
+        )
+
+    def busy(self) -> bool:
+        """Whether any client is in the middle of a transaction."""
+        if self.handler.in_flight:
+            return True
+        return any(
+            c.session is not None and c.session.rt_upstream is not None
+            for c in self.handler.connections
+        )
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let open transactions finish (at most ``grace`` s), close."""
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + grace
+        while self.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.busy():
+            log.warning("stopping with transactions still open after %.0f s", grace)
+        for connection in list(self.handler.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        await asyncio.sleep(0)
+        await self.pool.close()
+        self.executor.shutdown(wait=True)
+
+
+class ThreadedProxy:
+    """A proxy on its own event loop in a thread (tests, benchmarks, embedding)."""
+
+    def __init__(self, config: Config, *, store: Store, keyring: Keyring) -> None:
+        self.server = ProxyServer(config, store=store, keyring=keyring)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.server.port
+
+    def start(self) -> ThreadedProxy:
+        """Start the loop and the server; returns self."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=10)
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the server and the loop."""
+        future = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
+        future.result(timeout=grace + 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+    def __enter__(self) -> ThreadedProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

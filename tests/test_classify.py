@@ -535,3 +535,59 @@ def test_person_writing_about_out_of_office_settings_is_human() -> None:
         extra=[("Precedence", "list"), ("X-Auto-Response-Suppress", "All")],
     )
     assert result.kind == "human", result.evidence
+
+
+def test_auto_submitted_with_a_comment() -> None:
+    result = verdict(
+        "Re: Your proposal",
+        "Away.",
+        extra=[("Auto-Submitted", "auto-replied (zimbra; vacation)")],
+    )
+    assert result.kind == "auto_reply"
+    assert "auto-submitted:auto-replied" in result.evidence
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"),
+    [
+        (
+            "Request received: Your proposal",
+            "Thank you for contacting us. This is an automated response confirming that we "
+            "received your request; our team will get back to you within two business days.",
+        ),
+        (
+            "Re: Ihr Angebot",
+            "Guten Tag,\n\ndies ist eine automatisch generierte Nachricht. Ihre E-Mail ist bei uns "
+            "eingegangen und wird bearbeitet.",
+        ),
+        (
+            "Re: Votre offre",
+            "Ceci est une réponse automatique : votre message a bien été reçu.",
+        ),
+    ],
+)
+def test_acknowledgements_that_declare_themselves_automatic(subject: str, body: str) -> None:
+    result = verdict(subject, body)
+    assert result.kind == "auto_reply", result.evidence
+    assert result.subtype == "autoresponder"
+
+
+def test_person_quoting_an_automatic_notice_outlook_style_is_human() -> None:
+    """Outlook quotes without ">": wording below "-----Original Message-----" is not theirs."""
+    result = verdict(
+        "RE: Automatic reply: Your proposal",
+        "Sam, Erika is back now, I am forwarding your mail to her.\n\nJonas\n\n"
+        "-----Original Message-----\nFrom: Erika Mustermann\nSent: Monday\n"
+        "Subject: Automatic reply: Your proposal\n\nThis is an automatic reply. I am out of the "
+        "office until 16 March with no access to email.",
+    )
+    assert result.kind == "human", result.evidence
+
+
+def test_person_answering_a_mail_that_says_it_was_sent_automatically_is_human() -> None:
+    result = verdict(
+        "Re: Your trial ends soon",
+        "Yes please, extend it.\n\nOn Mon, 2 Mar 2026 at 08:00, Sam Seller wrote:\n"
+        "This message was sent automatically by our trial system.",
+    )
+    assert result.kind == "human", result.evidence

@@ -71,7 +71,7 @@ def _classify_view(
         # The notice's own date is the reference for "next Monday"; a
         # caller-given today wins (the milter knows the real day).
         reference = today or _mail_date(view) or dt.date.today()
-        return_date = read_return_date(ctx.subject, ctx.text, reference)
+        return_date = read_return_date(ctx.subject, ctx.fresh_text, reference)
         if return_date is not None and finding.subtype == "autoresponder":
             finding.subtype = "out_of_office"
     return Classification(

@@ -77,6 +77,10 @@ AUTO_SUBJECT = _compile(
             r"^(?:\[[^\]]{0,80}\]\s*)?автоответ|^автоматический ответ",  # Russian
             r"^(?:\[[^\]]{0,80}\]\s*)?自動(?:応答|返信)",  # Japanese
             r"^(?:\[[^\]]{0,80}\]\s*)?自动(?:回复|答复)",  # Chinese
+            r"^(?:\[[^\]]{0,80}\]\s*)?automatikus válasz\b",  # Hungarian
+            r"^(?:\[[^\]]{0,80}\]\s*)?otomatik (?:yan\u0131t|cevap)\b",  # Turkish
+            r"^(?:\[[^\]]{0,80}\]\s*)?αυτόματη απάντηση",  # Greek
+            r"^(?:\[[^\]]{0,80}\]\s*)?자동 ?(?:회신|응답)",  # Korean
         ],
     }
 )
@@ -87,6 +91,7 @@ AUTO_SUBJECT_WEAK = _compile(
         "en": [
             r"^(?:\[[^\]]{0,80}\]\s*)?(?:thank you|thanks) for (?:your|contacting)\b.{0,40}(?:e-?mail|message)",
             r"^(?:\[[^\]]{0,80}\]\s*)?(?:we have )?received your (?:e-?mail|message|request)\b",
+            r"^(?:\[[^\]]{0,80}\]\s*)?(?:your )?(?:request|ticket|case|enquiry|inquiry) (?:has been )?(?:received|created|opened|logged)\b",
         ],
         "de": [
             r"^(?:\[[^\]]{0,80}\]\s*)?(?:vielen )?dank für ihre (?:nachricht|e-?mail|anfrage)\b"
@@ -121,43 +126,39 @@ OOO_BODY = _compile(
             r"on (?:vacation|holiday|holidays|business travel|a business trip)|travel(?:l)?ing|out of the country|away)\b",
             r"\b(?:i am|i'm|i will be)\s+(?:\w+\s+){0,2}(?:back|returning) (?:in the office )?(?:on|in|at|by)\b",
             r"\bwith (?:limited|no|intermittent) access to (?:my )?e-?mail\b",
-            r"\bthis is an? (?:automatic|automated|auto-generated) (?:reply|response|message|notification)\b",
             r"\bi will (?:respond|reply|get back to you|answer)\b.{0,60}\b(?:when|upon|on) my return\b",
             r"\bupon my return\b",
         ],
         "de": [
             r"\bich bin\b.{0,80}\b(?:nicht im (?:büro|hause|haus)|abwesend|außer haus|ausser haus|im urlaub|nicht erreichbar)",
-            r"\b(?:abwesenheitsnotiz|abwesenheitsnachricht|automatische antwort)\b",
+            r"\b(?:abwesenheitsnotiz|abwesenheitsnachricht)\b",
             r"\bnach meiner rückkehr\b",
             r"\bab dem .{0,30} wieder (?:im büro|erreichbar|da)\b",
             r"\b(?:bin|wieder) ab\b.{0,40}\bwieder\b",
         ],
         "fr": [
             r"\bje (?:suis|serai)\b.{0,40}\b(?:absent(?:e)?|en (?:congé|congés|vacances|déplacement)|hors du bureau)\b",
-            r"\b(?:réponse automatique|message automatique|message d'absence)\b",
+            r"\bmessage d'absence\b",
             r"\bà mon retour\b",
             r"\bde retour le\b",
         ],
         "es": [
             r"\b(?:estoy|estaré|me encuentro)\b.{0,40}\b(?:fuera de la oficina|de vacaciones|ausente|fuera)\b",
-            r"\b(?:respuesta automática|mensaje automático)\b",
             r"\ba mi regreso\b",
             r"\bhasta el\b.{0,40}\bsin acceso\b",
         ],
         "it": [
             r"\bsar[òo]\b.{0,40}\b(?:assente|fuori (?:sede|ufficio)|in ferie|in vacanza)\b",
             r"\b(?:sono|resterò)\b.{0,40}\b(?:assente|fuori (?:sede|ufficio)|in ferie|in vacanza)\b",
-            r"\b(?:risposta automatica|messaggio automatico)\b",
             r"\bal mio rientro\b",
         ],
         "pt": [
             r"\b(?:estou|estarei|encontro-me)\b.{0,40}\b(?:fora do escritório|ausente|de férias|fora)\b",
-            r"\b(?:resposta automática|mensagem automática)\b",
             r"\b(?:no|após o) meu regresso\b|\bquando (?:eu )?voltar\b",
         ],
         "nl": [
             r"\bik ben\b.{0,40}\b(?:afwezig|niet aanwezig|buiten kantoor|op vakantie|met vakantie|niet bereikbaar)\b",
-            r"\b(?:automatisch antwoord|automatisch bericht|afwezigheidsbericht)\b",
+            r"\bafwezigheidsbericht\b",
             r"\bna mijn terugkeer\b|\bweer aanwezig\b|\bben ik weer\b",
         ],
     }
@@ -170,17 +171,39 @@ AUTORESPONDER_BODY = _compile(
         "en": [
             r"\b(?:thank you|thanks) for (?:your|contacting)\b.{0,80}\b(?:we|our team)\b.{0,40}\b(?:will|shall)\b.{0,40}"
             r"\b(?:respond|reply|get back|contact you|be in touch)\b",
-            r"\bthis is an? (?:automatic|automated|auto-generated) (?:reply|response|message|notification)\b",
-            r"\bplease do not reply to this (?:e-?mail|message)\b",
             r"\byour (?:message|e-?mail|request) has been received\b",
             r"\ba (?:support )?ticket has been (?:created|opened)\b",
         ],
-        "de": [r"\bdies ist eine automatisch(?:e)? (?:generierte )?(?:antwort|nachricht)\b"],
-        "fr": [r"\bceci est un(?:e)? (?:réponse|message) automatique\b"],
-        "es": [r"\besta es una respuesta automática\b"],
-        "it": [r"\bquesta è una risposta automatica\b"],
-        "pt": [r"\besta é uma resposta automática\b"],
-        "nl": [r"\bdit is een automatisch(?:e)? (?:antwoord|bericht|reactie)\b"],
+    }
+)
+
+# A body that declares itself automatic: no person writes these sentences
+# about their own mail, so they count as much as a header.
+SELF_DECLARED_AUTOMATIC = _compile(
+    {
+        "en": [
+            r"\bthis is an? (?:automatic|automated|auto-generated|automatically generated) (?:reply|response|message|notification|e-?mail)\b",
+            r"\bthis (?:e-?mail|message) (?:was|has been|is) (?:sent |generated )?automatically\b",
+            r"\bplease do not reply to this (?:automated|automatic) (?:e-?mail|message)\b",
+            r"\bthis is the only notification you will receive while\b",
+        ],
+        "de": [
+            r"\bdies ist eine automatisch(?:e)? (?:generierte |erzeugte )?(?:antwort|nachricht|e-?mail)\b",
+            r"\bdiese (?:e-?mail|nachricht) wurde automatisch (?:erstellt|erzeugt|generiert|versendet|versandt)\b",
+        ],
+        "fr": [
+            r"\bceci est un(?:e)? (?:réponse|message|courriel) automatique\b",
+            r"\bce (?:message|courriel) (?:a été|est) (?:envoyé|généré) automatiquement\b",
+        ],
+        "es": [
+            r"\b(?:esta|ésta) es una respuesta automática\b|\beste es un mensaje automático\b",
+            r"\beste (?:mensaje|correo) (?:ha sido|fue|se ha) (?:enviado|generado) automáticamente\b",
+        ],
+        "it": [r"\bquesta è una risposta automatica\b|\bquesto è un messaggio automatico\b"],
+        "pt": [r"\besta é uma (?:resposta|mensagem) automática\b"],
+        "nl": [
+            r"\bdit is een automatisch(?:e)? (?:gegenereerd(?:e)? )?(?:antwoord|bericht|reactie)\b"
+        ],
     }
 )
 

@@ -61,6 +61,14 @@ class Context:
         return self.view.headers
 
     @property
+    def fresh_text(self) -> str:
+        """The text above the first quoted earlier message ("-----Original Message-----",
+        "On ... wrote:"): what the sender wrote now. Auto-reply wording is looked for
+        here only, so that a person quoting a notice is not taken for one."""
+        match = pat.QUOTE_MARKERS.search(self.text)
+        return self.text[: match.start()] if match else self.text
+
+    @property
     def null_sender(self) -> bool:
         return self.envelope_from == ""
 
@@ -442,7 +450,9 @@ def _auto_header_evidence(headers: Headers) -> tuple[list[str], int]:
     score = 0
     auto_submitted = (headers.get("Auto-Submitted") or "").strip().lower()
     if auto_submitted and not auto_submitted.startswith("no"):
-        evidence.append("auto-submitted:" + auto_submitted.split(";")[0].strip())
+        # The value may carry a comment or parameters: "auto-replied (zimbra; vacation)".
+        token = re.match(r"[a-z0-9-]+", auto_submitted)
+        evidence.append("auto-submitted:" + (token.group(0) if token else "other"))
         score += 3
     for name, label in _AUTO_HEADERS:
         found = headers.get(name)
@@ -508,6 +518,14 @@ def _ooo_body(text: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _self_declared(text: str) -> str | None:
+    window = text[:4000]
+    for lang, pattern in pat.SELF_DECLARED_AUTOMATIC:
+        if pattern.search(window):
+            return f"body:declares-automatic:{lang}"
+    return None
+
+
 def _autoresponder_body(text: str) -> str | None:
     window = text[:3000]
     for lang, pattern in pat.AUTORESPONDER_BODY:
@@ -525,6 +543,7 @@ def auto_reply(ctx: Context) -> Finding | None:
     Precedence: list never counts: people reply through lists.
     """
     evidence, score = _auto_header_evidence(ctx.headers)
+    fresh = ctx.fresh_text
     subject_ev, _ = _subject_evidence(ctx.subject)
     if (
         subject_ev
@@ -541,7 +560,7 @@ def auto_reply(ctx: Context) -> Finding | None:
     if weak_ev and not subject_ev:
         evidence.append(weak_ev)
         score += 1
-    ooo_ev, _ = _ooo_body(ctx.text)
+    ooo_ev, _ = _ooo_body(fresh)
     if ooo_ev:
         evidence.append(ooo_ev)
         score += 2
@@ -550,13 +569,17 @@ def auto_reply(ctx: Context) -> Finding | None:
             # quote what they answer, autoresponders do not.
             evidence.append("body:unquoted-notice")
             score += 1
-    elif ctx.text and pat.OOO_MENTION.search(ctx.text[:3000]):
+    elif fresh and pat.OOO_MENTION.search(fresh[:3000]):
         evidence.append("body:out-of-office-mention")
         score += 1
-    responder_ev = _autoresponder_body(ctx.text)
+    responder_ev = _autoresponder_body(fresh)
     if responder_ev:
         evidence.append(responder_ev)
         score += 2
+    declared_ev = _self_declared(fresh)
+    if declared_ev:
+        evidence.append(declared_ev)
+        score += 3
     if ctx.null_sender:
         # People's mail clients never send with an empty MAIL FROM (RFC 5321 4.5.5:
         # it is for notifications); RFC 3834 asks auto-responders to use it.
@@ -564,7 +587,7 @@ def auto_reply(ctx: Context) -> Finding | None:
         score += 3
     if score < 3:
         return None
-    if _is_mailer_daemon(ctx) and not (subject_ev or ooo_ev or responder_ev):
+    if _is_mailer_daemon(ctx) and not (subject_ev or ooo_ev or responder_ev or declared_ev):
         # Header signals alone on a MAILER-DAEMON mail: a delivery report in a
         # wording we do not know, left to the mailer_daemon detector.
         return None

@@ -59,6 +59,16 @@ OUTBOX_BACKLOG = Gauge(
     "Notifications queued and not yet delivered to every webhook.",
 )
 
+NOTIFY_ATTEMPTS = Counter(
+    "replytrack_notify_attempts_total",
+    "Webhook POSTs by the notification sender, by result.",
+    ["result"],  # delivered | failed
+)
+NOTIFY_DEAD = Counter(
+    "replytrack_notify_dead_total",
+    "Notifications given up after notify.max_attempts failed attempts.",
+)
+
 
 def serve(listen: str) -> None:
     """Expose ``/metrics`` over HTTP on ``HOST:PORT`` (in a daemon thread)."""

@@ -139,6 +139,17 @@ class CampaignStats:
     last_sent: float | None
 
 
+@dataclass(frozen=True)
+class OutboxItem:
+    """A queued notification claimed by a sender: the event and what was delivered so far."""
+
+    id: int
+    event: Event
+    attempts: int
+    created_at: float
+    delivered_urls: frozenset[str] = frozenset()
+
+
 class Store(abc.ABC):
     """The store interface. Writes are short transactions; every method is thread-safe."""
 
@@ -241,6 +252,52 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
         """Counts per campaign."""
+
+    # --- notify outbox -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def claim_outbox(
+        self, owner: str, *, now: float, lease_seconds: float, limit: int = 1
+    ) -> list[OutboxItem]:
+        """Lease up to ``limit`` due, undelivered, live outbox rows to ``owner``.
+
+        A row leased to another sender is not handed out until its lease expires, so two
+        senders never deliver the same row at once; a sender that died loses its lease.
+        """
+
+    @abc.abstractmethod
+    def mark_outbox_url_delivered(self, outbox_id: int, url: str, now: float) -> None:
+        """Remember that ``url`` answered 2xx for this row (it is not posted there again)."""
+
+    @abc.abstractmethod
+    def finish_outbox_attempt(
+        self,
+        outbox_id: int,
+        owner: str,
+        *,
+        now: float,
+        delivered: bool,
+        next_attempt_at: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> None:
+        """Count one attempt, release the lease, and mark the row delivered, dead or due later."""
+
+    @abc.abstractmethod
+    def outbox_counts(self, now: float | None = None) -> dict[str, int]:
+        """Outbox rows by state: ``pending`` (not delivered, not dead), ``due``, ``dead``,
+        ``delivered``."""
+
+    # --- maintenance ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def check_writable(self) -> None:
+        """Raise StoreError unless a write transaction can be started (and rolls it back)."""
+
+    @abc.abstractmethod
+    def prune(self, before: float, *, dry_run: bool = False) -> dict[str, int]:
+        """Drop messages, events and delivered or dead outbox rows older than ``before``.
+
+        Events whose notification is still pending are kept. Returns counts per table.
+        """
 
     @abc.abstractmethod
     def close(self) -> None:

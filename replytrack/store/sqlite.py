@@ -8,6 +8,7 @@ The schema is versioned: ``MIGRATIONS[n]`` brings a store from version n to n + 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -160,6 +161,40 @@ def _row_to_event(row: sqlite3.Row | dict[str, Any]) -> Event:
     )
 
 
+def _text(value: Any) -> Any:
+    """A string SQLite can store: lone surrogates (undecodable header bytes) escaped.
+
+    Header values that are not UTF-8 reach us as surrogate escapes, which SQLite's UTF-8
+    encoding refuses; without this a mail with such a Subject could never be recorded.
+    The escaping is deterministic, so a lookup finds what was recorded.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+_D = TypeVar("_D")
+
+
+def _storable(record: _D) -> _D:
+    """The dataclass record with every string (also in nested records) made storable."""
+    changes: dict[str, Any] = {}
+    for item in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, item.name)
+        if isinstance(value, str):
+            new = _text(value)
+        elif isinstance(value, tuple):
+            new = tuple(_storable(v) if dataclasses.is_dataclass(v) else _text(v) for v in value)
+        else:
+            continue
+        if new is not value and new != value:
+            changes[item.name] = new
+    return dataclasses.replace(record, **changes) if changes else record  # type: ignore[type-var]
+
+
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -249,7 +284,7 @@ class SQLiteStore(Store):
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
-            return self.conn.execute(sql, params).fetchall()
+            return self.conn.execute(sql, [_text(p) for p in params]).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed: {exc}") from exc
 
@@ -318,6 +353,7 @@ class SQLiteStore(Store):
         return blocked
 
     def record_outbound(self, record: OutboundRecord) -> int:
+        record = _storable(record)
         with self.write() as conn:
             cur = conn.execute(
                 "INSERT INTO messages (message_id, original_message_id, campaign, step, sender,"
@@ -496,6 +532,7 @@ class SQLiteStore(Store):
         dedupe_key: str | None,
         notify: bool,
     ) -> int | None:
+        event = _storable(event)
         cur = conn.execute(
             "INSERT OR IGNORE INTO events (kind, created_at, campaign, message_id,"
             " inbound_message_id, sender, recipient, relation, evidence, detail, queue_id,"
@@ -538,7 +575,8 @@ class SQLiteStore(Store):
             event_id = self._insert_event(conn, event, dedupe_key=dedupe_key, notify=notify)
             if event_id is None:
                 return None
-            for campaign, recipient, status, reason, until in set_status:
+            for change in set_status:
+                campaign, recipient, status, reason, until = (_text(v) for v in change)
                 conn.execute(
                     "INSERT INTO enrollments (campaign, recipient, domain, status, reason, since,"
                     " until, updated_by, created_at) VALUES (?,?,?,?,?,?,?,?,?)"

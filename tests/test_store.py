@@ -1,0 +1,491 @@
+"""The SQLite store on real files: schema versions, WAL, one connection per thread, the
+outbound record, enrollments, events, and clear StoreErrors when the file is locked or
+read-only."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from replytrack.store import open_store
+from replytrack.store.base import (
+    ACTIVE,
+    BOUNCED,
+    PAUSED,
+    STOPPED,
+    Event,
+    OutboundRecipient,
+    OutboundRecord,
+    StoreError,
+)
+from replytrack.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+NOW = 1_760_000_000.0
+
+
+def outbound(
+    message_id: str,
+    *,
+    campaign: str | None = "spring",
+    recipients: tuple[OutboundRecipient, ...] | None = None,
+    original: str | None = None,
+    step: int | None = 1,
+    created_at: float = NOW,
+    status: str = "relayed",
+) -> OutboundRecord:
+    if recipients is None:
+        recipients = (OutboundRecipient("ann@example.com", "to", True),)
+    return OutboundRecord(
+        message_id=message_id,
+        original_message_id=original,
+        campaign=campaign,
+        step=step,
+        sender="sales@ours.example",
+        from_address="sales@ours.example",
+        subject="Hello",
+        size=1234,
+        status=status,
+        recipients=recipients,
+        created_at=created_at,
+        upstream_reply="250 2.0.0 queued",
+    )
+
+
+def raw(store: SQLiteStore, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    return store.conn.execute(sql, params).fetchall()
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def test_new_store_has_current_schema_and_reopening_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "rt.db"
+    first = SQLiteStore(path)
+    assert first.schema_version() == SCHEMA_VERSION
+    first.record_outbound(outbound("a@x"))
+    tables = {r[0] for r in raw(first, "SELECT name FROM sqlite_master")}
+    first.close_all()
+    second = SQLiteStore(path)
+    assert second.schema_version() == SCHEMA_VERSION
+    assert {r[0] for r in raw(second, "SELECT name FROM sqlite_master")} == tables
+    assert [m.message_id for m in second.messages()] == ["a@x"]
+    second.close_all()
+
+
+def test_store_from_a_newer_replytrack_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rt.db"
+    SQLiteStore(path).close_all()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this replytrack"):
+        SQLiteStore(path)
+    with pytest.raises(StoreError, match=f"schema {SCHEMA_VERSION + 1}"):
+        SQLiteStore(path, readonly=True)
+
+
+def test_missing_store_without_create(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        SQLiteStore(tmp_path / "absent.db", create=False)
+    with pytest.raises(StoreError, match="PostgreSQL"):
+        open_store("postgresql://db/replytrack")
+
+
+def test_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "rt.db"
+    path.write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(StoreError):
+        SQLiteStore(path)
+
+
+# --- connections ------------------------------------------------------------------------------
+
+
+def test_wal_and_busy_timeout_on_every_connection_one_per_thread(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "rt.db", busy_timeout_ms=1234)
+    seen: dict[str, object] = {}
+
+    def look(name: str) -> None:
+        conn = store.conn
+        assert store.conn is conn
+        seen[name] = (
+            conn,
+            conn.execute("PRAGMA journal_mode").fetchone()[0],
+            conn.execute("PRAGMA busy_timeout").fetchone()[0],
+        )
+
+    look("main")
+    thread = threading.Thread(target=look, args=("worker",))
+    thread.start()
+    thread.join()
+    main, worker = seen["main"], seen["worker"]
+    assert main[1:] == ("wal", 1234) and worker[1:] == ("wal", 1234)  # type: ignore[index]
+    assert main[0] is not worker[0]  # type: ignore[index]
+    store.close_all()
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_writers_all_land(store: SQLiteStore) -> None:
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(200):
+                store.record_outbound(
+                    outbound(
+                        f"t{n}-{i}@x",
+                        recipients=(OutboundRecipient(f"r{n}-{i}@example.com", "to", True),),
+                    )
+                )
+        except BaseException as exc:  # collected and judged below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Only StoreError may ever escape the store; with a 5 s busy timeout none should.
+    assert all(isinstance(e, StoreError) for e in errors), errors
+    assert errors == []
+    assert raw(store, "SELECT count(*) FROM messages")[0][0] == 1600
+    assert raw(store, "SELECT count(*) FROM enrollments")[0][0] == 1600
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_locked_store_gives_store_error_after_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "rt.db"
+    store = SQLiteStore(path, busy_timeout_ms=100)
+    store.record_outbound(outbound("before@x"))
+    with exclusive_lock(path):
+        with pytest.raises(StoreError, match=r"busy|locked"):
+            store.record_outbound(outbound("during@x"))
+        with pytest.raises(StoreError):
+            store.record_event(Event(kind="reply", created_at=NOW))
+    # The failed write left nothing behind and the store works again.
+    store.record_outbound(outbound("after@x"))
+    assert sorted(m.message_id for m in store.messages()) == ["after@x", "before@x"]
+    store.close_all()
+
+
+def test_locked_store_still_serves_reads(tmp_path: Path) -> None:
+    # WAL: a writer holding the lock does not stop the milter's lookups.
+    path = tmp_path / "rt.db"
+    SQLiteStore(path).record_outbound(outbound("a@x"))
+    with exclusive_lock(path):
+        reader = SQLiteStore(path, busy_timeout_ms=100)
+        assert [m.message_id for m in reader.find_sent(["a@x"])] == ["a@x"]
+        reader.close_all()
+
+
+def test_readonly_flag_refuses_writes_with_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "rt.db"
+    SQLiteStore(path).close_all()
+    ro = SQLiteStore(path, readonly=True)
+    assert ro.messages() == []
+    with pytest.raises(StoreError):
+        ro.record_outbound(outbound("a@x"))
+    with pytest.raises(StoreError):
+        ro.record_event(Event(kind="reply", created_at=NOW))
+    with pytest.raises(StoreError):
+        ro.reactivate_due(NOW)
+    ro.close_all()
+
+
+@pytest.fixture
+def readonly_file(tmp_path: Path) -> Iterator[Path]:
+    """A store file with mode 0444; for root (who ignores modes) also made immutable."""
+    path = tmp_path / "rt.db"
+    store = SQLiteStore(path)
+    store.record_outbound(outbound("a@x"))
+    store.close_all()
+    path.chmod(0o444)
+    immutable = False
+    import os
+
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None:
+            pytest.skip("running as root, which ignores file modes, and chattr is absent")
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"running as root and chattr +i failed: {done.stderr.decode().strip()}")
+        immutable = True
+    try:
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+        path.chmod(0o644)
+
+
+def test_read_only_file_refuses_writes_with_store_error(readonly_file: Path) -> None:
+    store = SQLiteStore(readonly_file)
+    assert [m.message_id for m in store.find_sent(["a@x"])] == ["a@x"]
+    with pytest.raises(StoreError):
+        store.record_outbound(outbound("b@x"))
+    with pytest.raises(StoreError):
+        store.record_event(Event(kind="reply", created_at=NOW), set_status=[])
+    store.close_all()
+
+
+# --- outbound ---------------------------------------------------------------------------------
+
+
+def test_record_outbound_writes_message_recipients_campaign_and_enrollments(
+    store: SQLiteStore,
+) -> None:
+    recipients = (
+        OutboundRecipient("ann@example.com", "to", True),
+        OutboundRecipient("bob@example.org", "cc", False),
+        OutboundRecipient("eve@example.net", "bcc", True),
+        OutboundRecipient("old@example.com", "to", True, status="suppressed", reason="replied"),
+        OutboundRecipient("gone@example.com", "to", True, status="refused", reason="550"),
+    )
+    pk = store.record_outbound(
+        outbound("tok1@ours.example", original="client-1@mua", recipients=recipients, step=2)
+    )
+    assert pk > 0
+    [msg] = store.find_sent(["tok1@ours.example"])
+    assert msg.id == pk
+    assert (msg.campaign, msg.step, msg.original_message_id, msg.status) == (
+        "spring",
+        2,
+        "client-1@mua",
+        "relayed",
+    )
+    assert set(msg.recipients) == set(recipients) and len(msg.recipients) == len(recipients)
+    assert [s.campaign for s in store.campaign_stats()] == ["spring"]
+    enrolled = {e.recipient: e for e in store.enrollments(campaign="spring")}
+    assert set(enrolled) == {"ann@example.com", "bob@example.org", "eve@example.net"}
+    assert all(e.status == ACTIVE and e.since == NOW for e in enrolled.values())
+    assert enrolled["bob@example.org"].recipient.endswith("example.org")
+    assert store.enrollments(domain="example.org")[0].recipient == "bob@example.org"
+    suppressed = store.events(kind="suppressed")
+    assert [(e.recipient, e.detail) for e in suppressed] == [
+        ("old@example.com", {"reason": "replied", "step": 2})
+    ]
+    assert suppressed[0].message_id == "tok1@ours.example"
+    outbox = raw(store, "SELECT event FROM outbox")
+    assert [r[0] for r in outbox] == [suppressed[0].id]
+
+
+def test_mail_without_campaign_enrolls_nobody(store: SQLiteStore) -> None:
+    store.record_outbound(outbound("one@x", campaign=None, step=None))
+    assert store.enrollments() == []
+    assert store.campaign_stats() == []
+    assert [m.message_id for m in store.messages()] == ["one@x"]
+    assert store.last_message_to("ann@example.com").message_id == "one@x"  # type: ignore[union-attr]
+
+
+def test_later_steps_keep_the_first_enrollment(store: SQLiteStore) -> None:
+    store.record_outbound(outbound("s1@x", step=1, created_at=NOW))
+    store.record_outbound(outbound("s2@x", step=2, created_at=NOW + 100))
+    [enrollment] = store.enrollments()
+    assert enrollment.since == NOW
+    assert store.last_message_to("ann@example.com", "spring").message_id == "s2@x"  # type: ignore[union-attr]
+    assert store.last_message_to("ann@example.com", "other") is None
+
+
+def test_duplicate_message_id_is_a_store_error(store: SQLiteStore) -> None:
+    store.record_outbound(outbound("dup@x"))
+    with pytest.raises(StoreError):
+        store.record_outbound(outbound("dup@x"))
+    assert len(store.messages()) == 1
+
+
+def test_blocked_enrollments(store: SQLiteStore) -> None:
+    now = time.time()
+    store.record_outbound(
+        outbound(
+            "m@x",
+            recipients=tuple(
+                OutboundRecipient(f"{name}@example.com", "to", True)
+                for name in ("active", "stopped", "bounced", "future", "past", "open")
+            ),
+        )
+    )
+    store.record_event(
+        Event(kind="reply", created_at=now, actor="test"),
+        set_status=[
+            ("spring", "stopped@example.com", STOPPED, "replied", None),
+            ("spring", "bounced@example.com", BOUNCED, "5.1.1", None),
+            ("spring", "future@example.com", PAUSED, "ooo", now + 3600),
+            ("spring", "past@example.com", PAUSED, "ooo", now - 3600),
+            ("spring", "open@example.com", PAUSED, "by hand", None),
+        ],
+    )
+    everyone = [
+        f"{n}@example.com"
+        for n in ("active", "stopped", "bounced", "future", "past", "open", "stranger")
+    ]
+    blocked = store.blocked_enrollments("spring", everyone)
+    assert set(blocked) == {
+        "stopped@example.com",
+        "bounced@example.com",
+        "future@example.com",
+        "open@example.com",
+    }
+    assert blocked["stopped@example.com"].reason == "replied"
+    assert store.blocked_enrollments("autumn", everyone) == {}
+
+
+def test_find_sent_by_stamped_and_original_ids_beyond_one_chunk(store: SQLiteStore) -> None:
+    for i in range(1200):
+        store.record_outbound(
+            outbound(f"tok{i}@ours", original=f"mua{i}@client", created_at=NOW + i)
+        )
+    wanted = [f"tok{i}@ours" for i in range(0, 1200, 2)] + [
+        f"mua{i}@client" for i in range(1, 1200, 2)
+    ]
+    wanted += [f"unknown{i}@nowhere" for i in range(300)] + wanted[:10]
+    found = store.find_sent(wanted)
+    assert len(found) == 1200
+    assert [m.created_at for m in found] == sorted((m.created_at for m in found), reverse=True)
+    assert {m.message_id for m in found} == {f"tok{i}@ours" for i in range(1200)}
+    assert all(m.recipients for m in found)
+    assert store.find_sent([]) == []
+
+
+def test_text_that_is_not_utf8_is_recorded_not_refused(store: SQLiteStore) -> None:
+    # Header bytes that are not UTF-8 reach us as surrogate escapes; SQLite cannot encode
+    # them, and a mail must not be refused forever because of its Subject.
+    record = outbound("s@x", original="caf\udce9@mua")
+    record = OutboundRecord(**{**record.__dict__, "subject": "Caf\udce9 \udcff"})
+    store.record_outbound(record)
+    [msg] = store.find_sent(["caf\udce9@mua"])
+    assert msg.message_id == "s@x"
+    assert "Caf" in (msg.subject or "")
+    store.record_event(
+        Event(kind="reply", created_at=NOW, sender="x\udcff@y", inbound_message_id="\udcff@z")
+    )
+    assert store.events(kind="reply")[0].sender is not None
+
+
+# --- events and enrollments -------------------------------------------------------------------
+
+
+def test_record_event_with_dedupe_key_records_once(store: SQLiteStore) -> None:
+    store.record_outbound(outbound("m@x"))
+    event = Event(kind="reply", created_at=NOW, campaign="spring", sender="ann@example.com")
+    change = [("spring", "ann@example.com", STOPPED, "replied", None)]
+    first = store.record_event(event, dedupe_key="queue-1", set_status=change)
+    assert first is not None
+    [enrollment] = store.enrollments()
+    assert enrollment.status == STOPPED and enrollment.updated_by == "reply"
+    # Someone resumes by hand; a replay of the same verdict must not stop again.
+    store.record_event(
+        Event(kind="resumed", created_at=NOW + 10, actor="ops"),
+        set_status=[("spring", "ann@example.com", ACTIVE, "by hand", None)],
+        notify=False,
+    )
+    again = store.record_event(event, dedupe_key="queue-1", set_status=change)
+    assert again is None
+    assert store.enrollments()[0].status == ACTIVE
+    assert len(store.events(kind="reply")) == 1
+    assert raw(store, "SELECT count(*) FROM outbox")[0][0] == 1  # notify=False queued nothing
+    # Without a key the same event is recorded each time.
+    assert store.record_event(event) is not None
+    assert store.record_event(event) is not None
+    assert len(store.events(kind="reply")) == 3
+
+
+def test_set_status_upserts_enrollments(store: SQLiteStore) -> None:
+    store.record_event(
+        Event(kind="stopped", created_at=NOW, actor="ops"),
+        set_status=[("never-mailed", "x@example.com", STOPPED, "by hand", None)],
+    )
+    [enrollment] = store.enrollments_of("x@example.com")
+    assert (enrollment.campaign, enrollment.status, enrollment.updated_by) == (
+        "never-mailed",
+        STOPPED,
+        "ops",
+    )
+    store.record_event(
+        Event(kind="paused", created_at=NOW + 5),
+        set_status=[("never-mailed", "x@example.com", PAUSED, "ooo", NOW + 99)],
+    )
+    [enrollment] = store.enrollments_of("x@example.com")
+    assert (enrollment.status, enrollment.until, enrollment.since) == (PAUSED, NOW + 99, NOW + 5)
+
+
+def test_reactivate_due(store: SQLiteStore) -> None:
+    store.record_event(
+        Event(kind="paused", created_at=NOW),
+        set_status=[
+            ("c", "due@example.com", PAUSED, "ooo", NOW + 10),
+            ("c", "later@example.com", PAUSED, "ooo", NOW + 1000),
+            ("c", "open@example.com", PAUSED, "by hand", None),
+            ("c", "stopped@example.com", STOPPED, "replied", None),
+        ],
+    )
+    assert store.reactivate_due(NOW + 10) == 1
+    status = {e.recipient: (e.status, e.until) for e in store.enrollments()}
+    assert status == {
+        "due@example.com": (ACTIVE, None),
+        "later@example.com": (PAUSED, NOW + 1000),
+        "open@example.com": (PAUSED, None),
+        "stopped@example.com": (STOPPED, None),
+    }
+    assert store.reactivate_due(NOW + 10) == 0
+
+
+def test_ooo_memory(store: SQLiteStore) -> None:
+    assert store.ooo_until("a@example.com") is None
+    store.remember_ooo("a@example.com", NOW + 50)
+    store.remember_ooo("a@example.com", NOW + 70)
+    assert store.ooo_until("a@example.com") == NOW + 70
+
+
+def test_campaign_stats(store: SQLiteStore) -> None:
+    people = tuple(OutboundRecipient(f"p{i}@example.com", "to", True) for i in range(4))
+    store.record_outbound(outbound("s1@x", recipients=people, created_at=NOW))
+    store.record_outbound(outbound("s2@x", recipients=people[:2], created_at=NOW + 60))
+    store.record_outbound(outbound("f@x", status="failed", created_at=NOW + 70))
+    store.record_outbound(outbound("o@x", campaign="other", created_at=NOW + 80))
+    for sender in ("p0@example.com", "p0@example.com", "p1@example.com"):
+        store.record_event(
+            Event(kind="reply", created_at=NOW + 90, campaign="spring", sender=sender),
+            set_status=[("spring", sender, STOPPED, "replied", None)],
+        )
+    store.record_event(
+        Event(kind="bounce", created_at=NOW + 95, campaign="spring"),
+        set_status=[("spring", "p2@example.com", BOUNCED, "5.1.1", None)],
+    )
+    [spring] = store.campaign_stats("spring")
+    assert (spring.sent, spring.recipients, spring.replied, spring.stopped) == (2, 5, 2, 2)
+    assert (spring.bounced, spring.active, spring.paused, spring.suppressed) == (1, 2, 0, 0)
+    assert (spring.first_sent, spring.last_sent) == (NOW, NOW + 70)
+    assert [s.campaign for s in store.campaign_stats()] == ["other", "spring"]
+
+
+def test_listing_filters(store: SQLiteStore) -> None:
+    store.record_outbound(outbound("a@x", created_at=NOW))
+    store.record_outbound(outbound("b@x", created_at=NOW + 10, campaign="other"))
+    assert [m.message_id for m in store.messages()] == ["b@x", "a@x"]
+    assert [m.message_id for m in store.messages(campaign="spring")] == ["a@x"]
+    assert [m.message_id for m in store.messages(since=NOW + 5)] == ["b@x"]
+    assert [m.message_id for m in store.messages(limit=1)] == ["b@x"]
+    store.record_event(Event(kind="reply", created_at=NOW, campaign="spring"))
+    store.record_event(Event(kind="bounce", created_at=NOW + 1, campaign="other"))
+    assert [e.kind for e in store.events()] == ["bounce", "reply"]
+    assert [e.kind for e in store.events(campaign="spring")] == ["reply"]
+    assert [e.kind for e in store.events(kind="bounce", since=NOW)] == ["bounce"]

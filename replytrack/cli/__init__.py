@@ -13,6 +13,13 @@ from replytrack.cli.common import cli
 
 COMMAND_MODULES = [
     "replytrack.cli.messages",
+    "replytrack.cli.init_cmd",
+    "replytrack.cli.listing",
+    "replytrack.cli.control",
+    "replytrack.cli.doctor",
+    "replytrack.cli.backfill",
+    "replytrack.cli.maintenance",
+    "replytrack.cli.notify_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -31,6 +31,7 @@ from replytrack.store.base import (
     Event,
     OutboundRecipient,
     OutboundRecord,
+    OutboxItem,
     SentMessage,
     Store,
     StoreError,
@@ -124,6 +125,20 @@ MIGRATIONS: list[str] = [
         address TEXT PRIMARY KEY,
         until REAL NOT NULL,
         updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+    # notify: leases so that several senders never deliver the same outbox row at once,
+    # dead rows (attempts exhausted), and per-webhook delivery so a retry only goes to the
+    # URLs that have not answered 2xx yet (at-least-once per URL).
+    """
+    ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+    ALTER TABLE outbox ADD COLUMN lease_until REAL;
+    ALTER TABLE outbox ADD COLUMN dead_at REAL;
+    CREATE TABLE outbox_deliveries (
+        outbox INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+        url TEXT NOT NULL,
+        delivered_at REAL NOT NULL,
+        PRIMARY KEY (outbox, url)
     ) WITHOUT ROWID;
     """,
 ]
@@ -666,6 +681,126 @@ class SQLiteStore(Store):
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [_row_to_event(row) for row in self._query(sql, params)]
+
+    # --- notify outbox -----------------------------------------------------------------------
+    def claim_outbox(
+        self, owner: str, *, now: float, lease_seconds: float, limit: int = 1
+    ) -> list[OutboxItem]:
+        with self.write() as conn:
+            # The lease is taken inside the IMMEDIATE transaction, so two senders racing for
+            # the same row are serialised by SQLite's write lock: the second sees the lease.
+            rows = conn.execute(
+                "SELECT o.id AS outbox_id, o.attempts, o.created_at AS queued_at, e.*"
+                " FROM outbox o JOIN events e ON e.id = o.event"
+                " WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?"
+                " AND (o.lease_until IS NULL OR o.lease_until <= ?)"
+                " ORDER BY o.next_attempt_at, o.id LIMIT ?",
+                (now, now, int(limit)),
+            ).fetchall()
+            items = []
+            for row in rows:
+                conn.execute(
+                    "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                    (owner, now + lease_seconds, row["outbox_id"]),
+                )
+                urls = conn.execute(
+                    "SELECT url FROM outbox_deliveries WHERE outbox = ?", (row["outbox_id"],)
+                ).fetchall()
+                items.append(
+                    OutboxItem(
+                        id=row["outbox_id"],
+                        event=_row_to_event(row),
+                        attempts=row["attempts"],
+                        created_at=row["queued_at"],
+                        delivered_urls=frozenset(u["url"] for u in urls),
+                    )
+                )
+        return items
+
+    def mark_outbox_url_delivered(self, outbox_id: int, url: str, now: float) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox_deliveries (outbox, url, delivered_at)"
+                " VALUES (?, ?, ?)",
+                (outbox_id, url, now),
+            )
+
+    def finish_outbox_attempt(
+        self,
+        outbox_id: int,
+        owner: str,
+        *,
+        now: float,
+        delivered: bool,
+        next_attempt_at: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, lease_owner = NULL,"
+                " lease_until = NULL, last_error = ?,"
+                " delivered_at = CASE WHEN ? THEN ? ELSE delivered_at END,"
+                " dead_at = CASE WHEN ? THEN ? ELSE dead_at END,"
+                " next_attempt_at = coalesce(?, next_attempt_at)"
+                " WHERE id = ? AND (lease_owner = ? OR lease_owner IS NULL)",
+                (
+                    error,
+                    int(delivered),
+                    now,
+                    int(dead),
+                    now,
+                    next_attempt_at,
+                    outbox_id,
+                    owner,
+                ),
+            )
+
+    def outbox_counts(self, now: float | None = None) -> dict[str, int]:
+        now = time.time() if now is None else now
+        row = self._query(
+            "SELECT"
+            " count(*) FILTER (WHERE delivered_at IS NULL AND dead_at IS NULL) AS pending,"
+            " count(*) FILTER (WHERE delivered_at IS NULL AND dead_at IS NULL"
+            "   AND next_attempt_at <= ?) AS due,"
+            " count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,"
+            " count(*) FILTER (WHERE delivered_at IS NOT NULL) AS delivered"
+            " FROM outbox",
+            [now],
+        )[0]
+        return {key: int(row[key] or 0) for key in ("pending", "due", "dead", "delivered")}
+
+    # --- maintenance ---------------------------------------------------------------------
+    def check_writable(self) -> None:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path} is not writable: {exc}") from exc
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+    def prune(self, before: float, *, dry_run: bool = False) -> dict[str, int]:
+        pending = "SELECT event FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
+        targets = {
+            "messages": ("messages", f"created_at < {before!r}"),
+            "events": ("events", f"created_at < {before!r} AND id NOT IN ({pending})"),
+            "outbox": (
+                "outbox",
+                f"created_at < {before!r} AND (delivered_at IS NOT NULL OR dead_at IS NOT NULL)",
+            ),
+        }
+        counts: dict[str, int] = {}
+        with self.write() as conn:
+            # Outbox rows first: deleting their events would cascade and hide the count.
+            for name in ("outbox", "events", "messages"):
+                table, where = targets[name]
+                counts[name] = int(
+                    conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+                )
+                if not dry_run:
+                    conn.execute(f"DELETE FROM {table} WHERE {where}")
+        return counts
 
     def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
         params: list[Any] = []

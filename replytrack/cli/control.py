@@ -1,0 +1,177 @@
+"""``replytrack stop`` and ``resume``: steer enrollments by hand, recorded with who and when."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import click
+
+from replytrack.cli.common import State, cli, pass_state
+from replytrack.headers import normalize_address
+from replytrack.store import ACTIVE, BOUNCED, PAUSED, STOPPED, Enrollment, Event, Store
+
+# How many addresses an event's detail lists; a campaign-wide stop may touch thousands.
+_DETAIL_LIMIT = 100
+
+
+def actor() -> str:
+    """Who runs this command: the user behind sudo, else the login user."""
+    for name in ("SUDO_USER", "USER", "LOGNAME"):
+        value = os.environ.get(name)
+        if value:
+            return value
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _replied(enrollment: Enrollment) -> bool:
+    """True when this enrollment was stopped because the recipient (or someone) replied."""
+    return enrollment.status == STOPPED and (
+        enrollment.updated_by == "reply" or (enrollment.reason or "").startswith("reply")
+    )
+
+
+def _select(store: Store, campaign: str | None, recipient: str | None) -> list[Enrollment]:
+    if campaign is None and recipient is None:
+        raise click.UsageError("name a --campaign, a --recipient, or both")
+    return store.enrollments(campaign=campaign, recipient=recipient)
+
+
+def _record(
+    store: Store,
+    kind: str,
+    status: str,
+    reason: str,
+    targets: Sequence[tuple[str, str]],
+    recipient: str | None,
+) -> int:
+    """One event per campaign, changing every targeted enrollment in the same transaction."""
+    by_campaign: dict[str, list[str]] = defaultdict(list)
+    for campaign, address in targets:
+        by_campaign[campaign].append(address)
+    who = actor()
+    now = time.time()
+    for campaign, addresses in sorted(by_campaign.items()):
+        store.record_event(
+            Event(
+                kind=kind,
+                created_at=now,
+                campaign=campaign,
+                recipient=recipient or (addresses[0] if len(addresses) == 1 else None),
+                actor=who,
+                detail={
+                    "reason": reason,
+                    "count": len(addresses),
+                    "recipients": addresses[:_DETAIL_LIMIT],
+                },
+            ),
+            set_status=[(campaign, a, status, reason, None) for a in addresses],
+        )
+    return len(by_campaign)
+
+
+def _normalize(recipient: str | None) -> str | None:
+    if recipient is None:
+        return None
+    address = normalize_address(recipient)
+    if "@" not in address:
+        raise click.BadParameter(f"{recipient!r} is not an address", param_hint="--recipient")
+    return address
+
+
+@cli.command("stop")
+@click.option("--campaign", metavar="ID", help="Stop this campaign (all its recipients).")
+@click.option("--recipient", metavar="ADDR", help="Stop this recipient (in every campaign).")
+@click.option("--reason", default="stopped by hand", show_default=True, help="Why, for the record.")
+@pass_state
+def stop_command(state: State, campaign: str | None, recipient: str | None, reason: str) -> None:
+    """Stop campaign mail: to a recipient, for a whole campaign, or one recipient in one
+    campaign. Recorded as a "stopped" event with your user name, and notified.
+
+    With both --campaign and --recipient the recipient is stopped even if not enrolled yet,
+    so the first mail of that campaign is suppressed too.
+
+    \b
+    Example:
+      replytrack stop --recipient ann@example.org --reason "asked by phone"
+      replytrack stop --campaign spring-2026 --reason "pricing changed"
+    """
+    address = _normalize(recipient)
+    store = state.store()
+    enrollments = _select(store, campaign, address)
+    if not enrollments and campaign is not None and address is not None:
+        targets = [(campaign, address)]
+        skipped: list[Enrollment] = []
+    elif not enrollments:
+        raise click.ClickException(_nothing(campaign, address))
+    else:
+        targets = [(e.campaign, e.recipient) for e in enrollments if e.status in (ACTIVE, PAUSED)]
+        skipped = [e for e in enrollments if e.status not in (ACTIVE, PAUSED)]
+    if targets:
+        _record(store, "stopped", STOPPED, reason, targets, address)
+    click.echo(
+        f"stopped {len(targets)} enrollment(s)"
+        + (f"; {len(skipped)} already stopped or bounced" if skipped else "")
+    )
+
+
+@cli.command("resume")
+@click.option("--campaign", metavar="ID", help="Resume this campaign.")
+@click.option("--recipient", metavar="ADDR", help="Resume this recipient (in every campaign).")
+@click.option("--reason", default="resumed by hand", show_default=True, help="Why, for the record.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also resume bounced recipients and those stopped by a reply.",
+)
+@pass_state
+def resume_command(
+    state: State, campaign: str | None, recipient: str | None, reason: str, force: bool
+) -> None:
+    """Let campaign mail flow again to stopped or paused enrollments. Recorded as a
+    "resumed" event with your user name, and notified.
+
+    Bounced recipients and recipients who replied stay stopped unless --force: mailing a
+    dead address hurts your reputation, and mailing someone who answered annoys them.
+
+    \b
+    Example:
+      replytrack resume --recipient ann@example.org --campaign spring-2026
+      replytrack resume --campaign spring-2026 --reason "pricing fixed"
+    """
+    address = _normalize(recipient)
+    store = state.store()
+    enrollments = _select(store, campaign, address)
+    if not enrollments:
+        raise click.ClickException(_nothing(campaign, address))
+    candidates = [e for e in enrollments if e.status in (STOPPED, PAUSED, BOUNCED)]
+    held = [e for e in candidates if not force and (e.status == BOUNCED or _replied(e))]
+    targets = [(e.campaign, e.recipient) for e in candidates if e not in held]
+    if held and not targets:
+        first = held[0]
+        why = "bounced" if first.status == BOUNCED else "stopped by a reply"
+        raise click.ClickException(
+            f"{first.recipient} in {first.campaign} is {why}"
+            + (f" (and {len(held) - 1} more)" if len(held) > 1 else "")
+            + "; add --force to resume anyway"
+        )
+    if targets:
+        _record(store, "resumed", ACTIVE, reason, targets, address)
+    click.echo(
+        f"resumed {len(targets)} enrollment(s)"
+        + (f"; {len(held)} bounced or replied kept stopped (use --force)" if held else "")
+    )
+
+
+def _nothing(campaign: str | None, address: str | None) -> str:
+    if campaign and address:
+        return f"{address} is not enrolled in campaign {campaign}"
+    if campaign:
+        return f"campaign {campaign} has no enrollments"
+    return f"{address} is not enrolled in any campaign"

@@ -1,0 +1,112 @@
+"""``replytrack init``: the config file, the Message-ID key file and the store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from replytrack.cli.common import State, cli, pass_state
+from replytrack.config import Config
+from replytrack.tokens import load_keyring, rotate
+
+
+def _toml(value: object) -> str:
+    # JSON string and list syntax is valid TOML for the plain values we write.
+    return json.dumps(value)
+
+
+def config_text(config: Config) -> str:
+    """A commented replytrack.toml holding this configuration's essential values."""
+    return f"""\
+# replytrack configuration. Every setting can be overridden by an environment variable
+# REPLYTRACK_<TABLE>_<KEY> (e.g. REPLYTRACK_PROXY_LISTEN) and by command-line flags.
+
+# The SQLite store; the key file and the milter journal live beside it by default.
+db = {_toml(str(Path(config.db).resolve()))}
+# The domain part of every Message-ID replytrack mints (a domain you control).
+domain = {_toml(config.domain)}
+# Message-ID signing keys (mode 0600; `replytrack init --rotate-key` adds a new one).
+secret_file = {_toml(str(config.secret_path))}
+# Hostname announced in SMTP banners.
+hostname = {_toml(config.hostname)}
+log_level = {_toml(config.log_level)}
+# `replytrack prune` drops records older than this.
+retention_days = {config.retention_days}
+
+[proxy]
+# Campaign engines submit here; loopback unless `allow` lists client networks.
+listen = {_toml(config.proxy_listen)}
+# Where stamped mail goes: a Postfix listener WITHOUT milters, or a smarthost.
+upstream = {_toml(config.proxy_upstream)}
+# none | starttls | tls
+upstream_tls = {_toml(config.proxy_upstream_tls)}
+allow = {_toml(config.proxy_allow)}
+# Prometheus endpoint, e.g. "127.0.0.1:9464" (empty: off).
+metrics_listen = {_toml(config.proxy_metrics_listen)}
+
+[milter]
+# Postfix: smtpd_milters = ..., {{ inet:127.0.0.1:8894, default_action=accept }} (last).
+socket = {_toml(config.milter_socket)}
+# What a reply stops: recipient | thread | domain
+stop_scope = {_toml(config.milter_stop_scope)}
+weak_match = {_toml(config.milter_weak_match)}
+internal_domains = {_toml(config.milter_internal_domains)}
+metrics_listen = {_toml(config.milter_metrics_listen)}
+
+[notify]
+# Webhook URLs that receive every event as signed JSON (see `replytrack notify --help`).
+webhooks = {_toml(config.notify_webhooks)}
+# HMAC-SHA256 key for X-ReplyTrack-Signature; prefer REPLYTRACK_NOTIFY_SECRET.
+secret = {_toml(config.notify_secret)}
+max_attempts = {config.notify_max_attempts}
+"""
+
+
+@cli.command("init")
+@click.option(
+    "--write-config",
+    metavar="PATH",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write a commented config file with the current settings.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing --write-config file.")
+@click.option(
+    "--rotate-key",
+    is_flag=True,
+    help="Add a new Message-ID signing key; old keys still verify replies to older mail.",
+)
+@pass_state
+def init_command(state: State, write_config: str | None, force: bool, rotate_key: bool) -> None:
+    """Set up an installation: the Message-ID key file (mode 0600), the store, and
+    optionally a commented config file. Safe to run again: nothing existing is replaced.
+
+    \b
+    Example:
+      replytrack --domain mail.example.com --db /var/lib/replytrack/replytrack.db \\
+          init --write-config /etc/replytrack/replytrack.toml
+      replytrack init --rotate-key
+    """
+    config = state.config()
+    if write_config:
+        target = Path(write_config)
+        if target.exists() and not force:
+            raise click.ClickException(f"{target} exists; add --force to overwrite it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The file may hold the webhook secret: readable by its owner (and group) only.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(config_text(config))
+        click.echo(f"wrote config {target}")
+    key_path = config.secret_path
+    existed = key_path.exists()
+    keyring = rotate(key_path) if rotate_key else load_keyring(key_path, create=True)
+    if rotate_key:
+        click.echo(f"new signing key {keyring.current[0]} in {key_path} ({len(keyring.keys)} keys)")
+    else:
+        click.echo(f"{'key file ok' if existed else 'created key file'} {key_path}")
+    db_existed = Path(config.db).exists()
+    state.store(create=True)
+    click.echo(f"{'store ok' if db_existed else 'created store'} {config.db}")

@@ -1,0 +1,159 @@
+"""``replytrack events``, ``campaigns``, ``enrollments``: what happened, where things stand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from replytrack.cli.common import State, cli, emit, iso, output_options, parse_since, pass_state
+from replytrack.store import CampaignStats, Enrollment, Event
+from replytrack.store.base import ENROLLMENT_STATES, EVENT_KINDS
+
+
+def event_row(event: Event) -> dict[str, Any]:
+    """An event as a row: the JSON keys are part of the CLI contract."""
+    return {
+        "id": event.id,
+        "created_at": iso(event.created_at),
+        "kind": event.kind,
+        "campaign": event.campaign,
+        "message_id": event.message_id,
+        "inbound_message_id": event.inbound_message_id,
+        "sender": event.sender,
+        "recipient": event.recipient,
+        "relation": event.relation,
+        "evidence": list(event.evidence),
+        "detail": event.detail,
+        "queue_id": event.queue_id,
+        "actor": event.actor,
+    }
+
+
+def campaign_row(stats: CampaignStats) -> dict[str, Any]:
+    """Campaign counts as a row: the JSON keys are part of the CLI contract."""
+    return {
+        "campaign": stats.campaign,
+        "sent": stats.sent,
+        "recipients": stats.recipients,
+        "replied": stats.replied,
+        "stopped": stats.stopped,
+        "bounced": stats.bounced,
+        "paused": stats.paused,
+        "active": stats.active,
+        "suppressed": stats.suppressed,
+        "first_sent": iso(stats.first_sent),
+        "last_sent": iso(stats.last_sent),
+    }
+
+
+def enrollment_row(enrollment: Enrollment) -> dict[str, Any]:
+    """An enrollment as a row: the JSON keys are part of the CLI contract."""
+    return {
+        "campaign": enrollment.campaign,
+        "recipient": enrollment.recipient,
+        "status": enrollment.status,
+        "reason": enrollment.reason,
+        "since": iso(enrollment.since),
+        "until": iso(enrollment.until),
+        "updated_by": enrollment.updated_by,
+    }
+
+
+@cli.command("events")
+@click.option("--kind", type=click.Choice(EVENT_KINDS), help="Only this kind of event.")
+@click.option("--campaign", metavar="ID", help="Only this campaign.")
+@click.option("--since", metavar="WHEN", help="Only newer than this (7d, 12h, 2026-11-01).")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@output_options
+@pass_state
+def events_command(
+    state: State, kind: str | None, campaign: str | None, since: str | None, limit: int, fmt: str
+) -> None:
+    """List events, newest first: inbound verdicts (reply, auto_reply, bounce, receipt,
+    feedback, unrelated) and actions (stopped, resumed, paused, suppressed).
+
+    \b
+    Example:
+      replytrack events --kind reply --since 24h
+      replytrack events --campaign spring-2026 --json | jq '.[].evidence'
+    """
+    rows = [
+        event_row(e)
+        for e in state.store().events(
+            kind=kind, campaign=campaign, since=parse_since(since), limit=limit
+        )
+    ]
+    emit(
+        rows,
+        fmt,
+        columns=["created_at", "kind", "campaign", "sender", "recipient", "relation", "evidence"],
+    )
+
+
+@cli.command("campaigns")
+@click.option("--campaign", metavar="ID", help="Only this campaign.")
+@output_options
+@pass_state
+def campaigns_command(state: State, campaign: str | None, fmt: str) -> None:
+    """Per-campaign counts: mails sent, recipients, replies, stops, bounces, suppressions.
+
+    \b
+    Example:
+      replytrack campaigns
+      replytrack campaigns --campaign spring-2026 --json
+    """
+    rows = [campaign_row(s) for s in state.store().campaign_stats(campaign)]
+    emit(
+        rows,
+        fmt,
+        columns=[
+            "campaign",
+            "sent",
+            "recipients",
+            "replied",
+            "stopped",
+            "bounced",
+            "paused",
+            "active",
+            "suppressed",
+            "last_sent",
+        ],
+    )
+
+
+@cli.command("enrollments")
+@click.option("--campaign", metavar="ID", help="Only this campaign.")
+@click.option("--recipient", metavar="ADDR", help="Only this recipient address.")
+@click.option("--domain", metavar="DOMAIN", help="Only recipients at this domain.")
+@click.option("--status", type=click.Choice(ENROLLMENT_STATES), help="Only this status.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@output_options
+@pass_state
+def enrollments_command(
+    state: State,
+    campaign: str | None,
+    recipient: str | None,
+    domain: str | None,
+    status: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List recipients' places in campaigns: active, stopped, paused or bounced, and why.
+
+    \b
+    Example:
+      replytrack enrollments --campaign spring-2026 --status stopped
+      replytrack enrollments --recipient ann@example.org --json
+    """
+    rows = [
+        enrollment_row(e)
+        for e in state.store().enrollments(
+            campaign=campaign,
+            recipient=recipient.strip().lower() if recipient else None,
+            domain=domain.strip().lower() if domain else None,
+            status=status,
+            limit=limit,
+        )
+    ]
+    emit(rows, fmt, columns=["campaign", "recipient", "status", "reason", "since", "until"])

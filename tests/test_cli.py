@@ -1,0 +1,360 @@
+"""The ops CLI through click's CliRunner against a real SQLite store (and once as a process)."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from replytrack.cli import cli
+from replytrack.config import load_config
+from replytrack.store import Event, OutboundRecipient, OutboundRecord
+from replytrack.store.sqlite import SQLiteStore
+from replytrack.tokens import load_keyring
+
+REPLYTRACK = Path(sys.executable).with_name("replytrack")
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # No ./replytrack.toml or REPLYTRACK_* from the developer's shell leaks in.
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("REPLYTRACK_"):
+            monkeypatch.delenv(name)
+    return tmp_path / "replytrack.db"
+
+
+@pytest.fixture
+def run(db: Path) -> Invoke:
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0) -> Result:
+        result = runner.invoke(cli, ["--db", str(db), "--domain", "mail.example.com", *args])
+        assert result.exit_code == code, (result.output, result.exception)
+        if code != 0:
+            # A user error is a message, never a traceback.
+            assert isinstance(result.exception, SystemExit), result.exception
+            assert "Traceback" not in result.output
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(db)
+    yield s
+    s.close_all()
+
+
+def _sent(store: SQLiteStore, message_id: str, campaign: str, *addresses: str, at: float) -> None:
+    store.record_outbound(
+        OutboundRecord(
+            message_id=message_id,
+            original_message_id=None,
+            campaign=campaign,
+            step=1,
+            sender="sales@example.com",
+            from_address="sales@example.com",
+            subject="Hello",
+            size=100,
+            status="relayed",
+            recipients=tuple(OutboundRecipient(a, "to", True) for a in addresses),
+            created_at=at,
+        )
+    )
+
+
+def _reply(store: SQLiteStore, campaign: str, sender: str, message_id: str, at: float) -> None:
+    store.record_event(
+        Event(
+            kind="reply",
+            created_at=at,
+            campaign=campaign,
+            message_id=message_id,
+            sender=sender,
+            recipient=sender,
+            relation="original_recipient",
+            evidence=("in-reply-to",),
+        ),
+        set_status=[(campaign, sender, "stopped", "reply", None)],
+    )
+
+
+def test_every_command_has_help_and_example() -> None:
+    runner = CliRunner()
+    for name, command in cli.commands.items():
+        assert command.help and command.help.strip(), name
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Example:" in result.output, name
+        # The example shows the command itself.
+        example = result.output.split("Example:", 1)[1]
+        assert f"replytrack {name}" in example or f" {name} " in example, name
+
+
+def test_contract_commands_are_registered() -> None:
+    for name in (
+        "init", "events", "campaigns", "enrollments", "stop", "resume", "doctor",
+        "import", "prune", "export", "notify", "messages",
+    ):  # fmt: skip
+        assert name in cli.commands, name
+
+
+def test_init_creates_key_store_and_config(run: Invoke, db: Path, tmp_path: Path) -> None:
+    config_file = tmp_path / "etc" / "replytrack.toml"
+    result = run("init", "--write-config", str(config_file))
+    key = tmp_path / "replytrack.secret"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert db.exists()
+    assert "created key file" in result.output
+    # The written file is a valid config naming the same store, key and domain.
+    config = load_config(config_file, env={})
+    assert config.db == str(db.resolve())
+    assert config.domain == "mail.example.com"
+    assert config.secret_path == key.resolve()
+    assert "#" in config_file.read_text()
+    first = load_keyring(key)
+    # Running again replaces nothing; the config file needs --force.
+    run("init", "--write-config", str(config_file), code=1)
+    assert load_keyring(key) == first
+    run("init", "--write-config", str(config_file), "--force")
+    run("init", "--rotate-key")
+    rotated = load_keyring(key)
+    assert len(rotated.keys) == 2 and rotated.keys[1] == first.keys[0]
+
+
+def test_listings_json_table_csv(run: Invoke, store: SQLiteStore) -> None:
+    now = time.time()
+    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now - 100)
+    _sent(store, "b1@mail.example.com", "fall", "cy@y.org", at=now - 10 * 86400)
+    _reply(store, "spring", "ann@x.org", "a1@mail.example.com", now - 50)
+
+    events = json.loads(run("events", "--json").output)
+    assert [e["kind"] for e in events] == ["reply"]
+    for key in ("kind", "message_id", "campaign", "sender", "evidence"):
+        assert key in events[0]
+    assert events[0]["evidence"] == ["in-reply-to"]
+    assert json.loads(run("events", "--kind", "bounce", "--json").output) == []
+    assert json.loads(run("events", "--campaign", "fall", "--json").output) == []
+
+    campaigns = {c["campaign"]: c for c in json.loads(run("campaigns", "--json").output)}
+    assert campaigns["spring"]["sent"] == 1
+    assert campaigns["spring"]["replied"] == 1
+    assert campaigns["spring"]["stopped"] == 1
+    assert campaigns["fall"]["replied"] == 0
+
+    stopped = json.loads(run("enrollments", "--status", "stopped", "--json").output)
+    assert [(e["campaign"], e["recipient"], e["status"], e["reason"]) for e in stopped] == [
+        ("spring", "ann@x.org", "stopped", "reply")
+    ]
+    mine = json.loads(run("enrollments", "--recipient", "BOB@x.org", "--json").output)
+    assert [e["recipient"] for e in mine] == ["bob@x.org"]
+
+    table = run("campaigns").output.splitlines()
+    assert table[0].split()[:4] == ["campaign", "sent", "recipients", "replied"]
+    assert any(line.startswith("spring") for line in table)
+    csv_lines = run("enrollments", "--csv").output.splitlines()
+    assert csv_lines[0] == "campaign,recipient,status,reason,since,until"
+    assert len(csv_lines) == 4
+    # --since filters messages by age.
+    recent = json.loads(run("messages", "--since", "7d", "--json").output)
+    assert [m["campaign"] for m in recent] == ["spring"]
+
+
+def test_stop_and_resume_record_who_and_why(
+    run: Invoke, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUDO_USER", "alice")
+    now = time.time()
+    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
+    _sent(store, "b1@mail.example.com", "fall", "ann@x.org", at=now)
+
+    run("stop", "--campaign", "spring", "--reason", "pricing changed")
+    assert {e.recipient: e.status for e in store.enrollments(campaign="spring")} == {
+        "ann@x.org": "stopped",
+        "bob@x.org": "stopped",
+    }
+    assert store.enrollments(campaign="fall")[0].status == "active"
+    (event,) = store.events(kind="stopped")
+    assert event.actor == "alice" and event.campaign == "spring"
+    assert event.detail["reason"] == "pricing changed"
+    assert event.detail["count"] == 2
+    assert store.outbox_counts()["pending"] == 1  # notified
+
+    run("resume", "--campaign", "spring", "--recipient", "bob@x.org")
+    assert store.enrollments(recipient="bob@x.org")[0].status == "active"
+    assert store.enrollments(recipient="ann@x.org", campaign="spring")[0].status == "stopped"
+    assert store.events(kind="resumed")[0].recipient == "bob@x.org"
+
+    # A recipient stop covers every campaign; a pre-emptive stop enrolls as stopped.
+    run("stop", "--recipient", "ann@x.org")
+    assert {e.status for e in store.enrollments(recipient="ann@x.org")} == {"stopped"}
+    run("stop", "--campaign", "winter", "--recipient", "dan@z.org")
+    assert store.enrollments(campaign="winter")[0].status == "stopped"
+
+
+def test_resume_of_bounced_or_replied_needs_force(run: Invoke, store: SQLiteStore) -> None:
+    now = time.time()
+    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
+    store.record_event(
+        Event(kind="bounce", created_at=now, campaign="spring", recipient="bob@x.org"),
+        set_status=[("spring", "bob@x.org", "bounced", "5.1.1 user unknown", None)],
+    )
+    _reply(store, "spring", "ann@x.org", "a1@mail.example.com", now)
+    result = run("resume", "--recipient", "bob@x.org", code=1)
+    assert "bounced" in result.output and "--force" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert store.enrollments(recipient="bob@x.org")[0].status == "bounced"
+    run("resume", "--campaign", "spring", code=1)
+    run("resume", "--recipient", "bob@x.org", "--force")
+    assert store.enrollments(recipient="bob@x.org")[0].status == "active"
+    run("resume", "--campaign", "spring", "--force")
+    assert store.enrollments(recipient="ann@x.org")[0].status == "active"
+
+
+def test_user_errors_are_one_line(run: Invoke, db: Path, tmp_path: Path) -> None:
+    missing = CliRunner().invoke(cli, ["--db", str(tmp_path / "nope.db"), "events"])
+    assert missing.exit_code == 1
+    assert "does not exist" in missing.output and "Traceback" not in missing.output
+    run("init")
+    run("stop", code=2)
+    run("stop", "--recipient", "nobody@x.org", code=1)
+    run("stop", "--recipient", "not-an-address", code=2)
+    run("events", "--since", "last tuesday", code=2)
+    run("events", "--kind", "nonsense", code=2)
+    run("import", str(tmp_path / "missing.mbox"), code=2)
+    run("prune", "--older-than", "soon", code=2)
+
+
+def _mail(msgid: str | None, to: str, cc: str | None = None, campaign: str | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Sales <sales@example.com>"
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = "Quick question"
+    msg["Date"] = "Mon, 02 Nov 2026 10:00:00 +0000"
+    if msgid:
+        msg["Message-ID"] = msgid
+    if campaign:
+        msg["X-ReplyTrack-Campaign"] = campaign
+    msg.set_content("Hi,\nare you free next week?\n")
+    return msg.as_bytes()
+
+
+@pytest.mark.parametrize("kind", ["mbox", "maildir"])
+def test_import_backfills_sent_mail_once(
+    run: Invoke, store: SQLiteStore, tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / ("Sent" if kind == "maildir" else "sent.mbox")
+    box: mailbox.Mailbox = mailbox.Maildir(path) if kind == "maildir" else mailbox.mbox(path)
+    box.add(_mail("<old-1@client.example.com>", "Ann <ann@x.org>", cc="bob@x.org"))
+    box.add(_mail("<old-2@client.example.com>", "cy@y.org", campaign="fall"))
+    box.add(_mail(None, "dan@z.org"))
+    box.close()
+
+    result = run("import", str(path), "--campaign", "spring")
+    assert "imported 2 message(s); 0 already recorded; 1 skipped" in result.output
+    (first,) = store.find_sent(["old-1@client.example.com"])
+    assert first.status == "imported"
+    assert first.campaign == "spring"
+    assert first.original_message_id == "old-1@client.example.com"
+    assert first.message_id.endswith("@mail.example.com")
+    assert [(r.address, r.role) for r in first.recipients] == [
+        ("ann@x.org", "to"),
+        ("bob@x.org", "cc"),
+    ]
+    assert first.created_at == pytest.approx(1793613600.0)
+    assert store.find_sent(["old-2@client.example.com"])[0].campaign == "fall"
+    # Replies to backfilled mail find an enrollment to stop.
+    assert store.enrollments(campaign="spring", recipient="bob@x.org")[0].status == "active"
+
+    again = run("import", str(path), "--campaign", "spring")
+    assert "imported 0 message(s); 2 already recorded" in again.output
+    assert len(store.messages()) == 2
+
+
+def test_import_rejects_wrong_format(run: Invoke, tmp_path: Path) -> None:
+    run("init")
+    (tmp_path / "plain").mkdir()
+    assert "not a Maildir" in run("import", str(tmp_path / "plain"), code=1).output
+
+
+def test_prune_drops_old_records_only(run: Invoke, store: SQLiteStore) -> None:
+    now = time.time()
+    old = now - 400 * 86400
+    _sent(store, "old@mail.example.com", "spring", "ann@x.org", at=old)
+    _sent(store, "new@mail.example.com", "spring", "bob@x.org", at=now)
+    _reply(store, "spring", "ann@x.org", "old@mail.example.com", old)  # outbox still pending
+    store.record_event(Event(kind="unrelated", created_at=old), notify=False)
+    store.record_event(Event(kind="unrelated", created_at=now), notify=False)
+
+    dry = run("prune", "--dry-run")
+    assert "would drop 1 message(s), 1 event(s), 0 outbox row(s)" in dry.output
+    assert len(store.messages()) == 2 and len(store.events()) == 3
+
+    run("prune")
+    assert [m.message_id for m in store.messages()] == ["new@mail.example.com"]
+    # The old reply waits for its notification; the old unrelated event is gone.
+    assert sorted(e.kind for e in store.events()) == ["reply", "unrelated"]
+    assert store.enrollments(recipient="ann@x.org")  # enrollments are state, kept
+
+    (item,) = store.claim_outbox("t", now=now, lease_seconds=10)
+    store.finish_outbox_attempt(item.id, "t", now=now, delivered=True)
+    assert "dropped 0 message(s), 1 event(s), 1 outbox row(s)" in run("prune").output
+    assert [e.kind for e in store.events()] == ["unrelated"]
+    assert "dropped 1 message(s)" in run("prune", "--older-than", "2099-01-01").output
+
+
+def test_export_jsonl_and_csv(run: Invoke, store: SQLiteStore, tmp_path: Path) -> None:
+    now = time.time()
+    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
+    _reply(store, "spring", "ann@x.org", "a1@mail.example.com", now)
+    lines = run("export", "messages").output.splitlines()
+    (message,) = [json.loads(line) for line in lines]
+    assert message["message_id"] == "a1@mail.example.com"
+    assert message["recipients"] == ["ann@x.org", "bob@x.org"]
+    events = [json.loads(line) for line in run("export", "events").output.splitlines()]
+    assert events[0]["kind"] == "reply"
+    out = tmp_path / "enrollments.csv"
+    run("export", "enrollments", "--format", "csv", "-o", str(out))
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("campaign,recipient,status,reason")
+    assert len(rows) == 3
+
+
+def test_installed_command_runs_as_a_process(db: Path, tmp_path: Path) -> None:
+    assert REPLYTRACK.exists(), f"{REPLYTRACK} missing: pip install -e ."
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+    base = [str(REPLYTRACK), "--db", str(db), "--domain", "mail.example.com"]
+    done = subprocess.run([*base, "init"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [*base, "stop", "--campaign", "spring", "--recipient", "ann@x.org"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [*base, "enrollments", "--json"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert json.loads(done.stdout)[0]["status"] == "stopped"
+    bad = subprocess.run(
+        [str(REPLYTRACK), "--db", str(tmp_path / "none.db"), "campaigns"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr

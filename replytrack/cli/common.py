@@ -136,7 +136,9 @@ def parse_since(value: str | None) -> float | None:
         return None
     match = _RELATIVE.match(value)
     if match:
-        return time.time() - int(match.group(1)) * _UNITS[match.group(2)]
+        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+        # Beyond the epoch a duration means "everything"; a huge one must not overflow.
+        return max(0.0, time.time() - min(seconds, 2**53))
     try:
         parsed = dt.datetime.fromisoformat(value.strip())
     except ValueError:
@@ -185,6 +187,19 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _printable(text: str) -> str:
+    """Text safe for a terminal table: control characters and stray surrogates escaped.
+
+    Subjects and addresses come from inbound mail; a newline would break the table and an
+    escape sequence would reach the operator's terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def emit(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None) -> None:
     """Print rows as a table, JSON or CSV. JSON keeps every key; table and CSV ``columns``."""
     if fmt == "json":
@@ -202,7 +217,7 @@ def emit(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None
     if not rows:
         click.echo("(none)")
         return
-    cells = [[_cell(row.get(c)) for c in cols] for row in rows]
+    cells = [[_printable(_cell(row.get(c))) for c in cols] for row in rows]
     # Wide values (recipient lists, evidence) are cut in the table; --json has them whole.
     cells = [[c if len(c) <= 60 else c[:57] + "..." for c in line] for line in cells]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(cols)]

@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "replytrack.cli.backfill",
     "replytrack.cli.maintenance",
     "replytrack.cli.notify_cmd",
+    "replytrack.cli.milter_cmd",
+    "replytrack.cli.proxy_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,163 @@
+"""``replytrack milter`` (the inbound milter daemon) and ``replytrack check`` (its verdict on
+.eml files, with no side effects)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from replytrack.cli.common import State, cli, emit, pass_state, setup_logging
+from replytrack.headers import extract_addresses, normalize_address, parse_fields, split_message
+from replytrack.milter.engine import BODY_LIMIT, Engine, Inbound
+from replytrack.tokens import load_keyring
+
+log = logging.getLogger("replytrack.milter")
+
+_SOCKET = re.compile(
+    r"^(inet:\d{1,5}@[\w.\-:\[\]]+|inet6:\d{1,5}@[\w.\-:\[\]]+|unix:/.+|local:/.+)$"
+)
+# The milter's store waits at most this long for a lock: a busy database must never hold a
+# mail in Postfix longer than that; what cannot be written is journaled instead.
+MILTER_BUSY_TIMEOUT_MS = 500
+
+
+def parse_eml(data: bytes) -> tuple[list[tuple[str, str]], bytes]:
+    """Headers (name, unfolded value) and the body of a raw message file."""
+    if data.startswith(b"From ") and b"\n" in data:
+        first, _, rest = data.partition(b"\n")
+        if b":" not in first.split(b" ", 2)[1]:
+            data = rest  # an mbox "From " line
+    header, rest = split_message(data)
+    headers = [(f.name, f.value) for f in parse_fields(header) if f.name]
+    body = rest.lstrip(b"\r\n")[:BODY_LIMIT] if rest else b""
+    return headers, body
+
+
+def inbound_from_file(data: bytes, envelope_from: str | None = None) -> Inbound:
+    """An :class:`Inbound` as the milter would see the message in ``data``.
+
+    The envelope sender is ``envelope_from`` when given, else the Return-Path header
+    (``<>`` is the null sender), else unknown.
+    """
+    headers, body = parse_eml(data)
+    if envelope_from is None:
+        for name, value in headers:
+            if name.lower() == "return-path":
+                envelope_from = normalize_address(value)
+                break
+    recipients = extract_addresses(
+        [v for n, v in headers if n.lower() in ("delivered-to", "x-original-to")], limit=100
+    )
+    return Inbound(envelope_from=envelope_from, recipients=recipients, headers=headers, body=body)
+
+
+@cli.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--envelope-from",
+    metavar="ADDR",
+    help="MAIL FROM to assume (default: the Return-Path header; '<>' for the null sender).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects).")
+@pass_state
+def check_command(
+    state: State, files: tuple[str, ...], envelope_from: str | None, as_json: bool
+) -> None:
+    """Show the verdict the milter would give on FILE.eml (no side effects).
+
+    Reads the store without writing: matches are looked up, nothing is recorded, stopped
+    or notified. Keys of --json: kind, matched, evidence, match, campaign, sender,
+    relation, return_date, stops (what the milter would stop), header.
+
+    \b
+    Example:
+      replytrack check reply.eml
+      replytrack check --json inbox/*.eml | jq '.[] | {file, kind}'
+    """
+    config = state.config()
+    keyring = load_keyring(config.secret_path, create=False)
+    store = state.store(readonly=True)
+    engine = Engine(config, keyring, store)
+    rows: list[dict[str, Any]] = []
+    for name in files:
+        path = Path(name)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {name}: {exc.strerror or exc}") from None
+        msg = inbound_from_file(
+            data, None if envelope_from is None else normalize_address(envelope_from)
+        )
+        screening = engine.screen(msg, strict=True)
+        verdict = engine.decide(msg, screening)
+        rows.append({"file": name, **verdict.to_json()})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    emit(rows, "table", columns=["file", "kind", "match", "campaign", "matched", "return_date"])
+    for row in rows:
+        click.echo(f"{row['file']}: evidence: {', '.join(row['evidence']) or '-'}")
+
+
+@cli.command("milter")
+@click.option(
+    "--socket",
+    "socket_spec",
+    metavar="SPEC",
+    help="inet:PORT@HOST or unix:PATH [default: milter.socket, inet:8894@127.0.0.1].",
+)
+@click.option("--journal", metavar="PATH", help="Fail-open journal [default: beside the store].")
+@pass_state
+def milter_command(state: State, socket_spec: str | None, journal: str | None) -> None:
+    """Serve the inbound milter for Postfix's smtpd_milters.
+
+    Classifies inbound mail, matches replies to recorded Message-IDs, stops campaigns, adds
+    X-ReplyTrack to replies. Fails open: set default_action=accept for it in Postfix.
+
+    \b
+    Example:
+      replytrack milter --socket inet:8894@127.0.0.1
+      # main.cf: smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }
+    """
+    from replytrack import metrics
+    from replytrack.milter import adapter
+    from replytrack.milter.journal import Journal, Replayer
+    from replytrack.store import open_store
+
+    config = state.config(milter_socket=socket_spec, milter_journal=journal)
+    if not _SOCKET.match(config.milter_socket):
+        raise click.ClickException(
+            f"--socket {config.milter_socket!r}: expected inet:PORT@HOST or unix:/PATH"
+        )
+    setup_logging(config.log_level)
+    keyring = load_keyring(config.secret_path, create=True)
+    store = open_store(config.db, busy_timeout_ms=MILTER_BUSY_TIMEOUT_MS, create=True)
+    engine = Engine(config, keyring, store)
+    journal_file = Journal(config.journal_path)
+    adapter.install(engine, journal_file)
+    if config.milter_metrics_listen:
+        metrics.serve(config.milter_metrics_listen)
+    replayer = Replayer(
+        journal_file, engine.process, reactivate=lambda: _reactivate(engine), interval=5.0
+    )
+    replayer.start()
+    log.info("milter listening on %s (store %s)", config.milter_socket, config.db)
+    try:
+        adapter.run(config.milter_socket, timeout=config.milter_timeout)
+    finally:
+        replayer.stop()
+        log.info("milter stopped")
+
+
+def _reactivate(engine: Engine) -> None:
+    import time
+
+    if engine.store is not None:
+        count = engine.store.reactivate_due(time.time())
+        if count:
+            log.info("reactivated %d paused enrollment(s) whose date has passed", count)

@@ -1,0 +1,253 @@
+"""The pymilter shell around the engine: the only module that imports ``Milter``.
+
+Round trips are what a milter costs Postfix, so this one asks for as few as it can:
+
+- connect, HELO, DATA and unknown commands are not negotiated at all (``nocallback`` is the
+  default of ``Milter.Base`` for every callback we do not override);
+- MAIL FROM, RCPT TO and every header are ``noreply``: Postfix sends them and goes on
+  without waiting for an answer;
+- end of headers is the one answer per mail. Mail that references nothing of ours, is not
+  from an enrolled sender, carries no ``X-ReplyTrack`` to strip and whose headers do not
+  call for the body gets ACCEPT there, which skips body and end of message entirely;
+- the body is read (at most ``BODY_LIMIT`` bytes, then SKIP) only for mail that matched or
+  whose headers say a delivery report or auto-reply must be read.
+
+Every callback fails open: an exception is logged and the mail accepted, and pymilter's
+own exception policy is ACCEPT as a second net. What the store cannot take is journaled.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import Milter
+
+from replytrack import metrics
+from replytrack.headers import normalize_address
+from replytrack.milter.engine import (
+    BODY_LIMIT,
+    HEADER,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    Engine,
+    Inbound,
+    Screening,
+)
+from replytrack.milter.journal import Journal
+from replytrack.store.base import StoreError
+
+log = logging.getLogger("replytrack.milter")
+
+F = TypeVar("F", bound=Callable[..., Any])
+MAX_RECIPIENTS = 1000
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
+
+
+def _fail_open(result: int) -> Callable[[F], F]:
+    """Turn any exception in a callback into a logged ``result`` (ACCEPT or CONTINUE)."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(self: ReplyTrackMilter, *args: Any) -> Any:
+            try:
+                return func(self, *args)
+            except Exception:
+                log.exception("qid=%s %s failed; accepting the mail", self.qid(), func.__name__)
+                self.failed = True
+                return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+class ReplyTrackMilter(Milter.Base):
+    """One instance per SMTP connection Postfix opens to us; state is per message."""
+
+    engine: Engine
+    journal: Journal
+
+    def __init__(self) -> None:
+        self.msg: Inbound | None = None
+        self.screening: Screening | None = None
+        self.header_bytes_seen = 0
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.failed = False
+        self.started = 0.0
+
+    def qid(self) -> str:
+        """The Postfix queue id for log lines ("-" before Postfix assigned one)."""
+        if self.msg is not None and self.msg.queue_id:
+            return self.msg.queue_id
+        try:
+            value = self.getsymval("i")
+        except Exception:
+            value = None
+        if value and self.msg is not None:
+            self.msg.queue_id = value
+        return value or "-"
+
+    # --- envelope and headers: no reply expected ---------------------------------------------
+    @Milter.noreply
+    @_fail_open(Milter.CONTINUE)
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.started = time.perf_counter()
+        self.msg = Inbound(
+            envelope_from=normalize_address(mailfrom),
+            authenticated=self.getsymval("{auth_authen}") or None,
+        )
+        self.screening = None
+        self.header_bytes_seen = 0
+        self.body_parts = []
+        self.body_size = 0
+        self.failed = False
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_fail_open(Milter.CONTINUE)
+    def envrcpt(self, to: str, *params: str) -> int:
+        if self.msg is not None and len(self.msg.recipients) < MAX_RECIPIENTS:
+            self.msg.recipients.append(normalize_address(to))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_fail_open(Milter.CONTINUE)
+    def header(self, name: str, value: str) -> int:
+        msg = self.msg
+        if msg is None:
+            return Milter.CONTINUE
+        size = len(name) + len(value)
+        if name.lower() == HEADER.lower():
+            # Always kept (whatever the bounds) so every copy from outside can be removed.
+            msg.headers.append((name, value[:1000]))
+        elif len(msg.headers) < MAX_HEADERS and self.header_bytes_seen + size <= MAX_HEADER_BYTES:
+            msg.headers.append((name, value))
+            self.header_bytes_seen += size
+        return Milter.CONTINUE
+
+    # --- the one answer per mail ------------------------------------------------------------
+    @_fail_open(Milter.ACCEPT)
+    def eoh(self) -> int:
+        msg = self.msg
+        if msg is None or self.failed:
+            return Milter.ACCEPT
+        self.qid()
+        self.screening = screening = self.engine.screen(msg)
+        if screening.accept_now:
+            metrics.MILTER_VERDICTS.labels("unrelated").inc()
+            metrics.MILTER_LATENCY.observe(time.perf_counter() - self.started)
+            return Milter.ACCEPT
+        return Milter.CONTINUE
+
+    @_fail_open(Milter.ACCEPT)
+    def body(self, chunk: bytes) -> int:
+        screening = self.screening
+        if screening is None or not screening.wants_body or self.body_size >= BODY_LIMIT:
+            return self._skip()
+        room = BODY_LIMIT - self.body_size
+        self.body_parts.append(chunk[:room])
+        self.body_size += min(len(chunk), room)
+        if self.body_size >= BODY_LIMIT:
+            return self._skip()
+        return Milter.CONTINUE
+
+    def _skip(self) -> int:
+        # SKIP ends the body early when Postfix offered it; otherwise we ignore the rest.
+        if self._protocol & Milter.P_SKIP:
+            return Milter.SKIP
+        return Milter.CONTINUE
+
+    @_fail_open(Milter.ACCEPT)
+    def eom(self) -> int:
+        msg, screening = self.msg, self.screening
+        if msg is None or screening is None or self.failed:
+            return Milter.ACCEPT
+        qid = self.qid()
+        if screening.wants_body:
+            msg.body = b"".join(self.body_parts)
+        # Copies of our header from outside go first, whatever else happens: a reply must
+        # never look flagged by someone else. Deleting from the last copy backwards keeps
+        # the indexes of the remaining ones valid.
+        for index in range(screening.strip_count, 0, -1):
+            self.chgheader(HEADER, index, "")
+        if screening.strip_count:
+            log.info(
+                "qid=%s removed %d %s header(s) from outside", qid, screening.strip_count, HEADER
+            )
+        if screening.skip_reason:
+            metrics.MILTER_VERDICTS.labels("unrelated").inc()
+            return Milter.ACCEPT
+        if screening.store_failed:
+            self._journal(msg, "store unavailable at end of headers")
+            return Milter.ACCEPT
+        try:
+            verdict = self.engine.decide(msg, screening)
+            recorded = self.engine.apply(verdict)
+        except StoreError as exc:
+            self._journal(msg, str(exc))
+            return Milter.ACCEPT
+        if verdict.add_header:
+            self.addheader(HEADER, verdict.add_header)
+        metrics.MILTER_VERDICTS.labels(verdict.kind).inc()
+        if recorded and verdict.kind == "reply" and verdict.stopped:
+            metrics.MILTER_STOPS.labels("reply").inc(len(verdict.stopped))
+        if recorded and verdict.bounced:
+            metrics.MILTER_STOPS.labels("bounce").inc(len(verdict.bounced))
+        metrics.MILTER_LATENCY.observe(time.perf_counter() - self.started)
+        log.info(
+            "qid=%s verdict=%s sender=%s campaign=%s match=%s relation=%s stopped=%d%s",
+            qid,
+            verdict.kind,
+            verdict.sender,
+            verdict.campaign,
+            verdict.method,
+            verdict.relation,
+            len(verdict.stopped),
+            "" if recorded or verdict.event is None else " (already recorded)",
+        )
+        return Milter.ACCEPT
+
+    def _journal(self, msg: Inbound, reason: str) -> None:
+        metrics.STORE_ERRORS.labels("milter").inc()
+        try:
+            self.journal.append(msg, reason)
+            log.warning("qid=%s store unavailable (%s); journaled for replay", msg.queue_id, reason)
+        except OSError:
+            log.exception(
+                "qid=%s store unavailable and journal not writable; verdict lost", msg.queue_id
+            )
+
+    @_fail_open(Milter.CONTINUE)
+    def abort(self) -> int:
+        self.msg = None
+        self.screening = None
+        self.body_parts = []
+        return Milter.CONTINUE
+
+    @_fail_open(Milter.CONTINUE)
+    def close(self) -> int:
+        # Each Postfix connection runs in its own libmilter thread; that thread's SQLite
+        # connection must not outlive it.
+        store = self.engine.store
+        if store is not None:
+            store.close()
+        return Milter.CONTINUE
+
+
+def install(engine: Engine, journal: Journal) -> None:
+    """Wire the engine into pymilter: factory, flags, fail-open exception policy."""
+    ReplyTrackMilter.engine = engine
+    ReplyTrackMilter.journal = journal
+    Milter.factory = ReplyTrackMilter
+    Milter.set_flags(FLAGS)
+    Milter.set_exception_policy(Milter.ACCEPT)
+
+
+def run(socket: str, *, timeout: int) -> None:
+    """Serve the milter protocol on ``socket`` until SIGTERM/SIGINT (blocks)."""
+    Milter.runmilter("replytrack", socket, timeout)

@@ -1,0 +1,159 @@
+"""Matching inbound mail to mail we sent, strongest evidence first.
+
+1. In-Reply-To names the mail answered.
+2. References, at any position (the newest reference first): long threads, quoting
+   clients and mailing lists put our ID anywhere in the chain.
+3. Weak: the sender is an enrolled recipient of an active campaign (the engine does this
+   one, it needs no threading header).
+
+Every candidate ID is screened before any store lookup: an ID shaped like one of our tokens
+at our domain must verify (HMAC), otherwise it is forged and never looked up. Other IDs may
+be the client's original Message-ID, which the store also records, so they are looked up.
+Work is bounded: at most ``MAX_LOOKUPS`` unverified IDs (plus our verified tokens among the
+first ``MAX_IDS`` references) reach the store per message, in one lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from replytrack.headers import MAX_IDS, extract_msgids, normalize_msgid
+from replytrack.store.base import SentMessage
+from replytrack.tokens import TOKEN_LEN, VERSION, Keyring, verify
+
+IN_REPLY_TO = "in-reply-to"
+REFERENCES = "references"
+WEAK = "weak"
+
+# Unverified IDs (possibly a client's original Message-ID) looked up per message. Verified
+# tokens are always looked up: each one cost an HMAC to prove and is certainly ours.
+MAX_LOOKUPS = 500
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A Message-ID found in a threading header, and where."""
+
+    message_id: str
+    source: str  # in-reply-to | references | report
+    verified: bool  # one of our stamped tokens (HMAC checked)
+
+
+@dataclass
+class Screened:
+    """The IDs worth a lookup, and the evidence gathered while screening."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    forged: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Match:
+    """Recorded mails a message answers, strongest first, and how we know."""
+
+    method: str  # in-reply-to | references | weak | report
+    sent: tuple[SentMessage, ...]
+    evidence: tuple[str, ...]
+
+    @property
+    def primary(self) -> SentMessage:
+        """The mail most surely answered."""
+        return self.sent[0]
+
+
+def looks_like_our_token(message_id: str, domain: str) -> bool:
+    """True when ``message_id`` has the shape of a token minted for ``domain``."""
+    local, at, id_domain = message_id.rpartition("@")
+    return (
+        bool(at)
+        and id_domain.lower() == domain.lower()
+        and len(local) == TOKEN_LEN
+        and local[:1] == VERSION
+    )
+
+
+def header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+    """Values of the headers called ``name`` (case-insensitive), in order."""
+    wanted = name.lower()
+    return [value for key, value in headers if key.lower() == wanted]
+
+
+def screen(
+    headers: Sequence[tuple[str, str]],
+    *,
+    keyring: Keyring,
+    domain: str,
+    extra_ids: Sequence[str] = (),
+) -> Screened:
+    """Pick the Message-IDs to look up from In-Reply-To, References and ``extra_ids``.
+
+    ``extra_ids`` are IDs a classifier read elsewhere (the returned headers of a bounce).
+    The order is the order of strength: In-Reply-To, then References newest first, then
+    the extra IDs.
+    """
+    result = Screened()
+    ordered: list[tuple[str, str]] = []
+    for value in header_values(headers, "In-Reply-To")[:4]:
+        ordered += [(i, IN_REPLY_TO) for i in extract_msgids(value, limit=16)]
+    references: list[str] = []
+    for value in header_values(headers, "References")[:4]:
+        references += extract_msgids(value, limit=MAX_IDS)
+    # The last reference is the mail answered; earlier ones are older steps of the thread.
+    ordered += [(i, REFERENCES) for i in reversed(references[-MAX_IDS:])]
+    ordered += [(normalize_msgid(i), "report") for i in extra_ids[:MAX_IDS]]
+    seen: set[str] = set()
+    unverified = 0
+    for message_id, source in ordered:
+        if not message_id or message_id in seen:
+            continue
+        seen.add(message_id)
+        if looks_like_our_token(message_id, domain):
+            if verify(keyring, message_id):
+                result.candidates.append(Candidate(message_id, source, verified=True))
+            else:
+                # A forged or mangled token: evidence, but never a lookup.
+                result.forged.append(message_id)
+        elif unverified < MAX_LOOKUPS:
+            unverified += 1
+            result.candidates.append(Candidate(message_id, source, verified=False))
+        elif unverified == MAX_LOOKUPS:
+            unverified += 1
+            result.evidence.append(f"lookups-capped:{MAX_LOOKUPS}")
+    if result.forged:
+        result.evidence.append(f"forged-token:{len(result.forged)}")
+    return result
+
+
+def match(
+    screened: Screened, find_sent: Callable[[Sequence[str]], list[SentMessage]]
+) -> Match | None:
+    """Look the screened IDs up (one store call) and order the hits by strength."""
+    if not screened.candidates:
+        return None
+    ids = [c.message_id for c in screened.candidates]
+    found = find_sent(ids)
+    if not found:
+        return None
+    by_id: dict[str, SentMessage] = {}
+    for sent in found:
+        by_id.setdefault(sent.message_id, sent)
+        if sent.original_message_id:
+            by_id.setdefault(sent.original_message_id, sent)
+    hits: list[SentMessage] = []
+    evidence: list[str] = []
+    method = ""
+    for candidate in screened.candidates:
+        sent = by_id.get(candidate.message_id)
+        if sent is None:
+            continue
+        if not method:
+            method = candidate.source
+        kind = "stamped" if candidate.message_id == sent.message_id else "original"
+        evidence.append(f"{candidate.source}:{kind}:<{candidate.message_id}>")
+        if all(h.id != sent.id for h in hits):
+            hits.append(sent)
+    if not hits:
+        return None
+    return Match(method=method, sent=tuple(hits), evidence=(*evidence, *screened.evidence))

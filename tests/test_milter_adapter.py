@@ -1,0 +1,223 @@
+"""The pymilter adapter driven by pymilter's own test context (``Milter.testctx``): what is
+negotiated, when the mail is accepted, which headers change, and that faults accept."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import Milter
+
+# Importing Milter.test makes NOREPLY read as CONTINUE, as pymilter's own tests expect.
+import Milter.test
+import pytest
+from Milter.testctx import TestCtx as MilterTestCtx
+
+from replytrack.config import Config
+from replytrack.milter import adapter
+from replytrack.milter.engine import Engine
+from replytrack.milter.journal import Journal
+from replytrack.store import StoreError
+from tests.support.milter_records import DOMAIN, record_sent
+
+
+def eml(headers: list[tuple[str, str]], body: str = "Thanks, call me.\n") -> io.BytesIO:
+    text = "".join(f"{n}: {v}\n" for n, v in headers) + "\n" + body
+    return io.BytesIO(text.encode())
+
+
+class TestCtx(MilterTestCtx):
+    """pymilter's test context, with SKIP from the body callback meaning what it means in
+    libmilter: no more body, go on to end of message."""
+
+    __test__ = False
+
+    def _feed_body(self, bfp):
+        rc = super()._feed_body(bfp)
+        return Milter.CONTINUE if rc == Milter.SKIP else rc
+
+
+@pytest.fixture
+def journal(tmp_path) -> Journal:
+    return Journal(tmp_path / "journal.jsonl")
+
+
+@pytest.fixture
+def milter_for(journal):
+    created = []
+
+    def make(engine: Engine) -> TestCtx:
+        adapter.install(engine, journal)
+        ctx = TestCtx()
+        created.append(ctx)
+        assert ctx._connect() == Milter.CONTINUE
+        return ctx
+
+    yield make
+    for ctx in created:
+        ctx._close()
+
+
+class BodySpy(adapter.ReplyTrackMilter):
+    """Counts body chunks and end-of-message calls the adapter receives."""
+
+    bodies = 0
+    eoms = 0
+
+    def body(self, chunk):
+        type(self).bodies += 1
+        return super().body(chunk)
+
+    def eom(self):
+        type(self).eoms += 1
+        return super().eom()
+
+
+def test_negotiates_only_needed_callbacks(store, keyring, milter_for):
+    ctx = milter_for(Engine(Config(domain=DOMAIN), keyring, store))
+    proto = ctx._protocol
+    for skipped in (Milter.P_NOCONNECT, Milter.P_NOHELO, Milter.P_NODATA, Milter.P_NOUNKNOWN):
+        assert proto & skipped, hex(skipped)
+    for noreply in (Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_HDR):
+        assert proto & noreply, hex(noreply)
+    for wanted in (Milter.P_NOMAIL, Milter.P_NORCPT, Milter.P_NOHDRS, Milter.P_NOEOH):
+        assert not proto & wanted, hex(wanted)
+    assert not proto & Milter.P_NR_EOH  # end of headers is the one answer per mail
+    assert adapter.FLAGS == Milter.ADDHDRS | Milter.CHGHDRS
+
+
+def test_unrelated_mail_accepted_at_end_of_headers_without_body(store, keyring, milter_for):
+    record_sent(store, keyring, to=["ann@acme.example"])
+    ctx = milter_for(Engine(Config(domain=DOMAIN), keyring, store))
+    BodySpy.bodies = BodySpy.eoms = 0
+    Milter.factory = BodySpy
+    ctx._close()
+    assert ctx._connect() == Milter.CONTINUE
+    rc = ctx._feedFile(
+        eml([("From", "stranger@else.example"), ("Subject", "hi"), ("In-Reply-To", "<a@b>")]),
+        "stranger@else.example",
+        "sales@vendor.example",
+    )
+    assert rc == Milter.ACCEPT
+    assert BodySpy.bodies == 0 and BodySpy.eoms == 0
+    assert not ctx._headerschanged
+
+
+def test_reply_is_flagged_and_spoofed_copies_removed(store, keyring, milter_for):
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+    ctx = milter_for(Engine(Config(domain=DOMAIN), keyring, store))
+    rc = ctx._feedFile(
+        eml(
+            [
+                ("From", "Ann <ann@acme.example>"),
+                ("Subject", "Re: Hello"),
+                ("Message-ID", "<r1@acme.example>"),
+                ("In-Reply-To", f"<{mid}>"),
+                ("X-ReplyTrack", "reply; campaign=fake; match=weak"),
+            ]
+        ),
+        "ann@acme.example",
+        "sales@vendor.example",
+    )
+    assert rc == Milter.ACCEPT
+    assert ctx._msg.get_all("X-ReplyTrack") == ["reply; campaign=spring; match=in-reply-to"]
+    assert store.enrollments(recipient="ann@acme.example")[0].status == "stopped"
+    assert len(store.events(kind="reply")) == 1
+
+
+def test_spoofed_header_on_unrelated_mail_is_removed_not_flagged(store, keyring, milter_for):
+    ctx = milter_for(Engine(Config(domain=DOMAIN), keyring, store))
+    rc = ctx._feedFile(
+        eml(
+            [
+                ("From", "stranger@else.example"),
+                ("Subject", "hi"),
+                ("X-ReplyTrack", "reply; campaign=fake; match=in-reply-to"),
+            ]
+        ),
+        "stranger@else.example",
+        "sales@vendor.example",
+    )
+    assert rc == Milter.ACCEPT
+    assert ctx._msg.get_all("X-ReplyTrack") is None
+    assert store.events() == []
+
+
+def test_authenticated_submission_is_not_a_reply(store, keyring, milter_for):
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+    ctx = milter_for(Engine(Config(domain=DOMAIN), keyring, store))
+    ctx._setsymval("{auth_authen}", "ann")
+    rc = ctx._feedFile(
+        eml([("From", "ann@acme.example"), ("In-Reply-To", f"<{mid}>")]),
+        "ann@acme.example",
+        "sales@vendor.example",
+    )
+    assert rc == Milter.ACCEPT
+    assert store.enrollments(recipient="ann@acme.example")[0].status == "active"
+
+
+class Exploding(Engine):
+    def screen(self, msg, **kwargs):
+        raise RuntimeError("boom")
+
+
+class ExplodingAtEnd(Engine):
+    def decide(self, msg, screening, **kwargs):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("engine_class", [Exploding, ExplodingAtEnd])
+def test_exceptions_accept_the_mail(store, keyring, milter_for, engine_class, caplog):
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+    ctx = milter_for(engine_class(Config(domain=DOMAIN), keyring, store))
+    with caplog.at_level(logging.ERROR, logger="replytrack.milter"):
+        rc = ctx._feedFile(
+            eml([("From", "ann@acme.example"), ("In-Reply-To", f"<{mid}>")]),
+            "ann@acme.example",
+            "sales@vendor.example",
+        )
+    assert rc == Milter.ACCEPT
+    assert "accepting the mail" in caplog.text
+
+
+class LockedStore:
+    """Every store call fails like a locked database (fault injection)."""
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise StoreError("database is locked")
+
+        return fail
+
+
+def test_locked_store_journals_and_accepts(keyring, milter_for, journal):
+    ctx = milter_for(Engine(Config(domain=DOMAIN), keyring, LockedStore()))  # type: ignore[arg-type]
+    rc = ctx._feedFile(
+        eml([("From", "ann@acme.example"), ("Message-ID", "<q@acme>"), ("In-Reply-To", "<x@y>")]),
+        "ann@acme.example",
+        "sales@vendor.example",
+    )
+    assert rc == Milter.ACCEPT
+    assert journal.backlog() == 1
+
+
+def test_write_failure_at_end_of_message_journals(store, keyring, milter_for, journal):
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+
+    class ReadOnlyWrites(Engine):
+        def apply(self, verdict):
+            raise StoreError("attempt to write a readonly database")
+
+    ctx = milter_for(ReadOnlyWrites(Config(domain=DOMAIN), keyring, store))
+    rc = ctx._feedFile(
+        eml(
+            [("From", "ann@acme.example"), ("Message-ID", "<q2@acme>"), ("In-Reply-To", f"<{mid}>")]
+        ),
+        "ann@acme.example",
+        "sales@vendor.example",
+    )
+    assert rc == Milter.ACCEPT
+    assert journal.backlog() == 1
+    engine = Engine(Config(domain=DOMAIN), keyring, store)
+    assert journal.replay(engine.process) == 1
+    assert store.enrollments(recipient="ann@acme.example")[0].status == "stopped"

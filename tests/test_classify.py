@@ -248,7 +248,10 @@ def test_challenge_response() -> None:
         ("I'm out of the office until 03/20/2026.", dt.date(2026, 3, 20)),  # month first: 20 > 12
         ("I'm out of the office until 04/03/2026.", dt.date(2026, 3, 4)),  # nearer reading wins
         ("I will be returning 2026-04-07.", dt.date(2026, 4, 7)),
-        ("Back on 5 January.", dt.date(2027, 1, 5)),  # year-less dates lie ahead
+        ("Back on 5 June.", dt.date(2026, 6, 5)),  # year-less dates lie ahead
+        ("Back on 5 January.", dt.date(2027, 1, 5)),  # ... even across the new year
+        ("Back on 15 February.", None),  # a stale notice: that day passed two weeks ago
+        ("On leave from 1 February until 31 March.", dt.date(2026, 3, 31)),  # the range end
         ("I was back on 1 January 2026.", None),  # dates in the past are not return dates
         ("I will be away until 1 January 2031.", None),  # beyond the sane horizon
     ],

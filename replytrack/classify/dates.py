@@ -27,6 +27,10 @@ MAX_SCAN = 4000
 _CUES: dict[str, str] = {
     "en": r"\b(?:until|till|til|through|thru|back|return|returning|returns|away from|"
     r"out from|off from|reachable again|available again|from)\b",
+    # Ranges ("du 2 au 13 mars", "vom 2. bis 13. März") name the last day of absence.
+    "fr-range": r"\bdu\b.{1,30}\bau\b",
+    "es-range": r"\bdel\b.{1,30}\bal\b",
+    "it-range": r"\bdal\b.{1,30}\bal\b",
     "de": r"\b(?:bis|zurück|wieder|ab dem|ab|rückkehr)\b",
     "fr": r"\b(?:jusqu|retour|reviendrai|rentre|rentrerai|à partir du|dès le)\w*",
     "es": r"\b(?:hasta|regreso|regresaré|vuelvo|volveré|de vuelta|a partir del)\b",
@@ -34,17 +38,17 @@ _CUES: dict[str, str] = {
     "pt": r"\b(?:até|regresso|regressarei|volto|voltarei|retorno|de volta|a partir de)\b",
     "nl": r"\b(?:tot|t/m|terug|weer aanwezig|vanaf)\b",
 }
-_CUE_RES = {lang: re.compile(p, re.I) for lang, p in _CUES.items()}
+_CUE_RES = [(lang.split("-")[0], re.compile(p, re.I)) for lang, p in _CUES.items()]
 
 # Words that tell the language of a sentence, for dateparser and for the
 # day/month order of numeric dates (only US English writes month first).
 _LANG_HINTS: dict[str, re.Pattern[str]] = {
-    "de": re.compile(r"\b(?:ich|bin|bis|zum|nicht|büro|wieder|und|urlaub)\b", re.I),
-    "fr": re.compile(r"\b(?:je|suis|serai|jusqu|retour|bureau|absent|le|du|au)\b", re.I),
-    "es": re.compile(r"\b(?:estoy|estaré|hasta|oficina|regreso|el|de|del)\b", re.I),
-    "it": re.compile(r"\b(?:sono|sarò|fino|ufficio|rientro|al|il|dal)\b", re.I),
-    "pt": re.compile(r"\b(?:estou|estarei|até|escritório|regresso|dia|volto)\b", re.I),
-    "nl": re.compile(r"\b(?:ik|ben|tot|kantoor|terug|vanaf|afwezig|en)\b", re.I),
+    "de": re.compile(r"\b(?:ich|bin|bis|zum|nicht|büro|wieder|und|urlaub|vom|ab)\b", re.I),
+    "fr": re.compile(r"\b(?:je|suis|serai|jusqu|retour|bureau|absente?|congés?|du|au)\b", re.I),
+    "es": re.compile(r"\b(?:estoy|estaré|hasta|oficina|regreso|vacaciones|del)\b", re.I),
+    "it": re.compile(r"\b(?:sono|sarò|fino|ufficio|rientro|rientrerò|ferie|dal)\b", re.I),
+    "pt": re.compile(r"\b(?:estou|estarei|até|escritório|regresso|férias|volto|dia)\b", re.I),
+    "nl": re.compile(r"\b(?:ik|ben|tot|kantoor|terug|vanaf|afwezig|weer)\b", re.I),
 }
 
 _NUMERIC = re.compile(
@@ -57,12 +61,18 @@ def _plausible(day: dt.date, today: dt.date) -> bool:
     return today < day <= today + dt.timedelta(days=HORIZON_DAYS)
 
 
+# A year-less date up to this many days before today is a date in this year that has
+# passed (the start of the absence), not a date next year.
+RECENT_PAST_DAYS = 31
+
+
 def _make(year: int | None, month: int, day: int, today: dt.date) -> dt.date | None:
-    """A date from parts; a year-less date is the next one after ``today``."""
+    """A date from parts; a year-less date is the next one after ``today`` unless it lies
+    in the recent past (then it is this year's, and not a return date)."""
     try:
         if year is None:
             found = dt.date(today.year, month, day)
-            if found <= today:
+            if found < today - dt.timedelta(days=RECENT_PAST_DAYS):
                 found = dt.date(today.year + 1, month, day)
             return found
         if year < 100:
@@ -118,16 +128,18 @@ def _settings(today: dt.date) -> dict[str, Any]:
     }
 
 
-def _written_dates(sentence: str, lang: str, today: dt.date) -> list[dt.date]:
+_YEAR = re.compile(r"\b(?:19|20)\d\d\b|'\d\d\b")
+
+
+def _written_dates(sentence: str, languages: tuple[str, ...], today: dt.date) -> list[dt.date]:
     """Written and relative dates in one sentence, read by dateparser."""
     try:
         from dateparser.search import search_dates
     except ImportError:  # pragma: no cover - dateparser is a declared dependency.
         return []
-    languages = [lang] if lang == "en" else [lang, "en"]
     try:
-        results = search_dates(sentence, languages=languages, settings=dict(_settings(today)))
-    except Exception:  # a parser fault means no date, not a failed verdict.
+        results = search_dates(sentence, languages=list(languages), settings=dict(_settings(today)))
+    except Exception:  # a parser fault means no date, not a failed verdict
         return []
     found: list[dt.date] = []
     for fragment, when in results or []:
@@ -137,19 +149,23 @@ def _written_dates(sentence: str, lang: str, today: dt.date) -> list[dt.date]:
             continue
         if re.fullmatch(r"[\d\s.,:/-]+", text):
             continue  # Numeric forms are read by _numeric_dates with explicit reasoning.
-        day = when.date()
-        if _plausible(day, today):
+        day: dt.date | None = when.date()
+        if day is not None and not _YEAR.search(text):
+            # dateparser moves any year-less date that is not after today into next
+            # year; the start of an absence ("from 2 March" on 2 March) is not one.
+            day = _make(None, day.month, day.day, today)
+        if day is not None and _plausible(day, today):
             found.append(day)
     return found
 
 
-def _language(sentence: str) -> str:
-    best, score = "en", 0
-    for lang, pattern in _LANG_HINTS.items():
-        hits = len(pattern.findall(sentence))
-        if hits > score:
-            best, score = lang, hits
-    return best if score >= 2 else "en"
+def _languages(sentence: str, cue_language: str) -> tuple[str, ...]:
+    """Languages to read a sentence in: the one its words suggest, the cue's, English."""
+    scores = {lang: len(p.findall(sentence)) for lang, p in _LANG_HINTS.items()}
+    best = max(scores, key=lambda lang: scores[lang])
+    ordered = [best] if scores[best] >= 2 else []
+    ordered += [cue_language, "en"]
+    return tuple(dict.fromkeys(ordered))
 
 
 def _sentences(text: str) -> list[str]:
@@ -171,21 +187,22 @@ def read_return_date(subject: str, text: str, today: dt.date) -> dt.date | None:
     ``today`` is the day the notice was written (dates must lie after it and
     within HORIZON_DAYS).
     """
-    candidates: list[tuple[str, str]] = []
+    candidates: list[tuple[str, tuple[str, ...]]] = []
     for sentence in [subject[:MAX_SENTENCE], *_sentences(text)]:
-        for lang, cue in _CUE_RES.items():
+        for lang, cue in _CUE_RES:
             if cue.search(sentence):
-                hinted = _language(sentence)
-                candidates.append((sentence, hinted if hinted != "en" else lang))
+                candidates.append((sentence, _languages(sentence, lang)))
                 break
         if len(candidates) >= MAX_CANDIDATES:
             break
     parser_calls = 0
-    for sentence, lang in candidates:
-        dates = _numeric_dates(sentence, lang, today)
+    for sentence, languages in candidates:
+        dates = _numeric_dates(sentence, languages[0], today)
         if not dates and parser_calls < MAX_PARSER_CALLS:
             parser_calls += 1
-            dates = _written_dates(sentence, lang, today)
+            dates = _written_dates(sentence, languages, today)
         if dates:
-            return max(dates)
+            # The last date a sentence names is the return: "from 1 January until
+            # 31 March", "out until Friday, back on Monday 9 March".
+            return dates[-1]
     return None

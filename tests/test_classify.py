@@ -594,3 +594,23 @@ def test_person_answering_a_mail_that_says_it_was_sent_automatically_is_human() 
         "This message was sent automatically by our trial system.",
     )
     assert result.kind == "human", result.evidence
+
+
+def test_person_forwarding_an_out_of_office_is_human() -> None:
+    result = verdict(
+        "Fwd: Automatic reply: Your proposal",
+        "Sam, FYI - Erika is away, talk to me instead.\n\n"
+        "---------- Forwarded message ----------\nFrom: Erika <erika@example.de>\n"
+        "Subject: Automatic reply: Your proposal\n\nI am out of the office until 15 March.\n",
+    )
+    assert result.kind == "human", result.evidence
+
+
+def test_bounce_subject_in_another_language_from_a_daemon() -> None:
+    headers, raw = message(
+        "Недоставленное сообщение",
+        "Ваше сообщение не может быть доставлено.\n",
+        sender="MAILER-DAEMON@mx.example.ru",
+    )
+    result = classify(headers, raw, envelope_from="", today=TODAY)
+    assert result.kind == "bounce"

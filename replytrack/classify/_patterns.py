@@ -237,6 +237,11 @@ BOUNCE_SUBJECT = [
         r"\bsuccessful mail delivery report\b|\brelayed\b.{0,20}\bdelivery\b",
         r"\bfailed (?:mail|delivery)\b|\bmail (?:error|failure)\b|\bdelivery error\b|\bnot (?:a )?member\b",
         r"メールエラー|配信エラー|配送エラー|送信エラー|不達|未達",
+        r"недоставленн|не (?:может быть |удалось )?доставлен",  # Russian
+        r"\bniedostarczon|\bnie (?:można|udało się) dostarczyć",  # Polish
+        r"\bolevererbar|\bkunde inte levereras|\bkunne ikke leveres|\bikke levert",  # Nordic
+        r"\bnedoručiteln|\bnelze doručit",  # Czech
+        r"退信|无法投递|投递失败|退回的邮件|系统退信",  # Chinese
     )
 ]
 
@@ -364,7 +369,7 @@ LIST_ADMIN_LOCALPART = re.compile(
 
 # Lines that show a body quotes an earlier message (people's replies do; notices do not).
 QUOTE_MARKERS = re.compile(
-    r"^\s*>|^-{2,}\s*(?:original message|ursprüngliche nachricht|message d'origine|mensaje original|"
+    r"^\s*>|^-{2,}\s*(?:forwarded message|weitergeleitete nachricht|message transféré|mensaje reenviado|original message|ursprüngliche nachricht|message d'origine|mensaje original|"
     r"messaggio originale|mensagem original|oorspronkelijk bericht)|^\s*(?:on|am|le|el|il|em|op) .{0,200}"
     r"(?:wrote|schrieb|a écrit|escribió|ha scritto|escreveu|schreef)\s*:|^\s*(?:from|von|de|van|da):\s.{0,200}$",
     re.I | re.M,

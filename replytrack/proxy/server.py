@@ -44,6 +44,8 @@ S451_NO_TRANSACTION = "451 4.4.2 the upstream transaction was lost; start again 
 S451_REPLAY = "451 4.4.2 the upstream answered differently on the second pass; try again later"
 S501_SENDER = "501 5.1.7 bad sender address syntax (control characters)"
 S501_RECIPIENT = "501 5.1.3 bad recipient address syntax (control characters)"
+S501_SENDER_SYNTAX = "501 5.1.7 bad sender address syntax: use MAIL FROM:<address>"
+S501_RECIPIENT_SYNTAX = "501 5.1.3 bad recipient address syntax: use RCPT TO:<address>"
 S553_NEEDS_UTF8 = "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter"
 S554_NOT_ALLOWED = "554 5.7.1 relaying denied: client address not allowed"
 
@@ -60,6 +62,10 @@ _STOCK_REPLIES = {
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 line too long (RFC 5321 4.5.3.1.6)",
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# MAIL FROM:<path> / RCPT TO:<path> with the angle brackets RFC 5321 requires. Requiring
+# them also catches a bare LF inside an address: aiosmtpd ends a command line at LF, so
+# "MAIL FROM:<a\nb@x>" reaches us as "FROM:<a", which it would otherwise accept as "a".
+_PATH_ARG = re.compile(r"(?i)^(FROM|TO):\s*<[^<>]*>(\s.*)?$")
 _conn_ids = itertools.count(1)
 
 
@@ -180,6 +186,23 @@ class ProxySMTP(SMTP):
         self.handler = handler
 
     session: ProxySession | None
+    # RFC 5321 limits lines to 1000 octets, but campaign engines send HTML with far longer
+    # lines and Postfix accepts them; refusing them here would bounce real mail, so they
+    # are passed through unchanged (bounded, so memory stays bounded) and the upstream
+    # applies its own policy.
+    line_length_limit = 64 * 1024
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg is not None and not _PATH_ARG.match(arg):
+            await self.push(S501_SENDER_SYNTAX)
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg is not None and not _PATH_ARG.match(arg):
+            await self.push(S501_RECIPIENT_SYNTAX)
+            return
+        await super().smtp_RCPT(arg)
 
     def _create_session(self) -> ProxySession:
         return ProxySession(self.loop)

@@ -15,12 +15,21 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from replytrack.config import Config
+from replytrack.proxy.server import ThreadedProxy
+from replytrack.store import Store
+from replytrack.store.sqlite import SQLiteStore
+from replytrack.tokens import Keyring
+
+DOMAIN = "track.example.com"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
 
@@ -123,6 +132,12 @@ class RecordingHandler:
         return f"250 2.0.0 Ok: queued as UP{number}"
 
 
+class LongLineSMTP(SMTP):
+    """aiosmtpd accepting long lines, like Postfix does (the proxy passes them through)."""
+
+    line_length_limit = 64 * 1024
+
+
 class RecordingUpstream:
     """An aiosmtpd upstream on 127.0.0.1 (random port) in its own thread.
 
@@ -184,7 +199,7 @@ class RecordingUpstream:
                 auth_required=True,
                 auth_require_tls=self.tls_context is not None,
             )
-        return SMTP(
+        return LongLineSMTP(
             self.handler,
             hostname="upstream.test",
             enable_SMTPUTF8=self.smtputf8,
@@ -327,3 +342,47 @@ class SmtpSink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --- fixtures (import them into a test module to use them) -----------------------------------
+
+
+@pytest.fixture
+def upstream() -> Iterator[RecordingUpstream]:
+    """A recording aiosmtpd upstream (no TLS, no AUTH)."""
+    with RecordingUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def start_proxy(
+    tmp_path: Path, store: SQLiteStore, keyring: Keyring
+) -> Iterator[Callable[..., ThreadedProxy]]:
+    """Start a proxy in front of an upstream address: ``start_proxy(address, **settings)``.
+
+    The proxy uses the test's ``store`` and ``keyring``; settings override Config fields.
+    """
+    running: list[ThreadedProxy] = []
+
+    def start(upstream_address: str, *, proxy_store: Store | None = None, **settings: Any):
+        values: dict[str, Any] = {
+            "db": str(tmp_path / "replytrack.db"),
+            "domain": DOMAIN,
+            "proxy_listen": "127.0.0.1:0",
+            "proxy_upstream": upstream_address,
+            "proxy_timeout": 5.0,
+        }
+        values.update(settings)
+        proxy = ThreadedProxy(Config(**values), store=proxy_store or store, keyring=keyring)
+        running.append(proxy.start())
+        return proxy
+
+    yield start
+    for proxy in running:
+        proxy.stop()
+
+
+@pytest.fixture
+def proxy(upstream: RecordingUpstream, start_proxy: Callable[..., ThreadedProxy]) -> ThreadedProxy:
+    """A proxy relaying to the recording ``upstream``."""
+    return start_proxy(upstream.address)

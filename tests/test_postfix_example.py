@@ -9,6 +9,7 @@ else. Then a whole scenario runs through each outbound mode: campaign mail out t
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import json
@@ -18,6 +19,7 @@ import smtplib
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from replytrack.config import load_config
+from replytrack.config import Config, _flatten, load_config
 from tests.support.postfix import PostfixLab, free_port, port_open
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "postfix-example"
@@ -212,8 +214,15 @@ def start_lab(
 # --- static checks -------------------------------------------------------------------------
 
 
-def test_example_toml_parses() -> None:
+def test_example_toml_parses_and_shows_every_setting() -> None:
     config = load_config(EXAMPLE / "replytrack.toml", env={})
+    written = set(_flatten(tomllib.loads((EXAMPLE / "replytrack.toml").read_text())))
+    settings = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    assert settings - written == set(), "settings missing from the example"
+    # Apart from the deployment-specific ones, the example shows the defaults.
+    own = {"db", "domain", "secret_file", "hostname", "milter_internal_domains"}
+    changed = {name for name in settings if getattr(config, name) != getattr(Config(), name)}
+    assert changed == own
     assert config.proxy_listen == "127.0.0.1:10025"
     assert config.proxy_upstream == "127.0.0.1:10026"
     assert config.milter_socket == "inet:8894@127.0.0.1"

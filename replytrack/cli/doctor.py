@@ -407,20 +407,23 @@ def check_store(config: Config) -> list[Finding]:
 
 def check_journal(config: Config) -> list[Finding]:
     path = config.journal_path
-    if not path.exists():
-        return [Finding(OK, "journal", "no journal backlog")]
-    try:
-        with path.open("rb") as journal:
-            backlog = sum(1 for line in journal if line.strip())
-    except OSError as exc:
-        return [Finding(WARN, "journal", f"cannot read journal {path}: {exc.strerror}", "")]
+    # The milter moves the journal aside to ``<journal>.replay`` while replaying it.
+    files = [p for p in (path, path.with_name(path.name + ".replay")) if p.exists()]
+    backlog = 0
+    for file in files:
+        try:
+            with file.open("rb") as journal:
+                backlog += sum(1 for line in journal if line.strip())
+        except OSError as exc:
+            return [Finding(WARN, "journal", f"cannot read journal {file}: {exc.strerror}", "")]
     if backlog:
         return [
             Finding(
                 WARN,
                 "journal",
-                f"{backlog} inbound verdict(s) in {path} not yet written to the store",
-                "make sure the store is writable and the milter is running: it replays the journal",
+                f"{backlog} inbound verdict(s) journaled in {path} not yet written to the store",
+                "make sure the store is writable and the milter is running: it replays the"
+                " journal",
             )
         ]
     return [Finding(OK, "journal", "no journal backlog")]

@@ -66,7 +66,13 @@ def _fail_open(result: int) -> Callable[[F], F]:
 
 
 class ReplyTrackMilter(Milter.Base):
-    """One instance per SMTP connection Postfix opens to us; state is per message."""
+    """One instance per SMTP connection Postfix opens to us; state is per message.
+
+    Debian's libmilter runs callbacks on a pool of worker threads: the callbacks of one
+    connection may run on different threads. Store access is safe anyway (SQLiteStore
+    keeps one connection per thread), and the pool's long-lived threads reuse theirs, so
+    no connection is opened per SMTP session.
+    """
 
     engine: Engine
     journal: Journal
@@ -227,15 +233,6 @@ class ReplyTrackMilter(Milter.Base):
         self.msg = None
         self.screening = None
         self.body_parts = []
-        return Milter.CONTINUE
-
-    @_fail_open(Milter.CONTINUE)
-    def close(self) -> int:
-        # Each Postfix connection runs in its own libmilter thread; that thread's SQLite
-        # connection must not outlive it.
-        store = self.engine.store
-        if store is not None:
-            store.close()
         return Milter.CONTINUE
 
 

@@ -65,14 +65,18 @@ class RelayError(Exception):
 
 def _translate(exc: BaseException, what: str) -> RelayError:
     """Map an aiosmtplib (or socket) failure to the reply the client gets."""
-    if isinstance(exc, aiosmtplib.SMTPConnectError | OSError) and not isinstance(
-        exc, aiosmtplib.SMTPServerDisconnected
+    # Order matters: timeouts and disconnects are OSErrors too (TimeoutError,
+    # ConnectionError), and only a failed connect means "unreachable".
+    if isinstance(exc, aiosmtplib.SMTPConnectError) and not isinstance(
+        exc, aiosmtplib.SMTPResponseException
     ):
         return RelayError(f"451 4.4.1 upstream unreachable ({what})", broken=True)
-    if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return RelayError(f"451 4.4.2 upstream timed out ({what})", broken=True)
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
         return RelayError(f"451 4.4.2 upstream closed the connection ({what})", broken=True)
+    if isinstance(exc, aiosmtplib.SMTPConnectError | OSError):
+        return RelayError(f"451 4.4.1 upstream unreachable ({what})", broken=True)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         return RelayError("451 4.7.0 upstream refused our AUTH credentials", broken=True)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
@@ -205,6 +209,16 @@ class UpstreamPool:
                 # Without AUTH, connect() returns before EHLO; do it now so the pool holds
                 # ready connections and extensions are known before MAIL.
                 await client.ehlo()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            raise _translate(exc, "connect") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            # A refusing banner or EHLO says nothing about this mail: the client keeps it.
+            client.close()
+            text = _UNSAFE.sub("", exc.message)[:200]
+            raise RelayError(
+                f"451 4.4.1 upstream refused the connection ({exc.code} {text})", broken=True
+            ) from exc
         except Exception as exc:
             client.close()
             raise _translate(exc, "connect") from exc

@@ -614,7 +614,9 @@ class ThreadedProxy:
         return self
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop the server and the loop."""
+        """Stop the server and the loop (a second call does nothing)."""
+        if self.loop.is_closed():
+            return
         future = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
         future.result(timeout=grace + 10)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -9,6 +9,8 @@ what the proxy believes it sent.
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -270,6 +272,14 @@ def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 class SmtpSink:
     """Postfix's ``smtp-sink`` on 127.0.0.1 (a free port), with its fault options.
 
@@ -288,6 +298,9 @@ class SmtpSink:
         count: bool = False,
     ) -> None:
         self.args = [SMTP_SINK]
+        if os.geteuid() == 0:
+            # smtp-sink refuses to run as root without dropping privileges.
+            self.args += ["-u", "postfix" if _user_exists("postfix") else "nobody"]
         if hard:
             self.args += ["-f", hard]
         if soft:
@@ -319,7 +332,8 @@ class SmtpSink:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"smtp-sink exited: {self.process.stderr!r}")
+                err = self.process.stderr.read() if self.process.stderr else b""
+                raise RuntimeError(f"smtp-sink exited: {err.decode(errors='replace')}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self

@@ -108,11 +108,22 @@ class PostResult:
     error: str | None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would follow a 302 with a GET and drop the body, and a
+    receiver that never saw the event would count as delivered."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect())
+
+
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> PostResult:
     """POST ``body`` to ``url``; any 2xx is success, everything else is a retryable failure."""
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             response.read(65536)
             status = int(response.status)
     except urllib.error.HTTPError as exc:
@@ -268,6 +279,11 @@ class Sender:
             except StoreError as exc:
                 metrics.STORE_ERRORS.labels(component="notify").inc()
                 log.warning("notify: store unavailable, retrying: %s", exc)
+            except Exception:
+                # The sender runs inside the milter and the proxy: a bug here must not end
+                # notifications silently, nor take the daemon down. The row's lease expires
+                # and it is tried again.
+                log.exception("notify: unexpected error, retrying")
             self._stop.wait(self.poll_interval)
         log.info("notify sender %s stopped", self.owner)
 

@@ -287,3 +287,16 @@ def test_killed_sender_loses_nothing(
     # At least once: every event arrived with a 200; the one in flight may arrive twice.
     assert set(receiver.ok_ids()) == set(ids)
     assert "url_host=127.0.0.1" in errors
+
+
+def test_redirect_is_not_delivery(tmp_path: Path, store: SQLiteStore, receiver: Receiver) -> None:
+    # urllib would follow a 302 with a body-less GET; the event must be posted again instead.
+    receiver.statuses = [302]
+    _reply(store)
+    sender = Sender(_config(tmp_path, receiver.url), store, retry_base=0.01, retry_cap=0.01)
+    sender.deliver_due()
+    assert store.outbox_counts()["delivered"] == 0
+    time.sleep(0.02)
+    sender.deliver_due()
+    assert [r.status for r in receiver.requests] == [302, 200]
+    assert store.outbox_counts()["delivered"] == 1

@@ -108,7 +108,7 @@ def import_command(state: State, path: Path, campaign: str | None, fmt: str, dry
             already += 1
             continue
         seen.add(original)
-        recipients = []
+        recipients: list[OutboundRecipient] = []
         for role in ("to", "cc", "bcc"):
             for address in extract_addresses(header_values(header, role)):
                 if all(r.address != address for r in recipients):

@@ -90,6 +90,12 @@ def init_command(state: State, write_config: str | None, force: bool, rotate_key
       replytrack init --rotate-key
     """
     config = state.config()
+    if config.domain == "replytrack.invalid":
+        click.echo(
+            "note: Message-IDs will use the placeholder domain replytrack.invalid;"
+            " set --domain (or domain in the config file) to a domain you own",
+            err=True,
+        )
     if write_config:
         target = Path(write_config)
         if target.exists() and not force:

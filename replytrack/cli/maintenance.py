@@ -34,11 +34,9 @@ def prune_command(state: State, older_than: str | None, dry_run: bool) -> None:
       replytrack prune
     """
     config = state.config()
-    if older_than is None:
+    before = parse_since(older_than)
+    if before is None:
         before = time.time() - config.retention_days * 86400
-    else:
-        before = parse_since(older_than)
-        assert before is not None
     counts = state.store().prune(before, dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
     click.echo(

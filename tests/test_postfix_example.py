@@ -28,25 +28,24 @@ from pathlib import Path
 import pytest
 
 from replytrack.config import Config, _flatten, load_config
-from tests.support.postfix import PostfixLab, free_port, port_open
+from tests.support.postfix import (
+    EXAMPLE_PORTS,
+    PostfixLab,
+    free_port,
+    port_open,
+    render_example,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "postfix-example"
 REPLYTRACK = Path(sys.executable).with_name("replytrack")
 DOMAIN = "example.test"
 ID_DOMAIN = "track.example.test"
-# The ports written in postfix-example/ and the role of each.
-DEFAULT_PORTS = {"proxy": 10025, "reinject": 10026, "submit": 10027, "milter": 8894}
+DEFAULT_PORTS = EXAMPLE_PORTS
 
 
 def render(name: str, ports: dict[str, int]) -> str:
     """An example file with its loopback ports replaced by ``ports``; nothing else changes."""
-    text = (EXAMPLE / name).read_text()
-    for role, default in DEFAULT_PORTS.items():
-        text = re.sub(rf"(127\.0\.0\.1\]?:){default}\b", rf"\g<1>{ports[role]}", text)
-    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    leftover = [line for line in settings if re.search(r"\b(10025|10026|10027|8894)\b", line)]
-    assert not leftover, f"untemplated port in {name}: {leftover}"
-    return text
+    return render_example((EXAMPLE / name).read_text(), ports)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -470,6 +471,31 @@ class PostfixLab:
     @staticmethod
     def _clean(output: str) -> str:
         return output.replace("\r", "").strip()
+
+
+# The loopback ports written in postfix-example/, by role.
+EXAMPLE_PORTS = {"proxy": 10025, "reinject": 10026, "submit": 10027, "milter": 8894}
+
+
+def render_example(text: str, ports: Mapping[str, int]) -> str:
+    """A postfix-example/ file with its loopback ports replaced by ``ports`` (by role, see
+    ``EXAMPLE_PORTS``); nothing else changes. Raises ValueError when a setting line still
+    names a default port, i.e. the example grew a port this function does not know."""
+    for role, default in EXAMPLE_PORTS.items():
+        text = re.sub(rf"(127\.0\.0\.1\]?:){default}\b", rf"\g<1>{ports[role]}", text)
+    # A default port still present where another one was asked for means a missed spot.
+    moved = [str(d) for role, d in EXAMPLE_PORTS.items() if ports[role] != d]
+    if not moved:
+        return text
+    defaults = "|".join(moved)
+    leftover = [
+        line
+        for line in text.splitlines()
+        if not line.lstrip().startswith("#") and re.search(rf"\b({defaults})\b", line)
+    ]
+    if leftover:
+        raise ValueError(f"untemplated port in: {leftover}")
+    return text
 
 
 def make_base_dir(prefix: str = "replytrack-pflab-") -> Path:

@@ -109,7 +109,7 @@ class Sink:
             self.workdir.chmod(0o777)
             cmd += ["-D", str(self.dump)]
         if self.delay:
-            cmd += ["-w", str(self.delay)]
+            cmd += ["-w", str(max(1, round(self.delay)))]
         cmd += [f"127.0.0.1:{self.port}", "1024"]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -117,6 +117,12 @@ class Sink:
         if not wait_port(self.port):
             raise SystemExit("smtp-sink did not start")
         return self
+
+    @property
+    def pid(self) -> int:
+        """The sink's process id."""
+        assert self.proc is not None
+        return self.proc.pid
 
     def markers(self) -> Counter[str]:
         """How often each marker arrived (from the dump file)."""

@@ -18,16 +18,18 @@ import itertools
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from replytrack import metrics
 from replytrack.config import Config, ConfigError, parse_hostport
 from replytrack.headers import normalize_address
+from replytrack.proxy.auth import check_password, load_auth_file
 from replytrack.proxy.relay import RelayError, Upstream, UpstreamPool, UpstreamSettings
 from replytrack.proxy.stamp import MetadataError, Stamped, stamp
 from replytrack.store import Enrollment, OutboundRecipient, OutboundRecord, Store
@@ -47,7 +49,7 @@ S501_RECIPIENT = "501 5.1.3 bad recipient address syntax (control characters)"
 S501_SENDER_SYNTAX = "501 5.1.7 bad sender address syntax: use MAIL FROM:<address>"
 S501_RECIPIENT_SYNTAX = "501 5.1.3 bad recipient address syntax: use RCPT TO:<address>"
 S553_NEEDS_UTF8 = "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter"
-S554_NOT_ALLOWED = "554 5.7.1 relaying denied: client address not allowed"
+S554_NOT_ALLOWED = "554 5.7.1 relaying denied: client address not allowed (authenticate first)"
 
 # aiosmtpd answers some conditions itself, without an enhanced status code; these are the
 # replies we say instead (same code, RFC 3463 detail).
@@ -275,7 +277,7 @@ class ProxyHandler:
     ) -> str:
         cid = session.rt_id
         try:
-            if not client_allowed(session.peer, self.networks):
+            if not (session.authenticated or client_allowed(session.peer, self.networks)):
                 log.warning("[%s] MAIL refused: client %s not allowed", cid, session.peer)
                 metrics.PROXY_MAILS.labels("rejected").inc()
                 return S554_NOT_ALLOWED
@@ -535,6 +537,7 @@ class ProxyServer:
         self.config = config
         self.host, self.port = parse_hostport(listen or config.proxy_listen, setting="listen")
         check_bind(config, self.host)
+        self._smtp_options = self._client_security(config)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="replytrack-store"
         )
@@ -544,6 +547,48 @@ class ProxyServer:
         )
         self._server: asyncio.base_events.Server | None = None
 
+    @staticmethod
+    def _client_security(config: Config) -> dict[str, Any]:
+        """STARTTLS and SMTP AUTH offered to clients, from ``proxy.tls_*`` / ``auth_file``."""
+        options: dict[str, Any] = {}
+        if bool(config.proxy_tls_cert) != bool(config.proxy_tls_key):
+            raise ConfigError("proxy.tls_cert and proxy.tls_key must be given together")
+        if config.proxy_tls_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(config.proxy_tls_cert, config.proxy_tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"proxy.tls_cert / proxy.tls_key: {exc}") from None
+            options["tls_context"] = context
+        if config.proxy_auth_file:
+            if not config.proxy_tls_cert:
+                raise ConfigError(
+                    "proxy.auth_file needs proxy.tls_cert and proxy.tls_key: AUTH is only"
+                    " offered over TLS"
+                )
+            users = load_auth_file(config.proxy_auth_file)
+
+            def authenticate(
+                server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+            ) -> AuthResult:
+                ok = isinstance(data, LoginPassword) and check_password(
+                    users.get(data.login.decode("utf-8", "replace"), ""),
+                    data.password.decode("utf-8", "replace"),
+                )
+                if not ok:
+                    log.warning("AUTH %s failed from %s", mechanism, session.peer)
+                return AuthResult(success=ok, handled=False, auth_data=data.login if ok else None)
+
+            options.update(
+                authenticator=authenticate,
+                auth_require_tls=True,
+                # Clients on loopback or the allowlist need no AUTH; the rest are refused at
+                # MAIL unless they authenticated (see ProxyHandler.handle_MAIL).
+                auth_required=False,
+                auth_exclude_mechanism=["CRAM-MD5"],
+            )
+        return options
+
     def _protocol(self) -> ProxySMTP:
         return ProxySMTP(
             self.handler,
@@ -552,6 +597,7 @@ class ProxyServer:
             enable_SMTPUTF8=True,
             ident="replytrack",
             timeout=max(self.config.proxy_timeout * 5, 300),
+            **self._smtp_options,
         )
 
     async def start(self) -> None:

@@ -120,7 +120,8 @@ class RecordingHandler:
                     mail_options=list(envelope.mail_options),
                     rcpt_tos=list(envelope.rcpt_tos),
                     data=bytes(envelope.original_content or b""),
-                    tls=session.ssl is not None,
+                    tls=server.transport is not None
+                    and server.transport.get_extra_info("sslcontext") is not None,
                     auth=session.auth_data.decode()
                     if isinstance(session.auth_data, bytes)
                     else None,
@@ -188,7 +189,7 @@ class RecordingUpstream:
             and self.auth is not None
             and (data.login.decode(), data.password.decode()) == self.auth
         )
-        return AuthResult(success=ok, auth_data=data.login if ok else None)
+        return AuthResult(success=ok, handled=False, auth_data=data.login if ok else None)
 
     def _protocol(self) -> SMTP:
         self.handler.connections += 1

@@ -1,0 +1,66 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.support.upstream are parameters)
+"""SMTP smuggling: a non-standard end-of-data sequence inside DATA must never let a second,
+smuggled message reach the upstream (CVE-2023-51764 and friends). Raw sockets, because
+smtplib would normalise the very bytes under test."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from replytrack.proxy.server import ThreadedProxy
+from replytrack.store.sqlite import SQLiteStore
+from tests.support.upstream import (  # noqa: F401  (fixtures)
+    RecordingUpstream,
+    proxy,
+    start_proxy,
+    upstream,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+SMUGGLED = (
+    b"MAIL FROM:<evil@attacker.test>\r\n"
+    b"RCPT TO:<victim@example.net>\r\n"
+    b"DATA\r\n"
+    b"From: ceo@example.org\r\nSubject: smuggled\r\n\r\nsmuggled\r\n"
+)
+
+
+def read_reply(reader) -> bytes:
+    line = reader.readline()
+    while line[3:4] == b"-":
+        line = reader.readline()
+    return line
+
+
+def session(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        reader = sock.makefile("rb")
+        read_reply(reader)
+        for command in (
+            b"EHLO client.test\r\n",
+            b"MAIL FROM:<a@example.org>\r\n",
+            b"RCPT TO:<b@example.net>\r\n",
+            b"DATA\r\n",
+        ):
+            sock.sendall(command)
+            read_reply(reader)
+        sock.sendall(payload + b"QUIT\r\n")
+        return reader.read()
+
+
+@pytest.mark.parametrize("end", [b"\n.\r\n", b"\r.\r\n", b"\n.\n", b"\r\n.\r", b"\r\n.\n"])
+def test_non_standard_end_of_data_smuggles_nothing(
+    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore, end: bytes
+) -> None:
+    payload = b"From: a@example.org\r\nSubject: first\r\n\r\nhello" + end + SMUGGLED + b".\r\n"
+    replies = session(proxy.port, payload)
+    # The whole payload is one message from the real sender; the smuggled commands are
+    # lines of its body (dot-stuffed on the way out, so the upstream sees no end either).
+    [got] = upstream.received
+    assert (got.mail_from, got.rcpt_tos) == ("a@example.org", ["b@example.net"])
+    assert b"MAIL FROM:<evil@attacker.test>" in got.data
+    assert replies.count(b"250 2.0.0") == 1
+    assert [m.sender for m in store.messages()] == ["a@example.org"]

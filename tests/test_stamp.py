@@ -1,0 +1,151 @@
+"""The proxy's header transformation, tested directly (it is pure) and with hypothesis."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replytrack.headers import parse_fields, split_message
+from replytrack.proxy.stamp import MetadataError, stamp
+
+OURS = "1abcdefgh@track.example.com"
+
+
+def names(data: bytes) -> list[str]:
+    header, _ = split_message(data)
+    return [f.name.lower() for f in parse_fields(header)]
+
+
+def values(data: bytes, name: str) -> list[str]:
+    header, _ = split_message(data)
+    return [f.value for f in parse_fields(header) if f.name.lower() == name.lower()]
+
+
+def test_stamp_replaces_message_id_and_strips_metadata() -> None:
+    data = (
+        b"From: Seller <s@example.org>\r\n"
+        b"To: a@x.test, B <b@y.test>\r\n"
+        b"Cc: c@z.test\r\n"
+        b"Subject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n"
+        b"Message-ID: <orig@engine.test>\r\n"
+        b"X-ReplyTrack-Campaign: spring\r\n"
+        b"x-replytrack-step: 3\r\n"
+        b"X-Original-Message-ID: <planted@evil.test>\r\n"
+        b"X-ReplyTrack: reply; campaign=x\r\n"
+        b"\r\n"
+        b"Message-ID: <in-body@not-a-header>\r\n"
+    )
+    out = stamp(data, OURS)
+    assert values(out.data, "Message-ID") == [f"<{OURS}>"]
+    assert values(out.data, "X-Original-Message-ID") == ["<orig@engine.test>"]
+    assert not [n for n in names(out.data) if n.startswith("x-replytrack")]
+    assert split_message(out.data)[1] == split_message(data)[1]
+    assert (out.campaign, out.step) == ("spring", 3)
+    assert out.original_message_id == "orig@engine.test"
+    assert out.to == ("a@x.test", "b@y.test") and out.cc == ("c@z.test",)
+    assert out.from_address == "s@example.org"
+    assert out.subject == "grüße"
+
+
+def test_stamp_without_message_id_or_metadata() -> None:
+    out = stamp(b"Subject: hi\n\nbody\n", OURS)
+    assert out.data == f"Message-ID: <{OURS}>\n".encode() + b"Subject: hi\n\nbody\n"
+    assert out.original_message_id is None and out.campaign is None and out.step is None
+
+
+def test_folded_message_id_is_read() -> None:
+    out = stamp(b"Message-ID:\r\n <folded@x.test>\r\nTo: a@b.test\r\n\r\n", OURS)
+    assert out.original_message_id == "folded@x.test"
+    assert values(out.data, "Message-ID") == [f"<{OURS}>"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"X-ReplyTrack-Campaign: " + b"c" * 201,
+        b"X-ReplyTrack-Campaign: a\x7fb",
+        b"X-ReplyTrack-Campaign: a\xffb",
+        b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Campaign: b",
+        b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: -1",
+        b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: 1.5",
+        b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: 9999999999",
+        b"X-ReplyTrack-Step: 2",
+    ],
+)
+def test_bad_metadata_raises(headers: bytes) -> None:
+    with pytest.raises(MetadataError):
+        stamp(headers + b"\r\n\r\nbody\r\n", OURS)
+
+
+def test_repeated_equal_campaign_is_fine_and_200_chars_is_the_limit() -> None:
+    campaign = "é" * 200
+    data = f"X-ReplyTrack-Campaign: {campaign}\r\nX-ReplyTrack-Campaign: {campaign}\r\n\r\n"
+    assert stamp(data.encode(), OURS).campaign == campaign
+
+
+# --- properties -------------------------------------------------------------------------------
+
+field_names = st.sampled_from(
+    [
+        "From",
+        "To",
+        "Cc",
+        "Subject",
+        "Message-ID",
+        "message-id",
+        "X-Original-Message-ID",
+        "X-ReplyTrack",
+        "X-ReplyTrack-Other",
+        "Received",
+        "DKIM-Signature",
+        "X-Mailer",
+    ]
+)
+field_values = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f"),
+    max_size=60,
+).map(str.strip)
+bodies = st.binary(max_size=400).map(lambda b: b.replace(b"\r", b""))
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> bytes:
+    eol = draw(st.sampled_from([b"\r\n", b"\n"]))
+    lines = []
+    for name, value in draw(st.lists(st.tuples(field_names, field_values), max_size=12)):
+        line = f"{name}: {value}".encode()
+        if draw(st.booleans()):
+            line += eol + b"\t" + value.encode()[:10] + b"x"
+        lines.append(line + eol)
+    body = draw(bodies).replace(b"\n", eol)
+    return b"".join(lines) + eol + body
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages())
+def test_stamp_properties(data: bytes) -> None:
+    out = stamp(data, OURS)
+    # Exactly one Message-ID, ours.
+    assert values(out.data, "Message-ID") == [f"<{OURS}>"]
+    # No sender metadata leaves, and at most one X-Original-Message-ID (the client's own).
+    assert not [n for n in names(out.data) if n.startswith("x-replytrack")]
+    originals = values(out.data, "X-Original-Message-ID")
+    assert originals == ([f"<{out.original_message_id}>"] if out.original_message_id else [])
+    # The body is untouched, byte for byte.
+    assert split_message(out.data)[1] == split_message(data)[1]
+    # Every other field is kept, bytes and order unchanged.
+    header, _ = split_message(data)
+    dropped = {"message-id", "x-original-message-id"}
+    kept = [
+        f.raw
+        for f in parse_fields(header)
+        if f.name.lower() not in dropped and not f.name.lower().startswith("x-replytrack")
+    ]
+    out_header, _ = split_message(out.data)
+    out_fields = [
+        f.raw
+        for f in parse_fields(out_header)
+        if f.name.lower() not in ("message-id", "x-original-message-id")
+    ]
+    assert [r.rstrip(b"\r\n") for r in out_fields] == [r.rstrip(b"\r\n") for r in kept]

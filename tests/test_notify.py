@@ -300,3 +300,20 @@ def test_redirect_is_not_delivery(tmp_path: Path, store: SQLiteStore, receiver: 
     sender.deliver_due()
     assert [r.status for r in receiver.requests] == [302, 200]
     assert store.outbox_counts()["delivered"] == 1
+
+
+def test_two_sender_threads_share_the_outbox(
+    tmp_path: Path, store: SQLiteStore, receiver: Receiver
+) -> None:
+    # As when the milter and the proxy both run a sender on one store: no row twice.
+    ids = [_reply(store, n) for n in range(1, 31)]
+    config = _config(tmp_path, receiver.url)
+    senders = [start_sender_thread(config, store, poll_interval=0.02) for _ in range(2)]
+    try:
+        _wait(lambda: store.outbox_counts()["delivered"] == 30)
+    finally:
+        for sender in senders:
+            assert sender is not None
+            sender.stop(timeout=10)
+    assert sorted(receiver.ok_ids()) == sorted(ids)
+    assert len(receiver.requests) == 30

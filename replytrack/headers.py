@@ -57,6 +57,9 @@ def line_ending(header: bytes) -> bytes:
     return b"\n" if index >= 0 else b"\r\n"
 
 
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+")
+
+
 def parse_fields(header: bytes) -> list[Field]:
     """Cut a header block into fields; continuation lines stay with their field.
 
@@ -66,7 +69,10 @@ def parse_fields(header: bytes) -> list[Field]:
     fields: list[Field] = []
     current: list[bytes] = []
     current_name = ""
-    for line in header.splitlines(keepends=True):
+    # Lines end at LF only (CRLF included), as split_message and MTAs see them: splitting
+    # at a bare CR as well would read "Subject: a<CR>X-Field: b" as two fields, and
+    # removing the second would glue the next field onto the Subject line.
+    for line in _LINE.findall(header):
         if line[:1] in (b" ", b"\t") and current:
             current.append(line)
             continue

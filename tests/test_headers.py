@@ -288,3 +288,17 @@ def test_extract_addresses_on_hostile_values_is_bounded(value: str) -> None:
 def test_extract_addresses_never_raises(values: list[str]) -> None:
     for address in extract_addresses(values):
         assert "@" in address and address == address.lower()
+
+
+def test_bare_cr_does_not_start_a_field() -> None:
+    # To Postfix a bare CR is part of the line: "Subject: a<CR>X-ReplyTrack-Campaign: b" is
+    # one Subject field. Cutting it in two and removing the second half would glue the
+    # next field onto the Subject line.
+    message = b"Subject: a\rX-ReplyTrack-Campaign: evil\r\nFrom: me@x\r\n\r\nbody"
+    out, removed = edit_header(message, remove=["x-replytrack-campaign"])
+    assert removed == []
+    assert out == message
+    assert [f.name for f in parse_fields(message.split(b"\r\n\r\n")[0] + b"\r\n")] == [
+        "Subject",
+        "From",
+    ]

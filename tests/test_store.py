@@ -489,3 +489,11 @@ def test_listing_filters(store: SQLiteStore) -> None:
     assert [e.kind for e in store.events()] == ["bounce", "reply"]
     assert [e.kind for e in store.events(campaign="spring")] == ["reply"]
     assert [e.kind for e in store.events(kind="bounce", since=NOW)] == ["bounce"]
+
+
+def test_readonly_store_in_a_directory_with_uri_characters(tmp_path: Path) -> None:
+    path = tmp_path / "odd#dir?x%41" / "rt.db"
+    SQLiteStore(path).record_outbound(outbound("a@x"))
+    ro = SQLiteStore(path, readonly=True)
+    assert [m.message_id for m in ro.messages()] == ["a@x"]
+    ro.close_all()

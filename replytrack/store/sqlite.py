@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -243,7 +244,11 @@ class SQLiteStore(Store):
         try:
             if self.readonly:
                 conn = sqlite3.connect(
-                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=0
+                    # Quoted: a "#", "?" or "%" in the path would otherwise end or alter it.
+                    f"file:{quote(str(self.path))}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=0,
                 )
             else:
                 conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=0)

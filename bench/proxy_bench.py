@@ -62,7 +62,10 @@ def message_file(path: Path, size: int) -> None:
         "Content-Type: text/plain; charset=utf-8\r\n"
     )
     line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
-    path.write_text(header + "\r\n" + line * max(1, size // len(line)))
+    # smtp-source sends each line of the file with CRLF itself: the file must use LF, or
+    # every line arrives ending in CR CR LF (and the whole mail parses as one header).
+    text = header + "\r\n" + line * max(1, size // len(line))
+    path.write_bytes(text.replace("\r\n", "\n").encode())
 
 
 def run_source(port: int, mails: int, sessions: int, msg: Path) -> float:

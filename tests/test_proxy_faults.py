@@ -207,7 +207,7 @@ def test_error_outside_our_hooks_is_451_not_aiosmtpds_500(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(proxy.server.handler, "handle_NOOP", broken, raising=False)
-    # aiosmtpd looks hooks up per connection, so a new connection sees the broken one.
+    # Hooks are looked up at the first connection, which this is.
     with smtplib.SMTP("127.0.0.1", proxy.port) as client:
         code, text = client.noop()
     assert code == 451 and text.startswith(b"4.3.0")

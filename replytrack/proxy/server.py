@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, _AuthMechAttr
 
 from replytrack import metrics
 from replytrack.config import Config, ConfigError, parse_hostport
@@ -178,14 +178,84 @@ class ProxySession(Session):
         self.rt_refused: dict[str, str] = {}
 
 
+@dataclasses.dataclass
+class _InitPlan:
+    """What aiosmtpd's SMTP.__init__ computes that is the same for every connection."""
+
+    shared: dict[str, Any]
+    auth: list[tuple[str, str | None, Any]]  # mechanism, our method name or None, handler's
+    smtp: list[tuple[str, str]]  # command, method name
+
+
 class ProxySMTP(SMTP):
-    """aiosmtpd's SMTP with enhanced status codes on its own replies and clean teardown."""
+    """aiosmtpd's SMTP with enhanced status codes on its own replies, clean teardown, and a
+    cheaper start per connection.
+
+    aiosmtpd's ``SMTP.__init__`` runs ``inspect.getmembers`` and ``dir`` over itself and the
+    handler on every connection to find hooks and AUTH mechanisms, though the answer never
+    changes. The first connection runs it as written and its result is kept (a plan); later
+    connections build the protocol state and bind the same methods from the plan. The plan
+    is checked once against a stock instance: if a future aiosmtpd sets attributes we do not
+    know, the stock ``__init__`` is used for every connection.
+    """
 
     handler: ProxyHandler
 
     def __init__(self, handler: ProxyHandler, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+        plan = handler.smtp_plan
+        if not plan:
+            super().__init__(handler, **kwargs)
+            if plan is None:
+                handler.smtp_plan = self._make_plan(handler, kwargs)
+        else:
+            assert isinstance(plan, _InitPlan)
+            self._init_from_plan(plan)
         self.handler = handler
+
+    def _init_from_plan(self, plan: _InitPlan) -> None:
+        loop = plan.shared["loop"]
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
+        )
+        self.__dict__.update(plan.shared)
+        self.command_size_limits.clear()
+        self._auth_methods = {
+            name: _AuthMechAttr(getattr(self, own) if own else theirs, own is not None)
+            for name, own, theirs in plan.auth
+        }
+        self._smtp_methods = {name: getattr(self, attr) for name, attr in plan.smtp}
+
+    def _make_plan(self, handler: ProxyHandler, kwargs: dict[str, Any]) -> _InitPlan | bool:
+        # Attributes holding per-connection objects are rebuilt each time, never shared.
+        bare = asyncio.StreamReaderProtocol(
+            asyncio.StreamReader(loop=self.loop), client_connected_cb=lambda r, w: None
+        )
+        fresh = set(vars(bare))
+        rebuilt = {"_auth_methods", "_smtp_methods", "handler"}
+        auth = []
+        for name, attr in self._auth_methods.items():
+            method = attr.method
+            own = getattr(method, "__name__", None) if attr.is_builtin else None
+            auth.append((name, own, None if attr.is_builtin else method))
+        plan = _InitPlan(
+            shared={k: v for k, v in vars(self).items() if k not in fresh | rebuilt},
+            auth=auth,
+            smtp=[(name, method.__name__) for name, method in self._smtp_methods.items()],
+        )
+        # Check the plan against the stock constructor once.
+        stock = SMTP(handler, loop=self.loop, **kwargs)
+        probe = ProxySMTP.__new__(ProxySMTP)
+        probe._init_from_plan(plan)
+        same = set(vars(probe)) == set(vars(stock)) and set(probe._auth_methods) == set(
+            stock._auth_methods
+        )
+        if not same:
+            log.warning("aiosmtpd's SMTP changed; using its own __init__ per connection")
+            return False
+        return plan
 
     session: ProxySession | None
     # RFC 5321 limits lines to 1000 octets, but campaign engines send HTML with far longer
@@ -249,6 +319,9 @@ class ProxyHandler:
         self.networks = allowed_networks(config)
         self.connections: set[ProxySMTP] = set()
         self.in_flight = 0
+        # ProxySMTP's cached constructor work: None until the first connection, False when
+        # the running aiosmtpd does not match what the cache expects.
+        self.smtp_plan: _InitPlan | bool | None = None
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         """Run a store call off the event loop: SQLite waits must never stall other clients."""

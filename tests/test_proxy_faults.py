@@ -276,7 +276,16 @@ def test_shutdown_finishes_the_mail_in_flight(
     deadline = time.monotonic() + 10
     while "DATA" not in upstream.handler.commands and time.monotonic() < deadline:
         time.sleep(0.01)
-    proxy.stop(grace=10)
+    # A second client, already connected, tries to start a transaction during shutdown.
+    late = smtplib.SMTP("127.0.0.1", proxy.port)
+    late.ehlo()
+    stopper = threading.Thread(target=proxy.stop, kwargs={"grace": 10})
+    stopper.start()
+    while not proxy.server.handler.stopping:
+        time.sleep(0.01)
+    assert late.mail("late@example.org")[0] == 421
+    late.close()
+    stopper.join(timeout=20)
     thread.join(timeout=10)
     assert outcome == [{}]
     assert len(upstream.received) == 1

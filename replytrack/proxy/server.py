@@ -49,6 +49,7 @@ S501_RECIPIENT = "501 5.1.3 bad recipient address syntax (control characters)"
 S501_SENDER_SYNTAX = "501 5.1.7 bad sender address syntax: use MAIL FROM:<address>"
 S501_RECIPIENT_SYNTAX = "501 5.1.3 bad recipient address syntax: use RCPT TO:<address>"
 S553_NEEDS_UTF8 = "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter"
+S421_STOPPING = "421 4.3.2 the proxy is shutting down; try again shortly"
 S554_NOT_ALLOWED = "554 5.7.1 relaying denied: client address not allowed (authenticate first)"
 
 # aiosmtpd answers some conditions itself, without an enhanced status code; these are the
@@ -319,6 +320,8 @@ class ProxyHandler:
         self.networks = allowed_networks(config)
         self.connections: set[ProxySMTP] = set()
         self.in_flight = 0
+        # Set at shutdown: open transactions finish, new ones are turned away with 421.
+        self.stopping = False
         # ProxySMTP's cached constructor work: None until the first connection, False when
         # the running aiosmtpd does not match what the cache expects.
         self.smtp_plan: _InitPlan | bool | None = None
@@ -350,6 +353,8 @@ class ProxyHandler:
     ) -> str:
         cid = session.rt_id
         try:
+            if self.stopping:
+                return S421_STOPPING
             if not (session.authenticated or client_allowed(session.peer, self.networks)):
                 log.warning("[%s] MAIL refused: client %s not allowed", cid, session.peer)
                 metrics.PROXY_MAILS.labels("rejected").inc()
@@ -698,6 +703,7 @@ class ProxyServer:
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, let open transactions finish (at most ``grace`` s), close."""
+        self.handler.stopping = True
         if self._server is not None:
             self._server.close()
         deadline = time.monotonic() + grace

@@ -4,13 +4,15 @@ read-only."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -220,7 +222,6 @@ def readonly_file(tmp_path: Path) -> Iterator[Path]:
     store.close_all()
     path.chmod(0o444)
     immutable = False
-    import os
 
     if os.geteuid() == 0:
         if shutil.which("chattr") is None:
@@ -497,3 +498,73 @@ def test_readonly_store_in_a_directory_with_uri_characters(tmp_path: Path) -> No
     ro = SQLiteStore(path, readonly=True)
     assert [m.message_id for m in ro.messages()] == ["a@x"]
     ro.close_all()
+
+
+def test_event_breaking_a_rule_is_an_error_not_a_silent_skip(store: SQLiteStore) -> None:
+    with pytest.raises(StoreError):
+        store.record_event(Event(kind=None, created_at=NOW), dedupe_key="k")  # type: ignore[arg-type]
+    assert store.events() == []
+
+
+def chattr(paths: list[Path], flag: str) -> bool:
+    """Set or clear the immutable flag (which even root cannot write through)."""
+    if shutil.which("chattr") is None:
+        return False
+    done = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_store_recovers_when_the_file_is_writable_again(tmp_path: Path) -> None:
+    # A connection opened while the file cannot be written gets a read-only handle and
+    # answers "attempt to write a readonly database" forever; one that hit a disk I/O error
+    # is suspect too. Once the file is writable again, every thread must write again.
+    store = SQLiteStore(tmp_path / "rt.db")
+    files = [store.path, Path(f"{store.path}-wal")]
+
+    def record(message_id: str) -> str:
+        try:
+            store.record_outbound(outbound(message_id))
+        except StoreError:
+            return "StoreError"
+        return "ok"
+
+    def everywhere(pool: ThreadPoolExecutor, prefix: str) -> set[str]:
+        # Calls go to the pool's long-lived threads, as the proxy's do.
+        return set(pool.map(record, [f"{prefix}{i}@x" for i in range(4)]))
+
+    with ThreadPoolExecutor(2) as early, ThreadPoolExecutor(2) as late:
+        assert everywhere(early, "before") == {"ok"}
+        if not chattr(files, "+i"):
+            pytest.skip("chattr +i is not available on this filesystem")
+        try:
+            assert everywhere(early, "during-early") == {"StoreError"}
+            # These threads open their connections while the file is immutable.
+            assert everywhere(late, "during-late") == {"StoreError"}
+        finally:
+            chattr(files, "-i")
+        for round_ in range(2):
+            assert everywhere(late, f"after-late{round_}-") == {"ok"}
+            assert everywhere(early, f"after-early{round_}-") == {"ok"}
+    recorded = {m.message_id for m in store.messages()}
+    assert len(recorded) == 20 and not any(m.startswith("during") for m in recorded)
+    store.close_all()
+
+
+def test_close_all_closes_the_connections_of_other_threads(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "rt.db")
+    workers = [threading.Thread(target=store.messages) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    def wal_handles() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with suppress(OSError):
+                count += str(store.path) in os.readlink(f"/proc/self/fd/{fd}")
+        return count
+
+    assert wal_handles() >= 4
+    store.close_all()
+    assert wal_handles() == 0

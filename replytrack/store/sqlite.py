@@ -233,6 +233,9 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        # Bumped when a connection broke (I/O or read-only error): every thread then opens
+        # a fresh connection on its next call instead of reusing a stale one.
+        self._generation = 0
         if not self.path.exists() and not create:
             raise StoreError(f"store {self.path} does not exist (run `replytrack init`)")
         if create and not readonly:
@@ -249,9 +252,14 @@ class SQLiteStore(Store):
                     uri=True,
                     isolation_level=None,
                     timeout=0,
+                    check_same_thread=False,
                 )
             else:
-                conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=0)
+                # Each connection is used by one thread only (thread-local); the check is
+                # off so that close_all can close the connections of finished threads.
+                conn = sqlite3.connect(
+                    str(self.path), isolation_level=None, timeout=0, check_same_thread=False
+                )
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             if not self.readonly:
@@ -268,9 +276,14 @@ class SQLiteStore(Store):
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
         conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "generation", 0) != self._generation:
+            with suppress(sqlite3.Error):
+                self.close()
+            conn = None
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
+            self._local.generation = self._generation
             with self._lock:
                 self._connections.append(conn)
         return conn
@@ -291,6 +304,7 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._drop_if_broken(exc)
             raise StoreError(f"store busy or not writable: {exc}") from exc
         try:
             yield conn
@@ -299,8 +313,27 @@ class SQLiteStore(Store):
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                self._drop_if_broken(exc)
                 raise StoreError(f"store write failed: {exc}") from exc
             raise
+
+    def _drop_if_broken(self, exc: sqlite3.Error) -> None:
+        """Renew connections after an I/O or read-only error.
+
+        A connection opened while the file could not be written holds a read-only handle
+        and answers "attempt to write a readonly database" even once the file is writable
+        again; only a fresh connection recovers. Busy and constraint errors leave the
+        connection sound.
+        """
+        text = str(exc).lower()
+        if isinstance(exc, sqlite3.IntegrityError) or "locked" in text or "busy" in text:
+            return
+        # Other threads may hold such a connection too: all of this store's connections
+        # are renewed, each by its own thread on its next call.
+        with self._lock:
+            self._generation += 1
+        with suppress(sqlite3.Error):
+            self.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -554,9 +587,12 @@ class SQLiteStore(Store):
     ) -> int | None:
         event = _storable(event)
         cur = conn.execute(
-            "INSERT OR IGNORE INTO events (kind, created_at, campaign, message_id,"
+            # Only a repeated dedupe key is skipped; OR IGNORE would also drop, silently,
+            # an event that breaks a NOT NULL rule.
+            "INSERT INTO events (kind, created_at, campaign, message_id,"
             " inbound_message_id, sender, recipient, relation, evidence, detail, queue_id,"
-            " actor, dedupe_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " actor, dedupe_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (dedupe_key) DO NOTHING",
             (
                 event.kind,
                 event.created_at,

@@ -418,3 +418,29 @@ def test_after_a_reply_the_proxy_refuses_the_next_step():
             except subprocess.TimeoutExpired:
                 proxy.kill()
         teardown(s)
+
+
+def test_store_connections_do_not_grow_with_mail(site):
+    """libmilter calls from C threads; per-thread store connections must not pile up."""
+    assert site.process is not None
+    pid = site.process.pid
+
+    def db_handles() -> int:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        count = 0
+        for fd in fd_dir.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            count += target == str(site.db)
+        return count
+
+    for n in range(15):
+        site.send(
+            mail(sender=f"n{n}@stranger.example", subject=f"leak-{n}", in_reply_to="<a@b.example>"),
+            sender=f"n{n}@stranger.example",
+        )
+    site.delivered("leak-14")
+    # One connection per store worker, the replay thread and the main thread at most.
+    assert db_handles() <= 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 
 import Milter
 
@@ -46,8 +47,8 @@ def journal(tmp_path) -> Journal:
 def milter_for(journal):
     created = []
 
-    def make(engine: Engine) -> TestCtx:
-        adapter.install(engine, journal)
+    def make(engine: Engine, *, tcp: bool = False) -> TestCtx:
+        adapter.install(engine, journal, tcp=tcp)
         ctx = TestCtx()
         created.append(ctx)
         assert ctx._connect() == Milter.CONTINUE
@@ -84,6 +85,15 @@ def test_negotiates_only_needed_callbacks(store, keyring, milter_for):
         assert not proto & wanted, hex(wanted)
     assert not proto & Milter.P_NR_EOH  # end of headers is the one answer per mail
     assert adapter.FLAGS == Milter.ADDHDRS | Milter.CHGHDRS
+
+
+def test_over_tcp_data_is_answered_to_avoid_the_delayed_ack_stall(store, keyring, milter_for):
+    ctx = milter_for(Engine(Config(domain=DOMAIN), keyring, store), tcp=True)
+    proto = ctx._protocol
+    assert not proto & Milter.P_NODATA
+    assert not proto & Milter.P_NR_DATA
+    assert proto & Milter.P_NR_HDR and proto & Milter.P_NOCONNECT
+    assert not ctx._protocol & Milter.P_NOEOH
 
 
 def test_unrelated_mail_accepted_at_end_of_headers_without_body(store, keyring, milter_for):
@@ -221,3 +231,29 @@ def test_write_failure_at_end_of_message_journals(store, keyring, milter_for, jo
     engine = Engine(Config(domain=DOMAIN), keyring, store)
     assert journal.replay(engine.process) == 1
     assert store.enrollments(recipient="ann@acme.example")[0].status == "stopped"
+
+
+def test_slow_store_is_bounded_then_journaled(store, keyring, milter_for, journal, monkeypatch):
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+    monkeypatch.setattr(adapter, "STORE_CALL_TIMEOUT", 0.2)
+
+    release = threading.Event()
+
+    class Slow(Engine):
+        def screen(self, msg, **kwargs):
+            release.wait(10)  # a store stuck on a lock until the test lets it go
+            return super().screen(msg, **kwargs)
+
+    ctx = milter_for(Slow(Config(domain=DOMAIN), keyring, store))
+    rc = ctx._feedFile(
+        eml(
+            [("From", "ann@acme.example"), ("Message-ID", "<s@acme>"), ("In-Reply-To", f"<{mid}>")]
+        ),
+        "ann@acme.example",
+        "sales@vendor.example",
+    )
+    # Accepted and journaled while the store was still stuck.
+    assert not release.is_set()
+    assert rc == Milter.ACCEPT
+    assert journal.backlog() == 1
+    release.set()

@@ -139,7 +139,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
     store = open_store(config.db, busy_timeout_ms=MILTER_BUSY_TIMEOUT_MS, create=True)
     engine = Engine(config, keyring, store)
     journal_file = Journal(config.journal_path)
-    adapter.install(engine, journal_file)
+    adapter.install(engine, journal_file, tcp=config.milter_socket.startswith("inet"))
     if config.milter_metrics_listen:
         metrics.serve(config.milter_metrics_listen)
     replayer = Replayer(

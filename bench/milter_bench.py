@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Postfix inbound throughput with the replytrack milter, a no-op pymilter milter and no
+milter, interleaved in one run (run by hand as root, not in CI).
+
+    .venv/bin/python bench/milter_bench.py                     # 1,000 mails, 10 and 50 sessions
+    .venv/bin/python bench/milter_bench.py --ids 1000000 --rounds 2 --configs none,noop,rt
+    .venv/bin/python bench/milter_bench.py --configs none,noop,noop-unix,rt,rt-unix,sample
+
+A private Postfix (tests/support/postfix.py, discard delivery) receives mail from
+``smtp-source`` (a new SMTP connection per mail, as inbound mail from the Internet arrives).
+The store holds ``--ids`` recorded Message-IDs (generated with executemany) and enrollments,
+so every lookup the milter makes runs against a realistic index. Each mail carries
+In-Reply-To and References naming foreign IDs (looked up, not found) and a 4 KB body: the
+common inbound case the milter must make cheap.
+
+Configurations (``-unix`` variants talk to the milter over a unix socket instead of TCP):
+  none     no milter
+  noop     pymilter milter negotiated like ours (noreply MAIL/RCPT/headers, ACCEPT at EOH)
+  noopreply  the same, but answering every MAIL, RCPT and header (no noreply)
+  sample   the naive pymilter milter of ../shared/tools/sample-milter.py (connect callback,
+           body and end of message for every mail, addheader)
+  rt       ``replytrack milter``
+
+Prints mails/s, machine-wide CPU ms per mail, and each configuration's ratio to ``none``
+in the same round. The VM stalls, so only configurations measured back to back compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from replytrack.store.sqlite import SQLiteStore  # noqa: E402
+from replytrack.tokens import load_keyring  # noqa: E402
+from tests.support.postfix import PostfixLab, free_port, make_base_dir, port_open  # noqa: E402
+
+DOMAIN = "track.bench.example"
+
+NOOP_MILTER = r"""
+import sys, Milter
+class Noop(Milter.Base):
+    @Milter.noreply
+    def envfrom(self, f, *a): return Milter.CONTINUE
+    @Milter.noreply
+    def envrcpt(self, t, *a): return Milter.CONTINUE
+    @Milter.noreply
+    def header(self, n, v): return Milter.CONTINUE
+    def eoh(self): return Milter.ACCEPT
+Milter.factory = Noop
+Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+Milter.runmilter("noop", sys.argv[1], 30)
+"""
+
+# The same no-op milter answering every MAIL, RCPT and header (no noreply).
+NOOP_REPLY_MILTER = r"""
+import sys, Milter
+class NoopReply(Milter.Base):
+    def envfrom(self, f, *a): return Milter.CONTINUE
+    def envrcpt(self, t, *a): return Milter.CONTINUE
+    def header(self, n, v): return Milter.CONTINUE
+    def eoh(self): return Milter.ACCEPT
+Milter.factory = NoopReply
+Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+Milter.runmilter("noopreply", sys.argv[1], 30)
+"""
+
+# The no-op milter that also asks for DATA, with a reply (see the findings in main()).
+NOOP_DATA_MILTER = r"""
+import sys, Milter
+class NoopData(Milter.Base):
+    @Milter.noreply
+    def envfrom(self, f, *a): return Milter.CONTINUE
+    @Milter.noreply
+    def envrcpt(self, t, *a): return Milter.CONTINUE
+    def data(self): return Milter.CONTINUE
+    @Milter.noreply
+    def header(self, n, v): return Milter.CONTINUE
+    def eoh(self): return Milter.ACCEPT
+Milter.factory = NoopData
+Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+Milter.runmilter("noopdata", sys.argv[1], 30)
+"""
+
+SAMPLE_MILTER = r"""
+import sys, Milter
+class Sample(Milter.Base):
+    @Milter.noreply
+    def connect(self, h, f, a): return Milter.CONTINUE
+    @Milter.noreply
+    def envfrom(self, f, *a): return Milter.CONTINUE
+    @Milter.noreply
+    def envrcpt(self, t, *a): return Milter.CONTINUE
+    @Milter.noreply
+    def header(self, n, v): return Milter.CONTINUE
+    def eom(self):
+        self.addheader("X-Test-Milter", "seen")
+        return Milter.ACCEPT
+Milter.factory = Sample
+Milter.set_flags(Milter.ADDHDRS)
+Milter.runmilter("sample", sys.argv[1], 240)
+"""
+
+
+def fill_store(db: Path, ids: int) -> None:
+    """Record ``ids`` outbound mails (one recipient each) and enroll a fifth of them."""
+    SQLiteStore(db).close_all()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode = WAL")
+    now = time.time()
+    batch = 50_000
+    with conn:
+        for start in range(0, ids, batch):
+            rows = []
+            recipients = []
+            enrollments = []
+            for n in range(start, min(ids, start + batch)):
+                rows.append(
+                    (
+                        n + 1,
+                        f"1aa{secrets.token_hex(21)}@{DOMAIN}",
+                        f"crm-{n}@crm.bench.example" if n % 3 == 0 else None,
+                        f"c{n % 500}",
+                        now - n,
+                    )
+                )
+                address = f"p{n}@prospect{n % 5000}.example"
+                recipients.append((n + 1, address))
+                if n % 5 == 0:
+                    enrollments.append((f"c{n % 500}", address, f"prospect{n % 5000}.example", now))
+            conn.executemany(
+                "INSERT INTO messages (id, message_id, original_message_id, campaign, step,"
+                " sender, created_at, status) VALUES (?,?,?,?,1,'sales@vendor.example',?,"
+                "'relayed')",
+                rows,
+            )
+            conn.executemany(
+                "INSERT INTO recipients (message, address, role, envelope, status)"
+                " VALUES (?,?,'to',1,'sent')",
+                recipients,
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO enrollments (campaign, recipient, domain, status, since,"
+                " created_at) VALUES (?,?,?,'active',?,?)",
+                [(c, a, d, t, t) for c, a, d, t in enrollments],
+            )
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def message_file(path: Path, size: int) -> None:
+    """An inbound mail as smtp-source -F sends it: threading headers naming foreign IDs."""
+    refs = " ".join(f"<thread-{i}.{secrets.token_hex(6)}@mail.other.example>" for i in range(5))
+    header = (
+        "From: Someone <someone@sender.example>\r\n"
+        "To: sales@bench.example\r\n"
+        "Subject: Re: our meeting\r\n"
+        "Date: Wed, 25 Nov 2026 10:00:00 +0000\r\n"
+        f"Message-ID: <{secrets.token_hex(8)}@sender.example>\r\n"
+        f"In-Reply-To: <{secrets.token_hex(8)}@mail.other.example>\r\n"
+        f"References: {refs}\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+    )
+    line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
+    body = line * max(1, size // len(line))
+    path.write_text(header + "\r\n" + body)
+
+
+def cpu_busy() -> int:
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    # user, nice, system, irq, softirq; idle, iowait and steal (VM descheduled) excluded.
+    return fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
+
+
+class Milters:
+    """The milter processes, started once and kept running across rounds."""
+
+    def __init__(self, base: Path, env: dict[str, str]) -> None:
+        self.base = base
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.specs: dict[str, str] = {}
+
+    def start(self, name: str) -> str:
+        """Start milter ``name`` (e.g. ``rt-unix``); returns its Postfix smtpd_milters entry."""
+        if name in self.specs:
+            return self.specs[name]
+        kind, _, transport = name.partition("-")
+        if transport == "unix":
+            sock_dir = self.base / "sock"
+            sock_dir.mkdir(exist_ok=True)
+            sock_dir.chmod(0o777)
+            path = sock_dir / f"{kind}.sock"
+            spec, postfix = f"unix:{path}", f"unix:{path}"
+            port = None
+        else:
+            port = free_port()
+            spec, postfix = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}"
+        if kind == "rt":
+            command = [sys.executable, "-m", "replytrack", "milter", "--socket", spec]
+        elif kind == "rtnull":
+            command = [sys.executable, "/tmp/rtnull.py", "milter", "--socket", spec]
+        else:
+            code = {
+                "noop": NOOP_MILTER,
+                "noopreply": NOOP_REPLY_MILTER,
+                "noopdata": NOOP_DATA_MILTER,
+            }.get(kind, SAMPLE_MILTER)
+            command = [sys.executable, "-c", code, spec]
+        log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child)
+        self.procs[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while True:
+            ready = port_open(port) if port else path.exists()
+            if ready:
+                break
+            if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"milter {name} did not start, see {self.base / (name + '.log')}")
+            time.sleep(0.1)
+        if transport == "unix":
+            path.chmod(0o777)
+        self.specs[name] = f"{{ {postfix}, default_action=accept }}"
+        return self.specs[name]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_source(port: int, mails: int, sessions: int, msg: Path) -> float:
+    start = time.monotonic()
+    result = subprocess.run(
+        [
+            "smtp-source",
+            "-s",
+            str(sessions),
+            "-m",
+            str(mails),
+            "-F",
+            str(msg),
+            "-f",
+            "someone@sender.example",
+            "-t",
+            "sales@bench.example",
+            "-M",
+            "client.bench.example",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"smtp-source failed: {result.stdout}{result.stderr}")
+    return time.monotonic() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mails", type=int, default=1000)
+    parser.add_argument("--sessions", default="10,50")
+    parser.add_argument("--ids", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--configs", default="none,noop,rt")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (the private Postfix's master runs as root)")
+    configs = args.configs.split(",")
+    sessions = [int(s) for s in args.sessions.split(",")]
+
+    base = make_base_dir("replytrack-milter-bench-")
+    work = Path(tempfile.mkdtemp(prefix="rt-bench-", dir=base))
+    db = work / "rt.db"
+    t0 = time.monotonic()
+    fill_store(db, args.ids)
+    print(f"store: {args.ids:,} recorded Message-IDs in {time.monotonic() - t0:.1f}s ({db})")
+    secret = work / "rt.secret"
+    load_keyring(secret, create=True)
+    msg = work / "mail.eml"
+    message_file(msg, args.size)
+    env = {
+        **os.environ,
+        "REPLYTRACK_DB": str(db),
+        "REPLYTRACK_DOMAIN": DOMAIN,
+        "REPLYTRACK_SECRET_FILE": str(secret),
+        "REPLYTRACK_CONFIG": "/dev/null",
+        "REPLYTRACK_LOG_LEVEL": "warning",
+    }
+    milters = Milters(work, env)
+    lab = PostfixLab(
+        base / "postfix",
+        mode="discard",
+        domain="bench.example",
+        extra_main={
+            "smtpd_client_connection_count_limit": 0,
+            "smtpd_client_connection_rate_limit": 0,
+            "default_process_limit": 200,
+        },
+    )
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    try:
+        lab.start()
+        for name in configs:
+            if name != "none":
+                milters.start(name)
+        run_source(lab.smtp_port, 50, 10, msg)  # warm up Postfix
+        for round_no in range(args.rounds):
+            for n_sessions in sessions:
+                for name in configs:
+                    lab.milter = None if name == "none" else milters.start(name)
+                    lab.reload()
+                    time.sleep(1.0)
+                    run_source(lab.smtp_port, 20, 5, msg)  # let the new smtpd settle
+                    lab.wait_queue_empty(60)
+                    busy0 = cpu_busy()
+                    elapsed = run_source(lab.smtp_port, args.mails, n_sessions, msg)
+                    lab.wait_queue_empty(120)
+                    cpu_ms = (cpu_busy() - busy0) * 1000 / os.sysconf("SC_CLK_TCK") / args.mails
+                    rate = args.mails / elapsed
+                    results.setdefault((name, n_sessions), []).append((rate, cpu_ms))
+                    print(
+                        f"round {round_no + 1} sessions={n_sessions:>3} {name:<10}"
+                        f" {rate:8.1f} mails/s  {cpu_ms:6.2f} CPU ms/mail",
+                        flush=True,
+                    )
+    finally:
+        milters.stop()
+        lab.stop()
+    print("\nmedian over rounds; ratio = mails/s relative to no milter, same session count")
+    for n_sessions in sessions:
+        baseline = statistics.median(r for r, _ in results.get(("none", n_sessions), [(0, 0)]))
+        for name in configs:
+            runs = results.get((name, n_sessions), [])
+            if not runs:
+                continue
+            rate = statistics.median(r for r, _ in runs)
+            cpu = statistics.median(c for _, c in runs)
+            ratio = rate / baseline if baseline else float("nan")
+            print(
+                f"sessions={n_sessions:>3} {name:<10} {rate:8.1f} mails/s"
+                f"  {cpu:6.2f} CPU ms/mail  ratio {ratio:5.2f}"
+            )
+    if not os.environ.get("REPLYTRACK_PFLAB_KEEP"):
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        print(f"kept {base}")
+
+
+if __name__ == "__main__":
+    main()

@@ -140,19 +140,34 @@ class Upstream:
         """Whether the upstream announced ``extension`` in its EHLO reply."""
         return self.client.supports_extension(extension)
 
+    async def _command(
+        self, verb: bytes, arg: bytes, options: list[str], ok: tuple[int, ...]
+    ) -> aiosmtplib.SMTPResponse:
+        # The address was parsed and checked by the SMTP server side already (no control
+        # characters, angle brackets required); aiosmtplib's mail()/rcpt() would parse it
+        # again with the email package on every command. execute_command still refuses
+        # control characters in what it sends.
+        try:
+            response = await self.client.execute_command(
+                verb, arg, *(o.encode("ascii") for o in options)
+            )
+        except Exception as exc:
+            raise _translate(exc, verb.decode()) from exc
+        if response.code not in ok:
+            raise RelayError(
+                format_reply(response.code, response.message), broken=response.code == 421
+            )
+        return response
+
     async def mail(self, sender: str, options: list[str], *, utf8: bool) -> None:
         """MAIL FROM; raises RelayError with the reply for the client."""
-        try:
-            await self.client.mail(sender, options=options, encoding="utf-8" if utf8 else "ascii")
-        except Exception as exc:
-            raise _translate(exc, "MAIL") from exc
+        path = b"FROM:<" + sender.encode("utf-8" if utf8 else "ascii") + b">"
+        await self._command(b"MAIL", path, options, (250,))
 
     async def rcpt(self, recipient: str, *, utf8: bool) -> str:
         """RCPT TO; returns the upstream's reply, raises RelayError when refused."""
-        try:
-            response = await self.client.rcpt(recipient, encoding="utf-8" if utf8 else "ascii")
-        except Exception as exc:
-            raise _translate(exc, "RCPT") from exc
+        path = b"TO:<" + recipient.encode("utf-8" if utf8 else "ascii") + b">"
+        response = await self._command(b"RCPT", path, [], (250, 251))
         return format_reply(response.code, response.message)
 
     async def data(self, message: bytes) -> str:

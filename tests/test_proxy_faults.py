@@ -10,6 +10,7 @@ a store that refuses writes.
 from __future__ import annotations
 
 import smtplib
+import socket
 import threading
 import time
 from pathlib import Path
@@ -290,3 +291,37 @@ def test_shutdown_finishes_the_mail_in_flight(
     assert outcome == [{}]
     assert len(upstream.received) == 1
     assert [s for s, _ in statuses(store)] == ["relayed"]
+
+
+def test_client_leaving_after_the_dot_does_not_strand_the_mail(
+    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore
+) -> None:
+    upstream.faults.data_delay = 0.5
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
+        reader = sock.makefile("rb")
+        for line in (
+            None,
+            b"EHLO c.test\r\n",
+            b"MAIL FROM:<a@example.org>\r\n",
+            b"RCPT TO:<b@example.net>\r\n",
+            b"DATA\r\n",
+        ):
+            if line:
+                sock.sendall(line)
+            while reader.readline()[3:4] == b"-":
+                pass
+        sock.sendall(MAIL + b".\r\n")
+        # Gone before the reply (the file object holds the socket open until closed too).
+        reader.close()
+        sock.shutdown(socket.SHUT_RDWR)
+    deadline = time.monotonic() + 20
+    while [s for s, _ in statuses(store)] != ["relayed"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The relay ran to its end: recorded, relayed, settled; the upstream connection was
+    # given back, not left mid-command.
+    assert [s for s, _ in statuses(store)] == ["relayed"]
+    assert len(upstream.received) == 1
+    upstream.faults.data_delay = 0
+    with smtplib.SMTP("127.0.0.1", proxy.port) as client:
+        assert client.sendmail("a@example.org", ["b@example.net"], MAIL) == {}
+    assert upstream.handler.connections == 1

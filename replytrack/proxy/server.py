@@ -426,13 +426,30 @@ class ProxyHandler:
         return "221 2.0.0 Bye"
 
     async def handle_DATA(self, server: SMTP, session: ProxySession, envelope: Envelope) -> str:
-        cid = session.rt_id
-        started = time.monotonic()
         upstream = session.rt_upstream
         session.rt_upstream = None
         refused = session.rt_refused
         session.rt_refused = {}
+        # Once the client sent the whole mail, stamping, recording and relaying run to the
+        # end even if the client goes away meanwhile (aiosmtpd cancels this hook then):
+        # otherwise a record could stay "relaying" and an upstream connection be left
+        # mid-command. Shutdown waits for these (in_flight).
         self.in_flight += 1
+        task = asyncio.ensure_future(self._handle_mail(session.rt_id, envelope, upstream, refused))
+        task.add_done_callback(self._mail_done)
+        return await asyncio.shield(task)
+
+    def _mail_done(self, task: asyncio.Future[str]) -> None:
+        self.in_flight -= 1
+
+    async def _handle_mail(
+        self,
+        cid: str,
+        envelope: Envelope,
+        upstream: Upstream | None,
+        refused: dict[str, str],
+    ) -> str:
+        started = time.monotonic()
         info: dict[str, Any] = {}
         result = "tempfail"
         try:
@@ -445,8 +462,6 @@ class ProxyHandler:
             reply, result = S451_INTERNAL, "tempfail"
             if upstream is not None:
                 upstream.close()
-        finally:
-            self.in_flight -= 1
         elapsed = time.monotonic() - started
         metrics.PROXY_MAILS.labels(result).inc()
         metrics.PROXY_LATENCY.observe(elapsed)

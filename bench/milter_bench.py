@@ -20,6 +20,7 @@ Configurations (``-unix`` variants talk to the milter over a unix socket instead
   sample   the naive pymilter milter of ../shared/tools/sample-milter.py (connect callback,
            body and end of message for every mail, addheader)
   rt       ``replytrack milter``
+  rtnull   ``replytrack milter`` accepting at end of headers without any lookup
 
 Prints mails/s, machine-wide CPU ms per mail, and each configuration's ratio to ``none``
 in the same round. The VM stalls, so only configurations measured back to back compare.
@@ -110,6 +111,18 @@ class Sample(Milter.Base):
 Milter.factory = Sample
 Milter.set_flags(Milter.ADDHDRS)
 Milter.runmilter("sample", sys.argv[1], 240)
+"""
+
+
+# replytrack milter with screening replaced by an immediate accept: the adapter's protocol
+# cost alone, without store lookups and classification.
+RT_NULL = r"""
+import replytrack.milter.engine as e
+def accept_at_once(self, msg, **kwargs):
+    return e.Screening(skip_reason="bench")
+e.Engine.screen = accept_at_once
+from replytrack.cli import main
+main()
 """
 
 
@@ -212,7 +225,7 @@ class Milters:
         if kind == "rt":
             command = [sys.executable, "-m", "replytrack", "milter", "--socket", spec]
         elif kind == "rtnull":
-            command = [sys.executable, "/tmp/rtnull.py", "milter", "--socket", spec]
+            command = [sys.executable, "-c", RT_NULL, "milter", "--socket", spec]
         else:
             code = {
                 "noop": NOOP_MILTER,

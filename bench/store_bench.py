@@ -253,10 +253,24 @@ def _round(store: SQLiteStore, size: int, samples: Samples, rng: random.Random, 
     samples.insert.append((time.perf_counter() - t0) / inserts * 1e6)
 
 
-def measure(paths: dict[int, Path], *, rounds: int, ops: int, seed: int = 7) -> dict[int, Samples]:
-    """Interleaved rounds over all sizes; returns the samples per size."""
+def measure(
+    paths: dict[int, Path],
+    *,
+    rounds: int,
+    ops: int,
+    seed: int = 7,
+    pragmas: list[str] | None = None,
+) -> dict[int, Samples]:
+    """Interleaved rounds over all sizes; returns the samples per size.
+
+    ``pragmas`` (e.g. ``mmap_size=1073741824``) are applied to each store's connection
+    first: a what-if knob for tuning, off by default so the figures are the shipped store's.
+    """
     rng = random.Random(seed)
     stores = {size: SQLiteStore(path) for size, path in paths.items()}
+    for store in stores.values():
+        for pragma in pragmas or []:
+            store.conn.execute(f"PRAGMA {pragma}")
     results = {size: Samples() for size in paths}
     try:
         # One warm-up round so every file's upper index pages are in the page cache.
@@ -288,13 +302,19 @@ def fits(sizes: list[int], workdir: Path) -> list[int]:
 
 
 def run(
-    sizes: list[int], workdir: Path, *, rounds: int = 5, ops: int = 2000, keep: bool = False
+    sizes: list[int],
+    workdir: Path,
+    *,
+    rounds: int = 5,
+    ops: int = 2000,
+    keep: bool = False,
+    pragmas: list[str] | None = None,
 ) -> dict[str, float]:
     """Build, measure, print the table; returns the headline figures for run_all."""
     sizes = fits(sizes, workdir)
     paths = build_stores(sizes, workdir)
     try:
-        results = measure(paths, rounds=rounds, ops=ops)
+        results = measure(paths, rounds=rounds, ops=ops, pragmas=pragmas)
     finally:
         if not keep:
             for path in paths.values():
@@ -303,7 +323,8 @@ def run(
     smallest = min(results)
     base = statistics.median(results[smallest].lookup)
     base_ins = statistics.median(results[smallest].insert)
-    print(f"\nstore bench: {rounds} interleaved rounds x {ops} ops per size (median)")
+    tuned = f", PRAGMA {', '.join(pragmas)}" if pragmas else ""
+    print(f"\nstore bench: {rounds} interleaved rounds x {ops} ops per size (median){tuned}")
     print(
         f"{'recorded IDs':>13} | {'lookup us':>9} | {'cpu us':>7} | {'miss us':>8} |"
         f" {'insert us':>9} | {'lookup x':>8} | {'insert x':>8} | hits"
@@ -338,12 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=2000)
     parser.add_argument("--keep", action="store_true", help="keep the store files")
     parser.add_argument("--build-only", action="store_true", help="fill and keep, no timing")
+    parser.add_argument(
+        "--pragma", action="append", default=[], help="what-if: PRAGMA for each connection"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     if args.build_only:
         build_stores(fits(sizes, args.dir), args.dir)
         return 0
-    run(sizes, args.dir, rounds=args.rounds, ops=args.ops, keep=args.keep)
+    run(sizes, args.dir, rounds=args.rounds, ops=args.ops, keep=args.keep, pragmas=args.pragma)
     return 0
 
 

@@ -3,11 +3,11 @@
 * :class:`FaultUpstream`: a real aiosmtpd server on loopback that records what it accepted
   and can be switched, between mails, to answer slowly, to drop the connection after DATA,
   or to refuse with a 4xx/5xx.
-* :func:`small_tmpfs`: a real tiny filesystem (tmpfs, needs root), to fill up or remount
-  read-only under a live store, so SQLite itself reports "database or disk is full" or
-  "attempt to write a readonly database".
+* :func:`small_tmpfs` and :func:`fill_disk`: a real tiny filesystem (tmpfs, needs root)
+  filled to the last byte under a live store, so SQLite itself reports "database or disk
+  is full".
+* :func:`set_immutable`: store files even root cannot write (a read-only store, live).
 * :func:`hold_exclusive_lock`: another connection holding the store's write lock.
-* :class:`Reconciler`: what the client was told against what arrived and what is recorded.
 
 Fakes only where a real part cannot produce the fault on demand.
 """
@@ -21,10 +21,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
-from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -174,8 +173,6 @@ def small_tmpfs(where: Path, size: str = "4m") -> Iterator[Path | None]:
     try:
         yield where
     finally:
-        # Make it writable again (a test may have remounted it read-only), then unmount.
-        _run("mount", "-o", "remount,rw", str(where))
         if _run("umount", str(where)).returncode != 0:
             _run("umount", "-l", str(where))
 
@@ -187,13 +184,6 @@ def set_immutable(paths: list[Path], on: bool) -> bool:
     flag = "+i" if on else "-i"
     existing = [str(p) for p in paths if p.exists()]
     return _run("chattr", flag, *existing).returncode == 0
-
-
-def remount(where: Path, mode: str) -> None:
-    """Remount a tmpfs made by :func:`small_tmpfs` ``ro`` or ``rw``."""
-    result = _run("mount", "-o", f"remount,{mode}", str(where))
-    if result.returncode != 0:
-        raise RuntimeError(f"remount {mode} failed: {result.stderr.strip()}")
 
 
 def fill_disk(where: Path, leave: int = 0) -> Path:
@@ -225,61 +215,8 @@ def hold_exclusive_lock(db: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-# --- reconciliation -------------------------------------------------------------------------------
-@dataclass
-class Attempt:
-    """One mail a client tried to send: its marker and the reply it got."""
-
-    marker: str
-    code: int | None  # None: the connection broke before a reply
-    reply: str = ""
-
-
-@dataclass
-class Reconciliation:
-    """Client replies against upstream arrivals and store records."""
-
-    accepted: set[str] = field(default_factory=set)
-    arrived: dict[str, int] = field(default_factory=dict)
-    recorded: set[str] = field(default_factory=set)
-    lost: set[str] = field(default_factory=set)  # 250 but not arrived
-    unrecorded: set[str] = field(default_factory=set)  # 250 but not recorded
-    duplicates: set[str] = field(default_factory=set)  # arrived twice after one 250
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """The promise: every 250 arrived and is recorded."""
-        return not self.lost and not self.unrecorded
-
-
+# --- mail ------------------------------------------------------------------------------------
 MARKER_HEADER = "X-Test-Marker"
-
-
-def reconcile(
-    attempts: list[Attempt], arrivals: list[Arrival], recorded_subjects: set[str]
-) -> Reconciliation:
-    """Compare: markers are carried in ``X-Test-Marker`` and in the Subject of each mail."""
-    result = Reconciliation()
-    result.accepted = {a.marker for a in attempts if a.code == 250}
-    for arrival in arrivals:
-        marker = arrival.header(MARKER_HEADER) or ""
-        result.arrived[marker] = result.arrived.get(marker, 0) + 1
-    result.recorded = set(recorded_subjects)
-    result.lost = {m for m in result.accepted if m not in result.arrived}
-    result.unrecorded = {m for m in result.accepted if m not in result.recorded}
-    result.duplicates = {m for m, n in result.arrived.items() if n > 1}
-    codes: dict[str, int] = {}
-    for a in attempts:
-        key = str(a.code) if a.code is not None else "broken"
-        codes[key] = codes.get(key, 0) + 1
-    result.summary = {
-        "attempts": len(attempts),
-        "replies": codes,
-        "arrived": sum(result.arrived.values()),
-        "recorded": len(result.recorded),
-    }
-    return result
 
 
 def make_message(marker: str, *, campaign: str | None = "camp-1", size: int = 512) -> bytes:

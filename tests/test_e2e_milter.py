@@ -62,8 +62,9 @@ class Site:
     process: subprocess.Popen[bytes] | None = None
     lab: PostfixLab | None = None
 
-    def start_milter(self, code: str | None = None) -> None:
-        args = ["milter", "--socket", f"inet:{self.milter_port}@127.0.0.1"]
+    def start_milter(self, code: str | None = None, socket_spec: str | None = None) -> None:
+        spec = socket_spec or f"inet:{self.milter_port}@127.0.0.1"
+        args = ["milter", "--socket", spec]
         command = (
             [sys.executable, "-c", code, *args]
             if code
@@ -72,7 +73,14 @@ class Site:
         log = open(self.base / "milter.log", "ab")  # noqa: SIM115 (kept open for the child)
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 20
-        while not port_open(self.milter_port):
+
+        def ready() -> bool:
+            if spec.startswith("unix:"):
+                path = Path(spec[5:])
+                return path.exists() and path.stat().st_mode & 0o060 == 0o060
+            return port_open(self.milter_port)
+
+        while not ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"milter did not start:\n{self.milter_log()}")
             time.sleep(0.1)
@@ -444,3 +452,26 @@ def test_store_connections_do_not_grow_with_mail(site):
     site.delivered("leak-14")
     # One connection per store worker, the replay thread and the main thread at most.
     assert db_handles() <= 8
+
+
+def test_reply_over_a_unix_socket():
+    """The fast transport (no Nagle, no delayed ACK): Postfix reaches the socket as user
+    postfix, the reply is flagged."""
+    s = new_site()
+    try:
+        sock = s.base / "milter" / "replytrack.sock"
+        sock.parent.mkdir()
+        sock.parent.chmod(0o755)
+        s.start_milter(socket_spec=f"unix:{sock}")
+        with_lab(s, f"{{ unix:{sock}, default_action=accept }}")
+        mid = record_sent(s.store, s.keyring, to=["kim@acme.example"], campaign="c-unix")
+        s.send(
+            mail(sender="kim@acme.example", subject="unix-reply", in_reply_to=f"<{mid}>"),
+            sender="kim@acme.example",
+        )
+        assert (
+            s.delivered("unix-reply")["X-ReplyTrack"] == "reply; campaign=c-unix; match=in-reply-to"
+        )
+        assert s.status("c-unix", "kim@acme.example") == "stopped"
+    finally:
+        teardown(s)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +148,41 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         journal_file, engine.process, reactivate=lambda: _reactivate(engine), interval=5.0
     )
     replayer.start()
+    if config.milter_socket.startswith(("unix:", "local:")):
+        path = Path(config.milter_socket.partition(":")[2])
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket of an earlier run
+        threading.Thread(
+            target=_open_socket_to_postfix, args=(path,), name="replytrack-socket", daemon=True
+        ).start()
     log.info("milter listening on %s (store %s)", config.milter_socket, config.db)
     try:
         adapter.run(config.milter_socket, timeout=config.milter_timeout)
     finally:
         replayer.stop()
         log.info("milter stopped")
+
+
+def _open_socket_to_postfix(path: Path, timeout: float = 30.0) -> None:
+    """Let Postfix's smtpd (user postfix) connect to our unix socket: mode 0660, and group
+    ``postfix`` when we run as root and that group exists."""
+    import grp
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            log.warning("milter socket %s did not appear; not changing its mode", path)
+            return
+        time.sleep(0.05)
+    try:
+        if os.geteuid() == 0:
+            with contextlib.suppress(KeyError):
+                os.chown(path, -1, grp.getgrnam("postfix").gr_gid)
+        os.chmod(path, 0o660)
+    except OSError as exc:
+        log.warning("cannot open milter socket %s to Postfix: %s", path, exc)
 
 
 def _reactivate(engine: Engine) -> None:

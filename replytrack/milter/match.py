@@ -137,10 +137,10 @@ def match(
     if not found:
         return None
     by_id: dict[str, SentMessage] = {}
-    for sent in found:
-        by_id.setdefault(sent.message_id, sent)
-        if sent.original_message_id:
-            by_id.setdefault(sent.original_message_id, sent)
+    for record in found:
+        by_id.setdefault(record.message_id, record)
+        if record.original_message_id:
+            by_id.setdefault(record.original_message_id, record)
     hits: list[SentMessage] = []
     evidence: list[str] = []
     method = ""

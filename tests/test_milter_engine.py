@@ -400,3 +400,28 @@ def test_inbound_json_round_trip():
     back = Inbound.from_json(msg.to_json())
     assert back == msg
     assert Keyring  # keep the import used for readers: tokens are minted with Keyring
+
+
+def test_read_receipt_is_recorded_and_stops_nothing(store, keyring):
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+    headers = [
+        ("From", "ann@acme.example"),
+        ("To", "sales@vendor.example"),
+        ("Subject", "Read: Hello"),
+        ("Message-ID", "<mdn-1@acme.example>"),
+        ("In-Reply-To", f"<{mid}>"),
+        ("MIME-Version", "1.0"),
+        ("Content-Type", 'multipart/report; report-type=disposition-notification; boundary="M"'),
+    ]
+    body = (
+        "--M\r\nContent-Type: text/plain\r\n\r\nYour message was read.\r\n"
+        "--M\r\nContent-Type: message/disposition-notification\r\n\r\n"
+        "Final-Recipient: rfc822; ann@acme.example\r\n"
+        f"Original-Message-ID: <{mid}>\r\n"
+        "Disposition: manual-action/MDN-sent-manually; displayed\r\n--M--\r\n"
+    ).encode()
+    verdict = make_engine(store, keyring).process(inbound("ann@acme.example", headers, body=body))
+    assert verdict.kind == "receipt"
+    assert verdict.add_header is None
+    assert status(store, "spring", "ann@acme.example") == ACTIVE
+    assert [e.kind for e in store.events()] == ["receipt"]

@@ -220,3 +220,13 @@ def test_validate_checks_listen_and_upstream(tmp_path: Path) -> None:
         load_config(env={"REPLYTRACK_PROXY_UPSTREAM": "nowhere"}, path=None)
     path = write(tmp_path / "rt.toml", '[proxy]\nlisten = "[::1]:25"\n')
     assert load_config(path, env={}).proxy_listen == "[::1]:25"
+
+
+def test_default_pool_keeps_upstream_connections_for_many_sessions() -> None:
+    # With 8 idle connections, 50 concurrent sessions closed most upstream connections
+    # after one mail (bench/); the default keeps 32, and the relay's own default agrees.
+    from replytrack.proxy.relay import UpstreamSettings
+
+    assert Config().proxy_pool_size == 32
+    assert UpstreamSettings.from_config(Config()).pool_size == 32
+    assert UpstreamSettings(host="h", port=1, local_hostname="l", timeout=1.0).pool_size == 32

@@ -99,7 +99,7 @@ class UpstreamSettings:
     tls_context: ssl.SSLContext | None = None
     username: str | None = None
     password: str | None = None
-    pool_size: int = 8
+    pool_size: int = 32
 
     @classmethod
     def from_config(cls, config: Config) -> UpstreamSettings:

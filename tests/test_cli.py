@@ -165,7 +165,7 @@ def test_listings_json_table_csv(run: Invoke, store: SQLiteStore) -> None:
     assert [e["recipient"] for e in mine] == ["bob@x.org"]
 
     table = run("campaigns").output.splitlines()
-    assert table[0].split()[:4] == ["campaign", "sent", "recipients", "replied"]
+    assert table[0].split()[:5] == ["campaign", "status", "sent", "recipients", "replied"]
     assert any(line.startswith("spring") for line in table)
     csv_lines = run("enrollments", "--csv").output.splitlines()
     assert csv_lines[0] == "campaign,recipient,status,reason,since,until"
@@ -366,3 +366,40 @@ def test_notify_command(run: Invoke, store: SQLiteStore, monkeypatch: pytest.Mon
     # Nothing listens on this URL: the event stays queued for a retry.
     monkeypatch.setenv("REPLYTRACK_NOTIFY_WEBHOOKS", f"http://127.0.0.1:{free_port()}/x")
     assert "tried 1; pending 1, dead 0" in run("notify", "--once").output
+
+
+def test_campaign_stop_is_a_campaign_status(
+    run: Invoke, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUDO_USER", "alice")
+    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", at=time.time())
+    run("stop", "--campaign", "spring", "--reason", "pricing changed")
+    # Addresses the campaign has not mailed yet are blocked too.
+    blocked = store.blocked_enrollments("spring", ["ann@x.org", "new@y.org"])
+    assert {a: (e.status, e.reason) for a, e in blocked.items()} == {
+        "ann@x.org": ("stopped", "campaign stopped: pricing changed"),
+        "new@y.org": ("stopped", "campaign stopped: pricing changed"),
+    }
+    (row,) = json.loads(run("campaigns", "--json").output)
+    assert (row["campaign"], row["status"], row["status_reason"]) == (
+        "spring",
+        "stopped",
+        "pricing changed",
+    )
+    assert "stopped" in run("campaigns").output.splitlines()[-1]
+    (event,) = store.events(kind="stopped")
+    assert event.detail["scope"] == "campaign" and event.actor == "alice"
+
+    # Resuming one recipient leaves the campaign stopped; resuming the campaign clears it.
+    run("resume", "--campaign", "spring", "--recipient", "ann@x.org")
+    assert "ann@x.org" in store.blocked_enrollments("spring", ["ann@x.org"])
+    run("resume", "--campaign", "spring")
+    assert store.blocked_enrollments("spring", ["ann@x.org", "new@y.org"]) == {}
+    (row,) = json.loads(run("campaigns", "--json").output)
+    assert row["status"] == "active" and row["status_reason"] is None
+
+    # A campaign can be stopped before it sends anything.
+    run("stop", "--campaign", "autumn")
+    assert set(store.blocked_enrollments("autumn", ["new@y.org"])) == {"new@y.org"}
+    run("resume", "--campaign", "autumn")
+    run("resume", "--campaign", "autumn", code=1)  # nothing left to resume

@@ -387,3 +387,53 @@ def test_many_messages_on_one_client_connection(
             client.sendmail("a@example.org", [f"r{n}@example.net"], message(f"Subject: {n}"))
     assert [r.rcpt_tos for r in upstream.received] == [[f"r{n}@example.net"] for n in range(4)]
     assert len({m.message_id for m in store.messages()}) == 4
+
+
+def test_stopped_campaign_suppresses_every_recipient_until_resumed(
+    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore, tmp_path
+) -> None:
+    from click.testing import CliRunner
+
+    from replytrack.cli import cli
+
+    def run(*args: str) -> str:
+        db = str(tmp_path / "replytrack.db")
+        result = CliRunner().invoke(cli, ["--db", db, "--domain", DOMAIN, *args])
+        assert result.exit_code == 0, (result.output, result.exception)
+        return result.output
+
+    send(proxy.port, "seller@example.org", ["pat@prospect.test"], CAMPAIGN_MAIL)
+    run("stop", "--campaign", "spring-2026", "--reason", "pricing changed")
+    # A recipient never mailed before is not sent the campaign's mail either.
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        send(
+            proxy.port,
+            "seller@example.org",
+            ["new@prospect.test", "pat@prospect.test"],
+            CAMPAIGN_MAIL,
+        )
+    assert err.value.smtp_code == 550
+    text = err.value.smtp_error.decode()
+    assert text == "5.7.1 not sent: campaign spring-2026 is stopped (pricing changed)"
+    assert len(upstream.received) == 1
+    latest = store.messages()[0]
+    assert latest.status == "suppressed"
+    assert {r.address: r.status for r in latest.recipients if r.envelope} == {
+        "new@prospect.test": "suppressed",
+        "pat@prospect.test": "suppressed",
+    }
+    assert store.enrollments(recipient="new@prospect.test") == []
+    assert {e.recipient for e in store.events(kind="suppressed")} == {
+        "new@prospect.test",
+        "pat@prospect.test",
+    }
+    # Other campaigns and one-to-one mail are not affected.
+    other = CAMPAIGN_MAIL.replace(b"spring-2026", b"autumn-2026")
+    send(proxy.port, "seller@example.org", ["new@prospect.test"], other)
+    assert upstream.received[-1].rcpt_tos == ["new@prospect.test"]
+
+    run("resume", "--campaign", "spring-2026")
+    send(proxy.port, "seller@example.org", ["new@prospect.test"], CAMPAIGN_MAIL)
+    assert upstream.received[-1].rcpt_tos == ["new@prospect.test"]
+    (enrollment,) = store.enrollments(campaign="spring-2026", recipient="new@prospect.test")
+    assert enrollment.status == "active"

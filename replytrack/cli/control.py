@@ -50,28 +50,42 @@ def _record(
     reason: str,
     targets: Sequence[tuple[str, str]],
     recipient: str | None,
+    *,
+    whole_campaign: str | None = None,
 ) -> int:
-    """One event per campaign, changing every targeted enrollment in the same transaction."""
+    """One event per campaign, changing every targeted enrollment in the same transaction.
+
+    With ``whole_campaign`` the campaign itself takes ``status`` too (in its event's
+    transaction), even when none of its enrollments change.
+    """
     by_campaign: dict[str, list[str]] = defaultdict(list)
+    if whole_campaign is not None:
+        by_campaign[whole_campaign] = []
     for campaign, address in targets:
         by_campaign[campaign].append(address)
     who = actor()
     now = time.time()
     for campaign, addresses in sorted(by_campaign.items()):
+        whole = campaign == whole_campaign
+        single = addresses[0] if len(addresses) == 1 and not whole else None
+        detail: dict[str, object] = {
+            "reason": reason,
+            "count": len(addresses),
+            "recipients": addresses[:_DETAIL_LIMIT],
+        }
+        if whole:
+            detail["scope"] = "campaign"
         store.record_event(
             Event(
                 kind=kind,
                 created_at=now,
                 campaign=campaign,
-                recipient=recipient or (addresses[0] if len(addresses) == 1 else None),
+                recipient=recipient or single,
                 actor=who,
-                detail={
-                    "reason": reason,
-                    "count": len(addresses),
-                    "recipients": addresses[:_DETAIL_LIMIT],
-                },
+                detail=detail,
             ),
             set_status=[(campaign, a, status, reason, None) for a in addresses],
+            campaign_status=status if whole else None,
         )
     return len(by_campaign)
 
@@ -94,8 +108,10 @@ def stop_command(state: State, campaign: str | None, recipient: str | None, reas
     """Stop campaign mail: to a recipient, for a whole campaign, or one recipient in one
     campaign. Recorded as a "stopped" event with your user name, and notified.
 
-    With both --campaign and --recipient the recipient is stopped even if not enrolled yet,
-    so the first mail of that campaign is suppressed too.
+    With --campaign alone the campaign itself is stopped: its mail is suppressed for every
+    recipient, including addresses it has not mailed yet, until `replytrack resume
+    --campaign`. With both --campaign and --recipient the recipient is stopped even if not
+    enrolled yet, so the first mail of that campaign is suppressed too.
 
     \b
     Example:
@@ -105,6 +121,18 @@ def stop_command(state: State, campaign: str | None, recipient: str | None, reas
     address = _normalize(recipient)
     store = state.store()
     enrollments = _select(store, campaign, address)
+    if campaign is not None and address is None:
+        # The whole campaign: its state and its enrollments change in one transaction per
+        # campaign, and a campaign that has sent nothing yet can be stopped in advance.
+        targets = [(e.campaign, e.recipient) for e in enrollments if e.status in (ACTIVE, PAUSED)]
+        already = [e for e in enrollments if e.status not in (ACTIVE, PAUSED)]
+        _record(store, "stopped", STOPPED, reason, targets, None, whole_campaign=campaign)
+        click.echo(
+            f"stopped campaign {campaign} (no further mail to anyone);"
+            f" stopped {len(targets)} enrollment(s)"
+            + (f"; {len(already)} already stopped or bounced" if already else "")
+        )
+        return
     if not enrollments and campaign is not None and address is not None:
         targets = [(campaign, address)]
         skipped: list[Enrollment] = []
@@ -137,8 +165,9 @@ def resume_command(
     """Let campaign mail flow again to stopped or paused enrollments. Recorded as a
     "resumed" event with your user name, and notified.
 
-    Bounced recipients and recipients who replied stay stopped unless --force: mailing a
-    dead address hurts your reputation, and mailing someone who answered annoys them.
+    With --campaign alone a campaign stopped as a whole is resumed too. Bounced recipients
+    and recipients who replied stay stopped unless --force: mailing a dead address hurts
+    your reputation, and mailing someone who answered annoys them.
 
     \b
     Example:
@@ -148,11 +177,23 @@ def resume_command(
     address = _normalize(recipient)
     store = state.store()
     enrollments = _select(store, campaign, address)
-    if not enrollments:
+    whole = None
+    if campaign is not None and address is None:
+        stats = store.campaign_stats(campaign)
+        if stats and stats[0].status == STOPPED:
+            whole = campaign
+    if not enrollments and whole is None:
         raise click.ClickException(_nothing(campaign, address))
     candidates = [e for e in enrollments if e.status in (STOPPED, PAUSED, BOUNCED)]
     held = [e for e in candidates if not force and (e.status == BOUNCED or _replied(e))]
     targets = [(e.campaign, e.recipient) for e in candidates if e not in held]
+    if whole is not None:
+        _record(store, "resumed", ACTIVE, reason, targets, None, whole_campaign=whole)
+        click.echo(
+            f"resumed campaign {whole}; resumed {len(targets)} enrollment(s)"
+            + (f"; {len(held)} bounced or replied kept stopped (use --force)" if held else "")
+        )
+        return
     if held and not targets:
         first = held[0]
         why = "bounced" if first.status == BOUNCED else "stopped by a reply"

@@ -34,6 +34,9 @@ def campaign_row(stats: CampaignStats) -> dict[str, Any]:
     """Campaign counts as a row: the JSON keys are part of the CLI contract."""
     return {
         "campaign": stats.campaign,
+        # The campaign's own state: "stopped" after `replytrack stop --campaign`.
+        "status": stats.status,
+        "status_reason": stats.reason,
         "sent": stats.sent,
         "recipients": stats.recipients,
         "replied": stats.replied,
@@ -96,7 +99,8 @@ def events_command(
 @output_options
 @pass_state
 def campaigns_command(state: State, campaign: str | None, fmt: str) -> None:
-    """Per-campaign counts: mails sent, recipients, replies, stops, bounces, suppressions.
+    """Per-campaign state and counts: whether the campaign is stopped as a whole, mails
+    sent, recipients, replies, stopped enrollments, bounces, suppressions.
 
     \b
     Example:
@@ -109,6 +113,7 @@ def campaigns_command(state: State, campaign: str | None, fmt: str) -> None:
         fmt,
         columns=[
             "campaign",
+            "status",
             "sent",
             "recipients",
             "replied",

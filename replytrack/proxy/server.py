@@ -32,7 +32,13 @@ from replytrack.headers import normalize_address
 from replytrack.proxy.auth import check_password, load_auth_file
 from replytrack.proxy.relay import RelayError, Upstream, UpstreamPool, UpstreamSettings
 from replytrack.proxy.stamp import MetadataError, Stamped, stamp
-from replytrack.store import Enrollment, OutboundRecipient, OutboundRecord, Store
+from replytrack.store import (
+    CAMPAIGN_STOPPED,
+    Enrollment,
+    OutboundRecipient,
+    OutboundRecord,
+    Store,
+)
 from replytrack.tokens import Keyring, mint
 
 log = logging.getLogger("replytrack.proxy")
@@ -63,12 +69,41 @@ _STOCK_REPLIES = {
     "503 Error: need RCPT command": "503 5.5.1 need RCPT command first",
     "503 Error: nested MAIL command": "503 5.5.1 nested MAIL command",
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 line too long (RFC 5321 4.5.3.1.6)",
+    "503 Error: send HELO first": "503 5.5.1 send HELO first",
+    "503 Error: send EHLO first": "503 5.5.1 send EHLO first",
+    "501 Syntax: MAIL FROM: <address>": "501 5.5.4 syntax: MAIL FROM:<address>",
+    "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]": (
+        "501 5.5.4 syntax: MAIL FROM:<address> [SP <mail-parameters>]"
+    ),
+    "501 Syntax: RCPT TO: <address>": "501 5.5.4 syntax: RCPT TO:<address>",
+    "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]": (
+        "501 5.5.4 syntax: RCPT TO:<address> [SP <mail-parameters>]"
+    ),
+    "501 Error: BODY can only be one of 7BIT, 8BITMIME": (
+        "501 5.5.4 BODY can only be one of 7BIT, 8BITMIME"
+    ),
+    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 SMTPUTF8 takes no arguments",
+    "501 Error: SMTPUTF8 disabled": "501 5.5.4 SMTPUTF8 is not offered",
+    "555 MAIL FROM parameters not recognized or not implemented": (
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
+    ),
+    "555 RCPT TO parameters not recognized or not implemented": (
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented"
+    ),
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # MAIL FROM:<path> / RCPT TO:<path> with the angle brackets RFC 5321 requires. Requiring
 # them also catches a bare LF inside an address: aiosmtpd ends a command line at LF, so
 # "MAIL FROM:<a\nb@x>" reaches us as "FROM:<a", which it would otherwise accept as "a".
 _PATH_ARG = re.compile(r"(?i)^(FROM|TO):\s*<[^<>]*>(\s.*)?$")
+# The null reverse-path, MAIL FROM:<> (RFC 5321 4.5.5), used by delivery reports and, in
+# the content_filter mode of postfix-example/, by Postfix's own bounces.
+_NULL_PATH = re.compile(r"(?i)^FROM:\s*<>(?=\s|$)")
+# What aiosmtpd is given to parse in place of <>, which it refuses as a syntax error.
+_NULL_STAND_IN = "null-reverse-path@replytrack.invalid"
+# envelope.mail_from of a transaction with the null reverse-path. aiosmtpd tests
+# mail_from for truth (nested MAIL, RCPT before MAIL), so "" cannot stand for it.
+NULL_SENDER = "<>"
 _conn_ids = itertools.count(1)
 
 
@@ -167,6 +202,37 @@ def build_recipients(
     return tuple(result)
 
 
+def reverse_path(envelope: Envelope) -> str:
+    """The envelope sender as it goes upstream and into the record: "" for MAIL FROM:<>."""
+    sender = envelope.mail_from or ""
+    return "" if sender == NULL_SENDER else sender
+
+
+class NullSenderSMTP(SMTP):
+    """aiosmtpd's SMTP that also accepts the null reverse-path, ``MAIL FROM:<>``.
+
+    aiosmtpd refuses an empty sender at MAIL and treats an empty ``envelope.mail_from`` as
+    "no MAIL yet" at RCPT. Rather than copy its MAIL handling, its own checks (HELO first,
+    AUTH required, nested MAIL, BODY, SMTPUTF8, SIZE and unknown parameters) run on a
+    stand-in address while ``null_reverse_path`` is True. The handler's ``handle_MAIL``
+    must then take the sender as "" and set ``envelope.mail_from`` to ``NULL_SENDER``.
+    """
+
+    # True only while aiosmtpd handles a MAIL FROM:<>; the hook's address is a stand-in.
+    null_reverse_path = False
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        match = _NULL_PATH.match(arg) if arg is not None else None
+        if match is None or arg is None:
+            await super().smtp_MAIL(arg)
+            return
+        self.null_reverse_path = True
+        try:
+            await super().smtp_MAIL(f"FROM:<{_NULL_STAND_IN}>{arg[match.end() :]}")
+        finally:
+            self.null_reverse_path = False
+
+
 class ProxySession(Session):
     """aiosmtpd's per-connection session plus our transaction state."""
 
@@ -188,9 +254,9 @@ class _InitPlan:
     smtp: list[tuple[str, str]]  # command, method name
 
 
-class ProxySMTP(SMTP):
-    """aiosmtpd's SMTP with enhanced status codes on its own replies, clean teardown, and a
-    cheaper start per connection.
+class ProxySMTP(NullSenderSMTP):
+    """aiosmtpd's SMTP with the null reverse-path, enhanced status codes on its own
+    replies, clean teardown, and a cheaper start per connection.
 
     aiosmtpd's ``SMTP.__init__`` runs ``inspect.getmembers`` and ``dir`` over itself and the
     handler on every connection to find hooks and AUTH mechanisms, though the answer never
@@ -352,6 +418,9 @@ class ProxyHandler:
         mail_options: list[str],
     ) -> str:
         cid = session.rt_id
+        null = getattr(server, "null_reverse_path", False)
+        if null:
+            address = ""
         try:
             if self.stopping:
                 return S421_STOPPING
@@ -373,7 +442,7 @@ class ProxyHandler:
             except RelayError as exc:
                 log.info("[%s] MAIL FROM:<%s> not taken upstream: %s", cid, address, exc.reply)
                 return exc.reply
-            envelope.mail_from = address
+            envelope.mail_from = NULL_SENDER if null else address
             envelope.mail_options.extend(mail_options)
             return S250_MAIL_OK
         except Exception:
@@ -473,7 +542,7 @@ class ProxyHandler:
             f"<{info['original']}>" if info.get("original") else "-",
             info.get("campaign") or "-",
             info.get("step") if info.get("step") is not None else "-",
-            envelope.mail_from,
+            reverse_path(envelope),
             len(envelope.rcpt_tos),
             info.get("suppressed", 0),
             len(envelope.original_content or b""),
@@ -524,7 +593,7 @@ class ProxyHandler:
             original_message_id=stamped.original_message_id,
             campaign=stamped.campaign,
             step=stamped.step,
-            sender=normalize_address(envelope.mail_from or ""),
+            sender=normalize_address(reverse_path(envelope)),
             from_address=stamped.from_address,
             subject=stamped.subject,
             size=len(stamped.data),
@@ -536,11 +605,7 @@ class ProxyHandler:
         if not send_to:
             # Nobody left: nothing goes upstream; the suppression itself is recorded.
             await self.pool.end(upstream, reset=True)
-            reasons = "; ".join(
-                f"{a} {e.status}" + (f" ({e.reason})" if e.reason else "")
-                for a, e in sorted(blocked.items())
-            )
-            reply = f"550 5.7.1 not sent: campaign {stamped.campaign} is over for {reasons}"
+            reply = _suppressed_reply(stamped.campaign, blocked)
             suppressed = dataclasses.replace(record, status="suppressed", upstream_reply=reply)
             try:
                 await self._in_thread(self.store.record_outbound, suppressed)
@@ -598,7 +663,7 @@ class ProxyHandler:
         options = [o for o in envelope.mail_options if o in ("BODY=8BITMIME", "SMTPUTF8")]
         if not upstream.supports("8bitmime"):
             options = [o for o in options if o != "BODY=8BITMIME"]
-        await upstream.mail(envelope.mail_from or "", options, utf8=utf8)
+        await upstream.mail(reverse_path(envelope), options, utf8=utf8)
         for recipient in send_to:
             await upstream.rcpt(recipient, utf8=utf8)
 
@@ -610,6 +675,20 @@ class ProxyHandler:
         except Exception:
             log.exception("[%s] cannot mark mail %d %s", cid, pk, status)
             metrics.STORE_ERRORS.labels("proxy").inc()
+
+
+def _suppressed_reply(campaign: str | None, blocked: dict[str, Enrollment]) -> str:
+    """The 550 for a mail none of whose recipients may get it: a stopped campaign, or each
+    recipient's own state."""
+    reasons = [e.reason or "" for e in blocked.values()]
+    if reasons and all(r.startswith(CAMPAIGN_STOPPED) for r in reasons):
+        why = reasons[0][len(CAMPAIGN_STOPPED) :].lstrip(": ")
+        return f"550 5.7.1 not sent: campaign {campaign} is stopped" + (f" ({why})" if why else "")
+    listed = "; ".join(
+        f"{a} {e.status}" + (f" ({e.reason})" if e.reason else "")
+        for a, e in sorted(blocked.items())
+    )
+    return f"550 5.7.1 not sent: campaign {campaign} is over for {listed}"
 
 
 def _one_line(reply: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from replytrack.store.base import (
     ACTIVE,
     BOUNCED,
+    CAMPAIGN_STOPPED,
     PAUSED,
     STOPPED,
     CampaignStats,
@@ -20,6 +21,7 @@ from replytrack.store.base import (
 __all__ = [
     "ACTIVE",
     "BOUNCED",
+    "CAMPAIGN_STOPPED",
     "PAUSED",
     "STOPPED",
     "CampaignStats",

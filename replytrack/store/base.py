@@ -18,6 +18,11 @@ STOPPED = "stopped"
 PAUSED = "paused"
 BOUNCED = "bounced"
 ENROLLMENT_STATES = (ACTIVE, STOPPED, PAUSED, BOUNCED)
+# A campaign is "active" or, once stopped as a whole, "stopped": then none of its mail goes
+# out, to enrolled recipients or new ones. blocked_enrollments reports such a stop as a
+# stopped enrollment whose reason starts with CAMPAIGN_STOPPED.
+CAMPAIGN_STATES = (ACTIVE, STOPPED)
+CAMPAIGN_STOPPED = "campaign stopped"
 
 # Event kinds. The first six are inbound verdicts; the rest are actions on enrollments.
 EVENT_KINDS = (
@@ -137,6 +142,8 @@ class CampaignStats:
     suppressed: int
     first_sent: float | None
     last_sent: float | None
+    status: str = ACTIVE  # the campaign's own state (CAMPAIGN_STATES)
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,11 @@ class Store(abc.ABC):
     # --- outbound -------------------------------------------------------------------------
     @abc.abstractmethod
     def blocked_enrollments(self, campaign: str, addresses: Iterable[str]) -> dict[str, Enrollment]:
-        """Enrollments of these addresses in ``campaign`` that block the next mail."""
+        """Enrollments of these addresses in ``campaign`` that block the next mail.
+
+        When the whole campaign is stopped, every address is blocked: each gets a
+        ``stopped`` enrollment (enrolled or not) whose reason starts with CAMPAIGN_STOPPED.
+        """
 
     @abc.abstractmethod
     def record_outbound(self, record: OutboundRecord) -> int:
@@ -207,10 +218,13 @@ class Store(abc.ABC):
         dedupe_key: str | None = None,
         set_status: Sequence[tuple[str, str, str, str | None, float | None]] = (),
         notify: bool = True,
+        campaign_status: str | None = None,
     ) -> int | None:
         """Record an event and change enrollments in one transaction.
 
         ``set_status`` holds ``(campaign, recipient, status, reason, until)`` changes.
+        ``campaign_status`` (one of CAMPAIGN_STATES) sets the state of the event's campaign
+        as a whole, with the event's ``detail["reason"]``, time and actor.
         With ``dedupe_key`` an event already recorded under that key is not recorded again
         and nothing changes: the method returns None. ``notify`` queues it in the outbox.
         """

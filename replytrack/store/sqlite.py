@@ -25,6 +25,8 @@ import sqlite_utils
 from replytrack.store.base import (
     ACTIVE,
     BOUNCED,
+    CAMPAIGN_STATES,
+    CAMPAIGN_STOPPED,
     PAUSED,
     STOPPED,
     CampaignStats,
@@ -141,6 +143,14 @@ MIGRATIONS: list[str] = [
         delivered_at REAL NOT NULL,
         PRIMARY KEY (outbox, url)
     ) WITHOUT ROWID;
+    """,
+    # A campaign stopped as a whole: its mail is suppressed for every recipient, enrolled
+    # or new, until it is resumed.
+    """
+    ALTER TABLE campaigns ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
+    ALTER TABLE campaigns ADD COLUMN reason TEXT;
+    ALTER TABLE campaigns ADD COLUMN updated_at REAL;
+    ALTER TABLE campaigns ADD COLUMN updated_by TEXT;
     """,
 ]
 
@@ -391,6 +401,26 @@ class SQLiteStore(Store):
     def blocked_enrollments(self, campaign: str, addresses: Iterable[str]) -> dict[str, Enrollment]:
         now = time.time()
         wanted = sorted(set(addresses))
+        stop = self._query(
+            "SELECT reason, updated_at, updated_by FROM campaigns WHERE campaign = ?"
+            f" AND status = '{STOPPED}'",
+            [campaign],
+        )
+        if stop:
+            # The campaign stop outranks each recipient's own state: nobody gets its mail.
+            row = stop[0]
+            reason = CAMPAIGN_STOPPED + (f": {row['reason']}" if row["reason"] else "")
+            return {
+                address: Enrollment(
+                    campaign=campaign,
+                    recipient=address,
+                    status=STOPPED,
+                    reason=reason,
+                    since=row["updated_at"] or now,
+                    updated_by=row["updated_by"],
+                )
+                for address in wanted
+            }
         blocked: dict[str, Enrollment] = {}
         for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
@@ -549,7 +579,8 @@ class SQLiteStore(Store):
         status: str | None = None,
         limit: int | None = None,
     ) -> list[Enrollment]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         for column, value in (
             ("campaign", campaign),
             ("recipient", recipient),
@@ -626,11 +657,32 @@ class SQLiteStore(Store):
         dedupe_key: str | None = None,
         set_status: Sequence[tuple[str, str, str, str | None, float | None]] = (),
         notify: bool = True,
+        campaign_status: str | None = None,
     ) -> int | None:
+        if campaign_status is not None and (
+            campaign_status not in CAMPAIGN_STATES or event.campaign is None
+        ):
+            raise ValueError(f"campaign status {campaign_status!r} needs a campaign event")
         with self.write() as conn:
             event_id = self._insert_event(conn, event, dedupe_key=dedupe_key, notify=notify)
             if event_id is None:
                 return None
+            if campaign_status is not None:
+                reason = event.detail.get("reason")
+                conn.execute(
+                    "INSERT INTO campaigns (campaign, created_at, status, reason, updated_at,"
+                    " updated_by) VALUES (?,?,?,?,?,?) ON CONFLICT (campaign) DO UPDATE SET"
+                    " status = excluded.status, reason = excluded.reason,"
+                    " updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                    (
+                        _text(event.campaign),
+                        event.created_at,
+                        campaign_status,
+                        _text(reason) if campaign_status == STOPPED else None,
+                        event.created_at,
+                        _text(event.actor or event.kind),
+                    ),
+                )
             for change in set_status:
                 campaign, recipient, status, reason, until = (_text(v) for v in change)
                 conn.execute(
@@ -684,7 +736,8 @@ class SQLiteStore(Store):
         since: float | None = None,
         limit: int | None = None,
     ) -> list[SentMessage]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if campaign is not None:
             where.append("campaign = ?")
             params.append(campaign)
@@ -707,7 +760,8 @@ class SQLiteStore(Store):
         since: float | None = None,
         limit: int | None = None,
     ) -> list[Event]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         for column, value in (("kind", kind), ("campaign", campaign)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -850,7 +904,7 @@ class SQLiteStore(Store):
             where = "WHERE c.campaign = ?"
             params.append(campaign)
         sql = f"""
-            SELECT c.campaign,
+            SELECT c.campaign, c.status, c.reason,
               (SELECT count(*) FROM messages m WHERE m.campaign = c.campaign
                  AND m.status = 'relayed') AS sent,
               (SELECT min(created_at) FROM messages m WHERE m.campaign = c.campaign) AS first_sent,
@@ -883,6 +937,8 @@ class SQLiteStore(Store):
                 suppressed=row["suppressed"],
                 first_sent=row["first_sent"],
                 last_sent=row["last_sent"],
+                status=row["status"],
+                reason=row["reason"],
             )
             for row in self._query(sql, params)
         ]

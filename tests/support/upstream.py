@@ -26,7 +26,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from replytrack.config import Config
-from replytrack.proxy.server import ThreadedProxy
+from replytrack.proxy.server import NULL_SENDER, NullSenderSMTP, ThreadedProxy, reverse_path
 from replytrack.store import Store
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
@@ -85,7 +85,10 @@ class RecordingHandler:
         self.commands.append("MAIL")
         if self.faults.mail_reply:
             return self.faults.mail_reply
-        envelope.mail_from = address
+        # Like Postfix, take the null reverse-path (only a literal MAIL FROM:<> sets it).
+        null = getattr(server, "null_reverse_path", False)
+        self.commands[-1] = "MAIL <>" if null else "MAIL"
+        envelope.mail_from = NULL_SENDER if null else address
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"
 
@@ -116,7 +119,7 @@ class RecordingHandler:
         with self.lock:
             self.received.append(
                 Received(
-                    mail_from=envelope.mail_from or "",
+                    mail_from=reverse_path(envelope),
                     mail_options=list(envelope.mail_options),
                     rcpt_tos=list(envelope.rcpt_tos),
                     data=bytes(envelope.original_content or b""),
@@ -135,8 +138,9 @@ class RecordingHandler:
         return f"250 2.0.0 Ok: queued as UP{number}"
 
 
-class LongLineSMTP(SMTP):
-    """aiosmtpd accepting long lines, like Postfix does (the proxy passes them through)."""
+class LongLineSMTP(NullSenderSMTP):
+    """aiosmtpd accepting long lines and MAIL FROM:<>, like Postfix does (the proxy passes
+    them through)."""
 
     line_length_limit = 64 * 1024
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import getaddresses, parseaddr
+from functools import cached_property
 
 from . import _patterns as pat
 from ._mime import Headers, MailView, Part, decode_words, split_header_block
@@ -29,6 +30,7 @@ MAX_RECIPIENTS = 50
 _ADDRESS = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+"
 )
+_LINK = re.compile(r"https?://", re.I)
 _FORWARD_SUBJECT = re.compile(r"^\s*(?:fwd?|fw|wg|tr|rv|i|enc|doorst|vs)\s*:", re.I)
 _REPLY_SUBJECT = re.compile(r"^\s*(?:re|aw|sv|antw|r|rif|res|odp|vs)\s*:", re.I)
 
@@ -60,7 +62,7 @@ class Context:
     def headers(self) -> Headers:
         return self.view.headers
 
-    @property
+    @cached_property
     def fresh_text(self) -> str:
         """The text above the first quoted earlier message ("-----Original Message-----",
         "On ... wrote:"): what the sender wrote now. Auto-reply wording is looked for
@@ -114,6 +116,12 @@ def _threading_ids(ctx: Context) -> list[str]:
     return ids[:MAX_IDS]
 
 
+# "Message-ID:" at a line start, the value on the same line or a folded next one. The
+# indentation is [ \t]* and the gap after the colon bounded: an unbounded \s* would
+# run across every following empty line from every line start (quadratic time).
+_MESSAGE_ID_LINE = re.compile(r"(?im)^[ \t]*message-id:\s{0,40}(<[^>\n]{1,998}>)")
+
+
 def _returned_ids(ctx: Context) -> list[str]:
     """Message-IDs of the returned mail: message/rfc822 parts, text/rfc822-headers,
     then "Message-ID:" lines in the text of a plain-text report."""
@@ -126,7 +134,7 @@ def _returned_ids(ctx: Context) -> list[str]:
             headers, _ = split_header_block(part.text.lstrip("\n"))
             ids.extend(_ids_from_headers(Headers(headers), "Message-ID"))
     if not ids:
-        for match in re.finditer(r"(?im)^\s*message-id:\s*(<[^>\n]{1,998}>)", ctx.text[:100000]):
+        for match in _MESSAGE_ID_LINE.finditer(ctx.text[:100000]):
             ids.extend(extract_msgids(match.group(1), limit=1))
             if len(ids) >= 5:
                 break
@@ -196,16 +204,15 @@ def challenge_response(ctx: Context) -> Finding | None:
     if not ctx.text:
         return None
     window = ctx.text[:6000]
-    hits = [p.pattern for p in pat.CHALLENGE_BODY if p.search(window)]
-    has_link = re.search(r"https?://", window) is not None
-    if hits and has_link:
-        return Finding(
-            "auto_reply",
-            "challenge_response",
-            ["body:challenge-response"],
-            referenced_ids=_merge_ids(_threading_ids(ctx), _returned_ids(ctx)),
-        )
-    return None
+    # The link is the cheap test; the wording is only looked for when there is one.
+    if _LINK.search(window) is None or not pat.CHALLENGE_BODY_SET.hits(window):
+        return None
+    return Finding(
+        "auto_reply",
+        "challenge_response",
+        ["body:challenge-response"],
+        referenced_ids=_merge_ids(_threading_ids(ctx), _returned_ids(ctx)),
+    )
 
 
 def delivery_status_report(ctx: Context) -> Finding | None:
@@ -288,6 +295,16 @@ def _failed_from_headers(ctx: Context) -> list[str]:
     return addrs[:MAX_RECIPIENTS]
 
 
+# The separator line before a returned message. Its leading decoration is [ \t>*=-]*,
+# not [\s>*=-]*: with re.M the latter runs across the following empty lines from every
+# line start, quadratic on a body of blank lines.
+_RETURNED_PART_START = re.compile(
+    r"(?im)^[ \t>*=-]*(?:original message|returned message|undelivered message|"
+    r"message headers follow|this is a copy of the message|below this line)"
+    r"|^(?:received|return-path):"
+)
+
+
 def _failed_from_text(ctx: Context) -> list[str]:
     """Addresses named in the report's own wording, before the returned message.
 
@@ -296,12 +313,7 @@ def _failed_from_text(ctx: Context) -> list[str]:
     text = ctx.text[:20000]
     # The returned message starts after a separator line; "The original message was
     # received at" (Sendmail's first sentence) is no such line.
-    cut = re.search(
-        r"(?im)^[\s>*=-]*(?:original message|returned message|undelivered message|"
-        r"message headers follow|this is a copy of the message|below this line)"
-        r"|^(?:received|return-path):",
-        text,
-    )
+    cut = _RETURNED_PART_START.search(text)
     if cut:
         text = text[: cut.start()]
     own = {ctx.from_addr}
@@ -329,9 +341,14 @@ def plain_text_bounce(ctx: Context) -> Finding | None:
     if failed_header:
         evidence.append("header:x-failed-recipients")
     sender = _sender_is_daemon(ctx)
-    subject_hit = any(p.search(ctx.subject) for p in pat.BOUNCE_SUBJECT)
-    body_hits = [p for p in pat.BOUNCE_BODY if p.search(ctx.text[:12000])] if ctx.text else []
+    subject_hit = bool(pat.BOUNCE_SUBJECT_SET.hits(ctx.subject))
     forwarded = _FORWARD_SUBJECT.match(ctx.subject) is not None
+    replied = _REPLY_SUBJECT.match(ctx.subject) is not None
+    if not (failed_header or sender or subject_hit or not (forwarded or replied)):
+        # None of the rules below can decide without one of these: a person's
+        # "Re:" or "Fwd:" mail is not read for MTA wording at all.
+        return None
+    body_hits = pat.BOUNCE_BODY_SET.hits(ctx.text[:12000]) if ctx.text else []
     if subject_hit:
         evidence.append("subject:delivery-failure")
     if body_hits:
@@ -343,12 +360,7 @@ def plain_text_bounce(ctx: Context) -> Finding | None:
     # and a person forwarding a bounce ("Fwd: Undeliverable") is not a bounce.
     if not sender and subject_hit and body_hits and not forwarded:
         decided = True
-    if (
-        not sender
-        and len(body_hits) >= 3
-        and not forwarded
-        and not _REPLY_SUBJECT.match(ctx.subject)
-    ):
+    if not sender and len(body_hits) >= 3 and not forwarded and not replied:
         decided = True
     if not decided:
         return None
@@ -489,17 +501,13 @@ def _auto_header_evidence(headers: Headers) -> tuple[list[str], int]:
 
 
 def _subject_evidence(subject: str) -> tuple[str | None, str | None]:
-    for lang, pattern in pat.AUTO_SUBJECT:
-        if pattern.search(subject):
-            return f"subject:auto-reply:{lang}", lang
-    return None, None
+    lang = pat.AUTO_SUBJECT_SET.first(subject)
+    return (f"subject:auto-reply:{lang}", lang) if lang is not None else (None, None)
 
 
 def _weak_subject_evidence(subject: str) -> str | None:
-    for lang, pattern in pat.AUTO_SUBJECT_WEAK:
-        if pattern.search(subject):
-            return f"subject:acknowledgement:{lang}"
-    return None
+    lang = pat.AUTO_SUBJECT_WEAK_SET.first(subject)
+    return f"subject:acknowledgement:{lang}" if lang is not None else None
 
 
 def _short_and_unquoted(ctx: Context) -> bool:
@@ -511,27 +519,18 @@ def _short_and_unquoted(ctx: Context) -> bool:
 
 
 def _ooo_body(text: str) -> tuple[str | None, str | None]:
-    window = text[:3000]
-    for lang, pattern in pat.OOO_BODY:
-        if pattern.search(window):
-            return f"body:out-of-office:{lang}", lang
-    return None, None
+    lang = pat.OOO_BODY_SET.first(text[:3000])
+    return (f"body:out-of-office:{lang}", lang) if lang is not None else (None, None)
 
 
 def _self_declared(text: str) -> str | None:
-    window = text[:4000]
-    for lang, pattern in pat.SELF_DECLARED_AUTOMATIC:
-        if pattern.search(window):
-            return f"body:declares-automatic:{lang}"
-    return None
+    lang = pat.SELF_DECLARED_SET.first(text[:4000])
+    return f"body:declares-automatic:{lang}" if lang is not None else None
 
 
 def _autoresponder_body(text: str) -> str | None:
-    window = text[:3000]
-    for lang, pattern in pat.AUTORESPONDER_BODY:
-        if pattern.search(window):
-            return f"body:autoresponder:{lang}"
-    return None
+    lang = pat.AUTORESPONDER_BODY_SET.first(text[:3000])
+    return f"body:autoresponder:{lang}" if lang is not None else None
 
 
 def auto_reply(ctx: Context) -> Finding | None:
@@ -569,7 +568,7 @@ def auto_reply(ctx: Context) -> Finding | None:
             # quote what they answer, autoresponders do not.
             evidence.append("body:unquoted-notice")
             score += 1
-    elif fresh and pat.OOO_MENTION.search(fresh[:3000]):
+    elif fresh and pat.OOO_MENTION_SET.first(fresh[:3000]) is not None:
         evidence.append("body:out-of-office-mention")
         score += 1
     responder_ev = _autoresponder_body(fresh)
@@ -671,7 +670,7 @@ def header_signals(view: MailView, envelope_from: str | None) -> list[str]:
     subject_ev, _ = _subject_evidence(ctx.subject)
     if subject_ev:
         signals.append(subject_ev)
-    if any(p.search(ctx.subject) for p in pat.BOUNCE_SUBJECT):
+    if pat.BOUNCE_SUBJECT_SET.hits(ctx.subject):
         signals.append("subject:delivery-failure")
     if pat.RECEIPT_SUBJECT.match(ctx.subject):
         signals.append("subject:read-receipt")

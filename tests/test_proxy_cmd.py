@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import smtplib
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from replytrack.notify import verify_signature
+from replytrack.store import Event
 from replytrack.store.sqlite import SQLiteStore
 from tests.conftest import free_port
 from tests.support.upstream import RecordingUpstream, upstream  # noqa: F401  (fixture)
+from tests.test_notify import SECRET, Receiver, receiver  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -107,3 +111,44 @@ def test_proxy_command_reports_a_busy_port(tmp_path: Path) -> None:
         _, err = process.communicate(timeout=30)
     assert process.returncode != 0
     assert "cannot listen" in err.decode() and "Traceback" not in err.decode()
+
+
+def test_proxy_command_notifies_a_suppression(
+    tmp_path: Path, upstream: RecordingUpstream, receiver: Receiver
+) -> None:
+    store = SQLiteStore(tmp_path / "replytrack.db")
+    store.record_event(
+        Event(kind="stopped", created_at=time.time(), campaign="q1", recipient="b@example.net"),
+        set_status=[("q1", "b@example.net", "stopped", "asked by phone", None)],
+        notify=False,
+    )
+    port = free_port()
+    process = run_proxy(
+        tmp_path,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        upstream.address,
+        REPLYTRACK_NOTIFY_WEBHOOKS=receiver.url,
+        REPLYTRACK_NOTIFY_SECRET=SECRET,
+    )
+    try:
+        wait_for_port(port, process)
+        mail = b"Message-ID: <c@x.test>\r\nX-ReplyTrack-Campaign: q1\r\n\r\nbody\r\n"
+        with smtplib.SMTP("127.0.0.1", port) as client, pytest.raises(smtplib.SMTPDataError) as err:
+            client.sendmail("a@example.org", ["b@example.net"], mail)
+        assert err.value.smtp_code == 550
+        deadline = time.monotonic() + 30
+        while not receiver.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    assert upstream.received == []
+    (got,) = receiver.requests
+    assert verify_signature(SECRET, got.timestamp, got.body, got.signature)
+    doc = json.loads(got.body)
+    assert (doc["kind"], doc["campaign"], doc["recipient"]) == ("suppressed", "q1", "b@example.net")
+    assert store.outbox_counts()["delivered"] == 1
+    store.close_all()

@@ -8,7 +8,7 @@ import signal
 
 import click
 
-from replytrack import metrics
+from replytrack import metrics, notify
 from replytrack.cli.common import State, cli, pass_state, setup_logging
 from replytrack.config import ConfigError, parse_hostport
 from replytrack.tokens import load_keyring
@@ -33,7 +33,9 @@ def proxy_command(state: State, listen: str | None, upstream: str | None) -> Non
     The client gets 250 only once the upstream accepted the mail and the record is
     committed; anything else is the upstream's own refusal or a 451. TLS, AUTH, pool size,
     timeouts, size limit and client allowlist come from the [proxy] table of the config.
-    Runs until SIGTERM or SIGINT, then finishes open transactions and exits 0.
+    With [notify] webhooks configured, events (suppressions, and whatever else the store
+    has queued) are POSTed from this process too. Runs until SIGTERM or SIGINT, then
+    finishes open transactions and exits 0.
 
     \b
     Example:
@@ -84,4 +86,11 @@ def proxy_command(state: State, listen: str | None, upstream: str | None) -> Non
         await server.stop(grace=SHUTDOWN_GRACE)
         log.info("stopped")
 
-    asyncio.run(run())
+    # Webhooks go out from the daemon that queues the events; several senders on one store
+    # share the outbox safely (rows are leased).
+    sender = notify.start_sender_thread(config, store)
+    try:
+        asyncio.run(run())
+    finally:
+        if sender is not None:
+            sender.stop(timeout=5)

@@ -182,14 +182,61 @@ class MailView:
         return "\n".join(chunks)[:limit]
 
 
-_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]{0,2000}>", re.S | re.I)
+_LINE_BREAK_TAG = re.compile(r"<br\s*/?>|</p\s*>|</div\s*>", re.I)
+_SCRIPT_OPEN = re.compile(r"<(script|style)\b", re.I)
+_SCRIPT_CLOSE = {
+    "script": re.compile(r"</script\s*>", re.I),
+    "style": re.compile(r"</style\s*>", re.I),
+}
+MAX_TAG = 2000  # characters between "<" and ">" still taken for one tag
 _ENTITY = {"&nbsp;": " ", "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'"}
+
+
+def _strip_tags(html: str) -> str:
+    """Replace script/style blocks and tags by a space, in one pass.
+
+    A single regex (``<(script|style).*?</\\1>|<[^>]{0,2000}>``) does the same but
+    rescans the rest of the text from every unclosed ``<script`` and up to 2000
+    characters from every ``<`` that opens no tag: quadratic on hostile HTML. Here
+    each close search starts past the previous block, a tag type seen unclosed once
+    is not searched again, and the next ``>`` is found once for a run of ``<``.
+    """
+    out: list[str] = []
+    unclosed: set[str] = set()
+    pos = 0
+    next_gt = -1
+    length = len(html)
+    while pos < length:
+        lt = html.find("<", pos)
+        if lt < 0:
+            out.append(html[pos:])
+            break
+        out.append(html[pos:lt])
+        opener = _SCRIPT_OPEN.match(html, lt)
+        if opener is not None:
+            kind = opener.group(1).lower()
+            close = None if kind in unclosed else _SCRIPT_CLOSE[kind].search(html, opener.end())
+            if close is not None:
+                out.append(" ")
+                pos = close.end()
+                continue
+            unclosed.add(kind)
+        if next_gt < lt:
+            found = html.find(">", lt)
+            next_gt = found if found >= 0 else length + MAX_TAG + 2
+        if next_gt - lt - 1 <= MAX_TAG:
+            out.append(" ")
+            pos = next_gt + 1
+        else:
+            out.append("<")
+            pos = lt + 1
+    return "".join(out)
 
 
 def html_to_text(html: str) -> str:
     """Crude tag stripping, enough for phrase matching."""
-    text = re.sub(r"<br\s*/?>|</p\s*>|</div\s*>", "\n", html[:MAX_TEXT], flags=re.I)
-    text = _TAG.sub(" ", text)
+    text = _LINE_BREAK_TAG.sub("\n", html[:MAX_TEXT])
+    text = _strip_tags(text)
     for entity, char in _ENTITY.items():
         text = text.replace(entity, char)
     return text
@@ -225,26 +272,37 @@ def _decode_payload(payload: str, encoding: str | None, charset: str | None) -> 
 
 
 def _split_multipart(body: str, boundary: str) -> list[str]:
-    """The parts between ``--boundary`` delimiter lines (bounded)."""
+    """The parts between ``--boundary`` delimiter lines (bounded).
+
+    Delimiter lines are found with ``str.find`` rather than by walking every line
+    in Python: a 256 KiB attachment is then skipped at C speed.
+    """
     delimiter = "--" + boundary
     parts: list[str] = []
-    lines = body.split("\n")
-    current: list[str] | None = None
-    for line in lines:
+    start: int | None = None  # where the current part's text begins
+    pos = body.find(delimiter)
+    while pos >= 0:
+        if pos > 0 and body[pos - 1] != "\n":
+            pos = body.find(delimiter, pos + 1)
+            continue
+        line_end = body.find("\n", pos)
+        line = body[pos:] if line_end < 0 else body[pos:line_end]
         stripped = line.rstrip()
         if stripped.startswith(delimiter):
-            rest = stripped[len(delimiter) :]
-            if current is not None:
-                parts.append("\n".join(current))
+            if start is not None:
+                parts.append(body[start : max(start, pos - 1)])
                 if len(parts) >= MAX_PARTS:
                     return parts
-            if rest.startswith("--"):
+            if stripped[len(delimiter) :].startswith("--"):
                 return parts
-            current = []
-        elif current is not None:
-            current.append(line)
-    if current:
-        parts.append("\n".join(current))
+            if line_end < 0:
+                return parts
+            start = line_end + 1
+        if line_end < 0:
+            break
+        pos = body.find(delimiter, line_end + 1)
+    if start is not None:
+        parts.append(body[start:])
     return parts
 
 

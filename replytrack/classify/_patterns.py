@@ -379,6 +379,36 @@ QUOTE_MARKERS = re.compile(
 )
 
 
+def _top_level_branches(source: str) -> list[str]:
+    """The alternatives of a pattern's outermost ``|`` (outside groups and classes)."""
+    branches: list[str] = []
+    depth = 0
+    in_class = False
+    start = 0
+    index = 0
+    while index < len(source):
+        char = source[index]
+        if char == "\\":
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            if source[index + 1 : index + 2] == "]":
+                index += 1  # a "]" first in a class is a member, not its end
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            branches.append(source[start:index])
+            start = index + 1
+        index += 1
+    branches.append(source[start:])
+    return branches
+
+
 class PhraseSet:
     """A phrase table searched fast: most text matches none of its phrases.
 
@@ -393,11 +423,20 @@ class PhraseSet:
 
     def __init__(self, table: list[tuple[str, re.Pattern[str]]]) -> None:
         self.table = table
-        literal = [p for _, p in table if p.pattern[:1].isalpha()]
-        other = [p for _, p in table if not p.pattern[:1].isalpha()]
-        self._screens = [re.compile(p.pattern, re.U | re.S) for p in literal]
+        literal: list[str] = []
+        other: list[str] = []
+        for _, pattern in table:
+            for source in _top_level_branches(pattern.pattern):
+                # A leading \b hides the literal that follows from re's prefix scan;
+                # a screen may match more than the pattern (never less), so it goes.
+                bare = source[2:] if source.startswith("\\b") else source
+                if bare[:1].isalpha():
+                    literal.append(bare)
+                else:
+                    other.append(source)
+        self._screens = [re.compile(source, re.U | re.S) for source in literal]
         if other:
-            joined = "|".join(f"(?:{p.pattern})" for p in other)
+            joined = "|".join(f"(?:{source})" for source in other)
             self._screens.append(re.compile(joined, re.U | re.S))
 
     def might_match(self, text: str) -> bool:

@@ -129,3 +129,86 @@ def test_huge_single_line_body_is_bounded() -> None:
 def test_pathological_date_sentences_are_bounded() -> None:
     sentence = "until " + " ".join(["Monday 12 March next week in two days"] * 2000)
     check(classify([("Subject", "Out of office"), ("X-Autoreply", "yes")], sentence.encode()))
+
+
+# Bodies of one repeated fragment, 256 KiB each (the most the classifier reads). Each shape
+# once made some pattern rescan the rest of the text from every line or every "<":
+# blank lines and "> " lines for line-start patterns with \s*, "<" and "<script" for the
+# HTML tag stripper. A linear classifier finishes each in milliseconds; the timeout only
+# guards against a hang, it is no speed requirement.
+HOSTILE_FRAGMENTS = {
+    "blank-lines": b"\r\n",
+    "quote-lines": b"> \r\n",
+    "spaces": b" ",
+    "blank-lines-with-indent": b" \t\r\n",
+    "dash-lines": b"--\r\n",
+    "dashes": b"-",
+    "message-id-lines": b"Message-ID:\r\n",
+    "open-brackets": b"<",
+    "unclosed-scripts": b"<script>",
+}
+HOSTILE_HEADERS = {
+    "plain": [("Content-Type", "text/plain")],
+    "html": [("Content-Type", "text/html")],
+    "report-from-daemon": [
+        ("Content-Type", "multipart/report; report-type=delivery-status; boundary=b"),
+        ("From", "MAILER-DAEMON@mx.example"),
+        ("Subject", "Undeliverable: offer"),
+    ],
+    "auto-reply": [("Subject", "Out of office"), ("Auto-Submitted", "auto-replied")],
+}
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("fragment", list(HOSTILE_FRAGMENTS), ids=list(HOSTILE_FRAGMENTS))
+@pytest.mark.parametrize("shape", list(HOSTILE_HEADERS), ids=list(HOSTILE_HEADERS))
+def test_256k_body_of_one_repeated_fragment_finishes(fragment: str, shape: str) -> None:
+    piece = HOSTILE_FRAGMENTS[fragment]
+    body = piece * (256 * 1024 // len(piece))
+    verdict = classify(HOSTILE_HEADERS[shape], body, today=dt.date(2026, 11, 25))
+    assert verdict.kind in KINDS
+    assert not any(e.startswith("classifier-error") for e in verdict.evidence)
+    if shape == "plain":
+        # Nothing in these bodies is automation wording: the verdict stays human.
+        assert verdict.kind == "human"
+
+
+def _phrase_sets() -> dict[str, object]:
+    from replytrack.classify import _patterns as pat
+
+    return {name: value for name, value in vars(pat).items() if isinstance(value, pat.PhraseSet)}
+
+
+def _vocabulary() -> list[str]:
+    """Words and bits of the phrase tables, so that random text often nearly matches."""
+    import re
+
+    words: set[str] = set()
+    for phrase_set in _phrase_sets().values():
+        for _, pattern in phrase_set.table:  # type: ignore[attr-defined]
+            words.update(re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", pattern.pattern))
+    return sorted(words)
+
+
+VOCABULARY = _vocabulary()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    words=st.lists(
+        st.tuples(st.sampled_from(VOCABULARY), st.sampled_from([" ", "  ", "\n", ": ", "-"])),
+        max_size=40,
+    ),
+    upper=st.booleans(),
+)
+def test_phrase_screens_never_hide_a_phrase(words: list[tuple[str, str]], upper: bool) -> None:
+    """The fast lower-case screen of each phrase table finds whatever the table's own
+    case-insensitive patterns find, in any letter case."""
+    text = "".join(word + gap for word, gap in words)
+    if upper:
+        text = text.upper()
+    for name, phrase_set in _phrase_sets().items():
+        expected = next((lang for lang, p in phrase_set.table if p.search(text)), None)  # type: ignore[attr-defined]
+        assert phrase_set.first(text) == expected, name  # type: ignore[attr-defined]
+        every = [p for _, p in phrase_set.table if p.search(text)]  # type: ignore[attr-defined]
+        assert phrase_set.hits(text) == every, name  # type: ignore[attr-defined]

@@ -475,3 +475,57 @@ def test_reply_over_a_unix_socket():
         assert s.status("c-unix", "kim@acme.example") == "stopped"
     finally:
         teardown(s)
+
+
+def test_reply_is_notified_by_the_milter_process():
+    """The milter runs the webhook sender itself: a reply through Postfix reaches the
+    campaign system as a signed POST, without a separate `replytrack notify`."""
+    import hashlib
+    import hmac
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    posts: list[tuple[dict[str, str], bytes]] = []  # header names lowercased
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    s = new_site(
+        REPLYTRACK_NOTIFY_WEBHOOKS=f"http://127.0.0.1:{server.server_port}/hook",
+        REPLYTRACK_NOTIFY_SECRET="hook-secret",
+    )
+    try:
+        s.start_milter()
+        with_lab(s, f"{{ inet:127.0.0.1:{s.milter_port}, default_action=accept }}")
+        mid = record_sent(s.store, s.keyring, to=["ann@acme.example"])
+        s.send(
+            mail(sender="ann@acme.example", subject="notified", in_reply_to=f"<{mid}>"),
+            sender="ann@acme.example",
+        )
+        s.delivered("notified")
+        deadline = time.monotonic() + 30
+        while not any(json.loads(b).get("kind") == "reply" for _, b in posts):
+            assert time.monotonic() < deadline, f"no reply webhook\n{s.milter_log()[-3000:]}"
+            time.sleep(0.1)
+        headers, body = next((h, b) for h, b in posts if json.loads(b).get("kind") == "reply")
+        event = json.loads(body)
+        assert event["message_id"] == mid
+        assert event["sender"] == "ann@acme.example"
+        assert event["campaign"] == "spring"
+        stamp = headers["x-replytrack-timestamp"]
+        expected = hmac.new(b"hook-secret", stamp.encode() + b"." + body, hashlib.sha256)
+        assert headers["x-replytrack-signature"] == "sha256=" + expected.hexdigest()
+    finally:
+        teardown(s)
+        server.shutdown()
+        server.server_close()

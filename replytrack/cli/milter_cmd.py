@@ -126,7 +126,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
       replytrack milter --socket inet:8894@127.0.0.1
       # main.cf: smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }
     """
-    from replytrack import metrics
+    from replytrack import metrics, notify
     from replytrack.milter import adapter
     from replytrack.milter.journal import Journal, Replayer
     from replytrack.store import open_store
@@ -148,6 +148,10 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         journal_file, engine.process, reactivate=lambda: _reactivate(engine), interval=5.0
     )
     replayer.start()
+    # Webhooks go out from the milter process itself: replies, bounces and stops are
+    # recorded here, and the outbox lease keeps a second sender (proxy, `replytrack notify`)
+    # from delivering the same row twice.
+    sender = notify.start_sender_thread(config, store)
     if config.milter_socket.startswith(("unix:", "local:")):
         path = Path(config.milter_socket.partition(":")[2])
         with contextlib.suppress(FileNotFoundError):
@@ -160,6 +164,8 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         adapter.run(config.milter_socket, timeout=config.milter_timeout)
     finally:
         replayer.stop()
+        if sender is not None:
+            sender.stop(timeout=5)
         log.info("milter stopped")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
+import types
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,11 @@ def test_auth_file_without_tls_is_refused(
         ProxyServer(Config(proxy_auth_file=str(users)), store=store, keyring=keyring)
 
 
-def mail_from(peer: tuple[str, int], config: Config, store: SQLiteStore, *, auth: bool) -> str:
-    """handle_MAIL for a client at ``peer`` (a second real address needs a netns)."""
+def mail_from(
+    peer: tuple[str, int], config: Config, store: SQLiteStore, *, auth: bool, null: bool = False
+) -> str:
+    """handle_MAIL for a client at ``peer`` (a second real address needs a netns); ``null``
+    as ProxySMTP calls it for MAIL FROM:<>."""
 
     async def run() -> str:
         pool = UpstreamPool(UpstreamSettings.from_config(config))
@@ -100,7 +104,8 @@ def mail_from(peer: tuple[str, int], config: Config, store: SQLiteStore, *, auth
         session = ProxySession(asyncio.get_running_loop())
         session.peer = peer
         session.authenticated = auth
-        return await handler.handle_MAIL(None, session, Envelope(), "a@example.org", [])  # type: ignore[arg-type]
+        server = types.SimpleNamespace(null_reverse_path=null)
+        return await handler.handle_MAIL(server, session, Envelope(), "a@example.org", [])  # type: ignore[arg-type]
 
     return asyncio.run(run())
 
@@ -126,6 +131,13 @@ def test_auth_file_errors(tmp_path: Path) -> None:
     bad.write_text("# users\nno-colon-here\n")
     with pytest.raises(ConfigError, match=":2"):
         load_auth_file(bad)
+
+
+def test_remote_client_gets_554_for_the_null_sender_too(store: SQLiteStore) -> None:
+    config = Config(proxy_upstream=f"127.0.0.1:{free_port()}")
+    refused = mail_from(("192.0.2.7", 5000), config, store, auth=False, null=True)
+    assert refused.startswith("554 5.7.1")
+    assert mail_from(("192.0.2.7", 5000), config, store, auth=True, null=True).startswith("451")
 
 
 def test_client_auth_over_starttls(

@@ -82,6 +82,33 @@ def test_new_store_has_current_schema_and_reopening_is_a_no_op(tmp_path: Path) -
     second.close_all()
 
 
+def test_store_of_schema_2_gains_campaign_status(tmp_path: Path) -> None:
+    # A store written before campaign-wide stops existed keeps its data; its campaigns are
+    # active, and a campaign can then be stopped as a whole.
+    from replytrack.store.sqlite import MIGRATIONS
+
+    path = tmp_path / "rt.db"
+    with sqlite3.connect(path) as conn:
+        for migration in MIGRATIONS[:2]:
+            conn.executescript(migration)
+        conn.execute(
+            "INSERT INTO campaigns (campaign, created_at) VALUES ('old', 1.0)",
+        )
+        conn.execute("PRAGMA user_version = 2")
+    store = SQLiteStore(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    (stats,) = store.campaign_stats("old")
+    assert (stats.status, stats.reason) == ("active", None)
+    store.record_event(
+        Event(kind="stopped", created_at=2.0, campaign="old", actor="ops", detail={"reason": "r"}),
+        campaign_status="stopped",
+    )
+    (stats,) = store.campaign_stats("old")
+    assert (stats.status, stats.reason) == ("stopped", "r")
+    assert store.blocked_enrollments("old", ["x@y.org"])["x@y.org"].updated_by == "ops"
+    store.close_all()
+
+
 def test_store_from_a_newer_replytrack_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "rt.db"
     SQLiteStore(path).close_all()

@@ -379,8 +379,10 @@ QUOTE_MARKERS = re.compile(
 )
 
 
-def _top_level_branches(source: str) -> list[str]:
-    """The alternatives of a pattern's outermost ``|`` (outside groups and classes)."""
+def _top_level(source: str) -> tuple[list[str], int | None]:
+    """Split ``source`` at its outermost ``|`` (outside groups and classes), up to the
+    ``)`` that closes the level it starts in; also return that ``)``'s index (None
+    when the text runs out first)."""
     branches: list[str] = []
     depth = 0
     in_class = False
@@ -400,13 +402,43 @@ def _top_level_branches(source: str) -> list[str]:
         elif char == "(":
             depth += 1
         elif char == ")":
+            if depth == 0:
+                branches.append(source[start:index])
+                return branches, index
             depth -= 1
         elif char == "|" and depth == 0:
             branches.append(source[start:index])
             start = index + 1
         index += 1
     branches.append(source[start:])
-    return branches
+    return branches, None
+
+
+def _top_level_branches(source: str) -> list[str]:
+    """The alternatives of a pattern's outermost ``|``."""
+    return _top_level(source)[0]
+
+
+def _screen_sources(source: str) -> list[str]:
+    """Alternatives whose union matches wherever ``source`` does, each opening with a
+    literal when that can be arranged: "\\b(?:i am|i'm) away" becomes "i am away" and
+    "i'm away" (dropping a \\b only widens a screen; distributing a leading
+    group over the rest of the branch keeps its meaning)."""
+    out: list[str] = []
+    for branch in _top_level_branches(source):
+        bare = branch[2:] if branch.startswith("\\b") else branch
+        if bare.startswith("(?:"):
+            alternatives, end = _top_level(bare[3:])
+            if end is not None:
+                rest = bare[3 + end + 1 :]
+                expanded = [alt + rest for alt in alternatives]
+                if rest[:1] not in ("*", "+", "?", "{") and all(
+                    alt[:1].isalpha() for alt in expanded
+                ):
+                    out.extend(expanded)
+                    continue
+        out.append(bare)
+    return out
 
 
 class PhraseSet:
@@ -426,14 +458,8 @@ class PhraseSet:
         literal: list[str] = []
         other: list[str] = []
         for _, pattern in table:
-            for source in _top_level_branches(pattern.pattern):
-                # A leading \b hides the literal that follows from re's prefix scan;
-                # a screen may match more than the pattern (never less), so it goes.
-                bare = source[2:] if source.startswith("\\b") else source
-                if bare[:1].isalpha():
-                    literal.append(bare)
-                else:
-                    other.append(source)
+            for source in _screen_sources(pattern.pattern):
+                (literal if source[:1].isalpha() else other).append(source)
         self._screens = [re.compile(source, re.U | re.S) for source in literal]
         if other:
             joined = "|".join(f"(?:{source})" for source in other)

@@ -416,32 +416,38 @@ _REPORT_ARCHIVE = (
 
 
 def feedback_report(ctx: Context) -> Finding | None:
-    """Abuse feedback (ARF), DMARC aggregate and TLS reports."""
+    """Abuse feedback (ARF), DMARC aggregate and TLS reports.
+
+    The returned mail's IDs are read only once a report is recognised: this detector
+    runs on every mail, and most mail is none.
+    """
     ctype = ctx.view.content_type
     report_type = (ctype.params.get("report-type") or "").lower()
-    ids = _returned_ids(ctx)
     if (ctype.mime == "multipart/report" and report_type == "feedback-report") or any(
         not p.returned for p in ctx.view.parts_of("message/feedback-report")
     ):
         return Finding(
-            "feedback", "arf", ["content-type:multipart/report;report-type=feedback-report"], ids
+            "feedback",
+            "arf",
+            ["content-type:multipart/report;report-type=feedback-report"],
+            _returned_ids(ctx),
         )
     if (
         report_type == "tlsrpt"
         or ctx.headers.get("TLS-Report-Domain")
         or any(p.content_type.mime.startswith("application/tlsrpt") for p in ctx.view.parts)
     ):
-        return Finding("feedback", "tlsrpt", ["report:tlsrpt"], ids)
+        return Finding("feedback", "tlsrpt", ["report:tlsrpt"], _returned_ids(ctx))
     archives = ctype.mime in _REPORT_ARCHIVE or any(
         p.content_type.mime in _REPORT_ARCHIVE for p in ctx.view.parts
     )
     if _DMARC_SUBJECT.search(ctx.subject) and (archives or not ctx.view.body_seen):
-        return Finding("feedback", "dmarc", ["subject:dmarc-aggregate-report"], ids)
+        return Finding("feedback", "dmarc", ["subject:dmarc-aggregate-report"], _returned_ids(ctx))
     # Microsoft's junk-mail reporting programme (JMRP) attaches the reported mail
     # with its own X-HmXmrOriginalRecipient header.
     for part in ctx.view.parts_of("message/rfc822"):
         if "X-HmXmrOriginalRecipient" in part.headers:
-            return Finding("feedback", "arf", ["part:jmrp-report"], ids)
+            return Finding("feedback", "arf", ["part:jmrp-report"], _returned_ids(ctx))
     return None
 
 

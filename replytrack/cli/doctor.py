@@ -422,8 +422,7 @@ def check_journal(config: Config) -> list[Finding]:
                 WARN,
                 "journal",
                 f"{backlog} inbound verdict(s) journaled in {path} not yet written to the store",
-                "make sure the store is writable and the milter is running: it replays the"
-                " journal",
+                "make sure the store is writable and the milter is running: it replays the journal",
             )
         ]
     return [Finding(OK, "journal", "no journal backlog")]

@@ -152,6 +152,10 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
     # recorded here, and the outbox lease keeps a second sender (proxy, `replytrack notify`)
     # from delivering the same row twice.
     sender = notify.start_sender_thread(config, store)
+    # dateparser loads its language data on first use; do that now, off the mail path.
+    from replytrack.classify import dates
+
+    threading.Thread(target=dates.warm_up, name="replytrack-warmup", daemon=True).start()
     if config.milter_socket.startswith(("unix:", "local:")):
         path = Path(config.milter_socket.partition(":")[2])
         with contextlib.suppress(FileNotFoundError):

@@ -595,3 +595,68 @@ def test_close_all_closes_the_connections_of_other_threads(tmp_path: Path) -> No
     assert wal_handles() >= 4
     store.close_all()
     assert wal_handles() == 0
+
+
+# --- Message-ID lookup keys (schema 4) ----------------------------------------------------------
+
+
+def test_store_of_schema_3_gains_lookup_keys_for_its_mails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store recorded before message_keys existed upgrades in several short batches, and
+    # replies to its old mails (stamped or client ID) still match afterwards.
+    from replytrack.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BACKFILL_BATCH", 7)
+    path = tmp_path / "rt.db"
+    with sqlite3.connect(path) as conn:
+        for migration in sqlite_store.MIGRATIONS[:3]:
+            conn.executescript(migration)
+        conn.execute("PRAGMA user_version = 3")
+    # Rows written as schema 3 wrote them: no keys. Ids have a gap, as after a prune.
+    with sqlite3.connect(path) as conn:
+        for i in [*range(1, 20), *range(40, 50)]:
+            conn.execute(
+                "INSERT INTO messages (id, message_id, original_message_id, sender, created_at,"
+                " status) VALUES (?, ?, ?, 's@x', ?, 'relayed')",
+                (i, f"old{i}@ours", f"mua{i}@client" if i % 2 else None, NOW + i),
+            )
+    store = SQLiteStore(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert raw(store, "SELECT count(*) FROM message_keys")[0][0] == 29 + 15
+    found = store.find_sent(["old1@ours", "mua3@client", "old49@ours", "mua4@client"])
+    assert [m.message_id for m in found] == ["old49@ours", "old3@ours", "old1@ours"]
+    store.record_outbound(outbound("new@ours", original="mua-new@client"))
+    assert [m.message_id for m in store.find_sent(["mua-new@client"])] == ["new@ours"]
+    store.close_all()
+
+
+def test_lookup_keys_that_collide_never_match_the_wrong_mail(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every ID hashed to the same key: the lookup must still compare the real IDs.
+    from replytrack.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "message_key", lambda message_id: 42)
+    store.record_outbound(outbound("a@ours", original="a@client"))
+    store.record_outbound(outbound("b@ours", original="b@client"))
+    assert [m.message_id for m in store.find_sent(["b@client"])] == ["b@ours"]
+    assert [m.message_id for m in store.find_sent(["a@ours", "x@elsewhere"])] == ["a@ours"]
+    assert store.find_sent(["x@elsewhere"]) == []
+
+
+def test_two_mails_with_the_same_client_id_both_match(store: SQLiteStore) -> None:
+    # A client that resends with its original Message-ID: a reply belongs to both mails.
+    store.record_outbound(outbound("first@ours", original="same@client", created_at=NOW))
+    store.record_outbound(outbound("second@ours", original="same@client", created_at=NOW + 1))
+    found = store.find_sent(["same@client"])
+    assert [m.message_id for m in found] == ["second@ours", "first@ours"]
+
+
+def test_prune_drops_the_lookup_keys_of_pruned_mails(store: SQLiteStore) -> None:
+    store.record_outbound(outbound("old@ours", original="old@client", created_at=NOW))
+    store.record_outbound(outbound("new@ours", original="new@client", created_at=NOW + 100))
+    store.prune(NOW + 50)
+    keys = {r[0] for r in raw(store, "SELECT message FROM message_keys")}
+    assert keys == {store.find_sent(["new@ours"])[0].id}
+    assert store.find_sent(["old@ours", "old@client"]) == []

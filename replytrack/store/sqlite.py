@@ -9,6 +9,7 @@ The schema is versioned: ``MIGRATIONS[n]`` brings a store from version n to n + 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import sqlite3
@@ -152,9 +153,52 @@ MIGRATIONS: list[str] = [
     ALTER TABLE campaigns ADD COLUMN updated_at REAL;
     ALTER TABLE campaigns ADD COLUMN updated_by TEXT;
     """,
+    # 3 -> 4: Message-ID lookups through a narrow table keyed by a 64-bit hash of each ID
+    # (stamped and original), so that a lookup descends one small b-tree whose upper pages
+    # stay cached, instead of two wide text indexes. Rows already recorded are added by
+    # _backfill_message_keys before the version is bumped.
+    """
+    CREATE TABLE IF NOT EXISTS message_keys (
+        key INTEGER NOT NULL,
+        message INTEGER NOT NULL,
+        PRIMARY KEY (key, message)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Messages per backfill transaction: short enough that a proxy waiting for the write lock
+# stays well inside its busy timeout while an old store upgrades.
+_BACKFILL_BATCH = 50_000
+
+# Each connection's page cache in KiB (negative cache_size). The default 2 MB holds too
+# few of the upper b-tree pages of a store with millions of mails, so every lookup re-reads
+# them from the OS; 64 MB keeps them (and many leaves) resident.
+_CACHE_KIB = 65536
+
+
+def message_key(message_id: str) -> int:
+    """The 64-bit lookup key of a (storable) Message-ID: the first 8 bytes of its BLAKE2b.
+
+    Two IDs may share a key; lookups compare the real IDs on the message row, so a
+    collision costs one extra row read, never a wrong match.
+    """
+    digest = hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def _sql_message_key(message_id: str | None) -> int | None:
+    """``message_key`` for SQL (``rt_message_key``); NULL for a missing ID."""
+    return None if message_id is None else message_key(message_id)
+
+
+# Keys of message rows, for the backfill and for dropping the keys of pruned messages.
+_KEYS_OF_MESSAGES = (
+    "SELECT rt_message_key(message_id) AS key, id AS message FROM messages WHERE {where}"
+    " UNION ALL SELECT rt_message_key(original_message_id), id FROM messages"
+    " WHERE ({where}) AND original_message_id IS NOT NULL"
+)
 
 
 def _row_to_enrollment(row: sqlite3.Row | dict[str, Any]) -> Enrollment:
@@ -246,6 +290,8 @@ class SQLiteStore(Store):
         # Bumped when a connection broke (I/O or read-only error): every thread then opens
         # a fresh connection on its next call instead of reusing a stale one.
         self._generation = 0
+        # How far the 3 -> 4 backfill of message_keys got (message ids up to this).
+        self._backfilled = 0
         if not self.path.exists() and not create:
             raise StoreError(f"store {self.path} does not exist (run `replytrack init`)")
         if create and not readonly:
@@ -278,6 +324,8 @@ class SQLiteStore(Store):
                 # behind our 250); only a power cut can lose the last commits.
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+            conn.create_function("rt_message_key", 1, _sql_message_key, deterministic=True)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         return conn
@@ -368,6 +416,8 @@ class SQLiteStore(Store):
                 f" ({SCHEMA_VERSION}); upgrade replytrack"
             )
         for version in range(current, SCHEMA_VERSION):
+            if version == 3:
+                self._backfill_message_keys()
             with self.write() as conn:
                 # Another process may have migrated while we waited for the lock.
                 if int(conn.execute("PRAGMA user_version").fetchone()[0]) != version:
@@ -375,8 +425,47 @@ class SQLiteStore(Store):
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                if version == 3:
+                    # Mails recorded (by an older replytrack) during the batches.
+                    self._add_message_keys(conn, self._backfilled)
                 conn.execute(f"PRAGMA user_version = {version + 1}")
             log.info("store %s migrated to schema %d", self.path, version + 1)
+
+    def _add_message_keys(self, conn: sqlite3.Connection, after: int, upto: int = -1) -> int:
+        """Add the keys of messages with ``after < id <= upto`` (no upper bound when -1)."""
+        where = f"id > {int(after)}" + (f" AND id <= {int(upto)}" if upto >= 0 else "")
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO message_keys (key, message) "
+            + _KEYS_OF_MESSAGES.format(where=where)
+        )
+        return int(cur.rowcount)
+
+    def _backfill_message_keys(self) -> None:
+        """Create message_keys and fill it from recorded mails, one short transaction a batch.
+
+        The version stays 3 until the last batch, which runs in the same transaction as the
+        bump, so no reader ever sees schema 4 with keys missing. A run cut short is simply
+        redone (INSERT OR IGNORE).
+        """
+        self._backfilled = 0
+        with self.write() as conn:
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) != 3:
+                return
+            conn.execute(MIGRATIONS[3])
+            top = int(conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+        started = time.monotonic()
+        while self._backfilled < top:
+            upto = self._backfilled + _BACKFILL_BATCH
+            with self.write() as conn:
+                self._add_message_keys(conn, self._backfilled, upto)
+            self._backfilled = upto
+        if top:
+            log.info(
+                "store %s: message keys of %d mails added in %.1f s",
+                self.path,
+                top,
+                time.monotonic() - started,
+            )
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -457,6 +546,14 @@ class SQLiteStore(Store):
                 ),
             )
             pk = int(cur.lastrowid or 0)
+            conn.executemany(
+                "INSERT OR IGNORE INTO message_keys (key, message) VALUES (?, ?)",
+                [
+                    (message_key(mid), pk)
+                    for mid in (record.message_id, record.original_message_id)
+                    if mid is not None
+                ],
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO recipients (message, address, role, envelope, status,"
                 " reason) VALUES (?,?,?,?,?,?)",
@@ -554,16 +651,21 @@ class SQLiteStore(Store):
         ]
 
     def find_sent(self, message_ids: Sequence[str]) -> list[SentMessage]:
-        ids = list(dict.fromkeys(message_ids))
+        wanted = {_text(m) for m in message_ids}
+        keys = sorted({message_key(m) for m in wanted})
         rows: dict[int, sqlite3.Row] = {}
-        for chunk in _chunks(ids):
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
+            # One descent of message_keys per ID; the message rows are read for hits only.
             for row in self._query(
-                f"SELECT * FROM messages WHERE message_id IN ({marks})"
-                f" UNION SELECT * FROM messages WHERE original_message_id IN ({marks})",
-                [*chunk, *chunk],
+                "SELECT * FROM messages WHERE id IN"
+                f" (SELECT message FROM message_keys WHERE key IN ({marks}))",
+                chunk,
             ):
-                rows[row["id"]] = row
+                # Two IDs can share a key: only rows that carry a wanted ID match.
+                if row["message_id"] in wanted or row["original_message_id"] in wanted:
+                    rows[row["id"]] = row
         ordered = sorted(rows.values(), key=lambda r: r["created_at"], reverse=True)
         return self._messages_from_rows(ordered)
 
@@ -887,6 +989,13 @@ class SQLiteStore(Store):
         }
         counts: dict[str, int] = {}
         with self.write() as conn:
+            if not dry_run:
+                # The lookup keys of the mails about to go (found by key, not by a scan).
+                conn.execute(
+                    "DELETE FROM message_keys WHERE (key, message) IN ("
+                    + _KEYS_OF_MESSAGES.format(where=targets["messages"][1])
+                    + ")"
+                )
             # Outbox rows first: deleting their events would cascade and hide the count.
             for name in ("outbox", "events", "messages"):
                 table, where = targets[name]

@@ -19,10 +19,12 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
 
 from replytrack.config import Config, parse_hostport
 
@@ -33,6 +35,60 @@ log = logging.getLogger(__name__)
 IDLE_SECONDS = 20.0
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}( |$)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+# Every line ending the wire may carry: CRLF, and a bare LF or a bare CR, which go out as
+# CRLF (as aiosmtplib does). Sending them bare would let a client smuggle an end of DATA
+# ("<LF>.<LF>", "<CR>.<CR>") past an upstream that reads them as line ends.
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+# How much of the body is encoded and handed to the transport at a time.
+DATA_CHUNK = 256 * 1024
+# Writing the message ourselves uses two things aiosmtplib keeps private: the flag that
+# makes its protocol keep a reply arriving while we write, and its drain. Without them
+# (a future aiosmtplib), the whole message goes through SMTP.data() as one value.
+_CAN_STREAM = hasattr(SMTPProtocol, "_drain_helper")
+
+
+def data_chunks(
+    head: bytes, source: bytes | bytearray, body_start: int, *, chunk: int = DATA_CHUNK
+) -> Iterator[bytes]:
+    """The DATA payload for ``head`` + ``source[body_start:]``, in pieces of about ``chunk``.
+
+    Joined, the pieces are exactly what RFC 5321 transparency asks for: every line end
+    (CRLF, bare LF, bare CR) sent as CRLF, a "." added before each line starting with ".",
+    a final CRLF if the message lacks one, then the ending ".<CRLF>". The body is cut just
+    after an LF, so each piece starts at a line start and no CR/LF pair is split: encoding
+    the pieces one by one gives the same bytes as encoding the whole message at once.
+    """
+    last = b""
+    pieces: Iterator[bytes | memoryview] = _line_cut(head, source, body_start, chunk)
+    for piece in pieces:
+        encoded = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", piece))
+        if encoded:
+            last = encoded
+            yield encoded
+    yield b".\r\n" if last.endswith(b"\r\n") else b"\r\n.\r\n"
+
+
+def _line_cut(
+    head: bytes, source: bytes | bytearray, body_start: int, chunk: int
+) -> Iterator[bytes | memoryview]:
+    if head:
+        yield head
+        if not head.endswith(b"\n"):
+            # Not produced by stamp() (its header block ends with a line end); joining
+            # keeps the piece-by-piece encoding exact.
+            raise ValueError("the header block must end with a line end")
+    view = memoryview(source)
+    start, end = body_start, len(source)
+    while start < end:
+        stop = min(start + chunk, end)
+        if stop < end:
+            cut = source.rfind(b"\n", start, stop)
+            if cut < 0:
+                cut = source.find(b"\n", stop, end)
+            stop = end if cut < 0 else cut + 1
+        yield view[start:stop]
+        start = stop
 
 
 def format_reply(code: int, message: str) -> str:
@@ -170,14 +226,54 @@ class Upstream:
         response = await self._command(b"RCPT", path, [], (250, 251))
         return format_reply(response.code, response.message)
 
-    async def data(self, message: bytes) -> str:
-        """DATA with the message; returns the upstream's reply, raises RelayError."""
+    async def data(self, head: bytes, source: bytes | bytearray, body_start: int) -> str:
+        """DATA with ``head`` + ``source[body_start:]``; returns the upstream's reply.
+
+        The message is encoded and written a piece at a time, waiting for the transport to
+        drain between pieces, so at most a piece or two of it exist twice in memory; the
+        timeout applies to each wait. Raises RelayError with the reply for the client.
+        """
         try:
-            response = await self.client.data(message)
+            if _CAN_STREAM and hasattr(self.client.protocol, "_response_pending"):
+                response = await self._stream_data(head, source, body_start)
+            else:  # pragma: no cover - only with an aiosmtplib lacking what we use
+                response = await self.client.data(head + bytes(memoryview(source)[body_start:]))
         except Exception as exc:
             raise _translate(exc, "DATA") from exc
         self.transactions += 1
         return format_reply(response.code, response.message)
+
+    async def _stream_data(
+        self, head: bytes, source: bytes | bytearray, body_start: int
+    ) -> aiosmtplib.SMTPResponse:
+        client = self.client
+        timeout = client.timeout
+        try:
+            start = await client.execute_command(b"DATA")
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol = client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            # A reply the upstream sends before we finish (a refusal, then a close) is kept
+            # for read_response below instead of being dropped as unsolicited.
+            protocol._response_pending = True
+            for piece in data_chunks(head, source, body_start):
+                protocol.write(piece)
+                await asyncio.wait_for(protocol._drain_helper(), timeout)
+            response = await protocol.read_response(timeout=timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError):
+            # What was written of the message cannot be taken back: the connection is done.
+            client.close()
+            raise
+        except aiosmtplib.SMTPDataError:
+            raise
+        except Exception:
+            client.close()
+            raise
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
     async def rset(self) -> bool:
         """RSET; False when the connection is not fit for another transaction."""

@@ -24,7 +24,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, _AuthMechAttr
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    _AuthMechAttr,
+)
 
 from replytrack import metrics
 from replytrack.config import Config, ConfigError, parse_hostport
@@ -343,6 +351,82 @@ class ProxySMTP(NullSenderSMTP):
             return
         await super().smtp_RCPT(arg)
 
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA, received into one growing buffer instead of a list of lines.
+
+        aiosmtpd keeps every line of the mail as its own bytearray and joins them at the
+        end, so a 25 MB mail of short lines briefly costs about three times its size. This
+        reads it the same way (lines end at CRLF only, the end is a lone ".<CRLF>", a
+        leading "." is removed, the size and line limits answered only after the end) into
+        a single bytearray, handed to handle_DATA as ``envelope.original_content``.
+        """
+        if self._decode_data or "DATA" not in self._handle_hooks:
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content = bytearray()
+        received = 0
+        limit = self.data_size_limit
+        # A line longer than the reader's limit arrives in pieces; until its CRLF comes, a
+        # ".<CRLF>" is the end of that line, not the end of the mail.
+        mid_line = False
+        refusal: str | None = None
+        ended = False
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                # Drop what we have (memory) and read on to the end of the mail anyway:
+                # RFC 5321 4.2.5 has the reply wait until the client finished sending.
+                content = bytearray()
+                await self._reader.read(exc.consumed)
+                mid_line = True
+                continue
+            if line == b".\r\n" and not mid_line:
+                ended = True
+                break
+            mid_line = False
+            received += len(line)
+            if refusal is None and limit and received > limit:
+                refusal = "552 Error: Too much mail data"
+                content = bytearray()
+            if refusal is None:
+                if len(line) > self.line_length_limit:
+                    refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
+                    content = bytearray()
+                elif line.startswith(b"."):
+                    content += memoryview(line)[1:]
+                else:
+                    content += line
+        if not ended:
+            # The connection went away before the end of the mail: nothing to answer.
+            return
+        if refusal is not None:
+            await self.push(refusal)
+            self._set_post_data_state()
+            return
+        # A bytearray where aiosmtpd puts bytes: ours is the only handler, and it reads the
+        # mail through the buffer protocol, so the received mail is never copied to bytes.
+        self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
+        del content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
     def _create_session(self) -> ProxySession:
         return ProxySession(self.loop)
 
@@ -596,7 +680,7 @@ class ProxyHandler:
             sender=normalize_address(reverse_path(envelope)),
             from_address=stamped.from_address,
             subject=stamped.subject,
-            size=len(stamped.data),
+            size=stamped.size,
             status="relaying",
             recipients=recipients,
             created_at=time.time(),
@@ -639,7 +723,7 @@ class ProxyHandler:
             return S451_STORE, "tempfail"
 
         try:
-            upstream_reply = await upstream.data(stamped.data)
+            upstream_reply = await upstream.data(stamped.head, stamped.source, stamped.body_start)
         except RelayError as exc:
             if exc.broken:
                 upstream.close()

@@ -11,6 +11,10 @@ we minted, and returns the bytes to relay plus what must be recorded:
   other ``X-ReplyTrack*`` field (the inbound verdict header must never leave with our mail);
 - the body and every other header byte stay exactly as they were.
 
+Only the header block is rebuilt: :class:`Stamped` holds the new header block (ending with
+the empty line) and a view of the body inside the client's own bytes, so a 25 MB mail is
+not copied to be stamped. ``Stamped.data`` joins the two for callers that want one value.
+
 Bad metadata (a campaign id that is empty, too long or not printable, a step that is not a
 non-negative integer, conflicting repeated values) raises :class:`MetadataError`; the proxy
 rejects such mail with ``550 5.6.0`` so the sending engine learns at once that its campaign
@@ -29,7 +33,6 @@ from replytrack.headers import (
     extract_addresses,
     extract_msgids,
     parse_fields,
-    split_message,
 )
 
 CAMPAIGN_HEADER = "X-ReplyTrack-Campaign"
@@ -38,6 +41,9 @@ ORIGINAL_HEADER = "X-Original-Message-ID"
 META_PREFIX = "X-ReplyTrack"
 MAX_CAMPAIGN_CHARS = 200
 _STEP = re.compile(r"\d{1,9}")
+# The end of the header block, as replytrack.headers.split_message finds it: the line end
+# followed by the empty line.
+_HEADER_END = re.compile(rb"\r?\n(?=\r?\n)")
 
 
 class MetadataError(ValueError):
@@ -46,9 +52,15 @@ class MetadataError(ValueError):
 
 @dataclass(frozen=True)
 class Stamped:
-    """A stamped message and what the proxy records about it."""
+    """A stamped message and what the proxy records about it.
 
-    data: bytes
+    The message to relay is ``head`` followed by ``source[body_start:]``: the rebuilt
+    header block (with the empty line that ends it) and the client's body, not copied.
+    """
+
+    head: bytes
+    source: bytes | bytearray
+    body_start: int
     message_id: str
     original_message_id: str | None
     campaign: str | None
@@ -57,6 +69,39 @@ class Stamped:
     cc: tuple[str, ...]
     from_address: str | None
     subject: str | None
+
+    @property
+    def body(self) -> memoryview:
+        """The body, a view into the client's bytes (no copy)."""
+        return memoryview(self.source)[self.body_start :]
+
+    @property
+    def size(self) -> int:
+        """The size of the stamped message in bytes."""
+        return len(self.head) + len(self.source) - self.body_start
+
+    @property
+    def data(self) -> bytes:
+        """The whole stamped message as one bytes value (a copy; tests and small mail)."""
+        return self.head + bytes(self.body)
+
+
+def header_end(data: bytes | bytearray) -> tuple[int, int]:
+    """Where the header block ends and where the body starts in ``data``.
+
+    ``data[:header]`` is the header block as ``split_message`` returns it, ``data[header:
+    body]`` the empty line between header and body (empty when there is none) and
+    ``data[body:]`` the body. Nothing is copied.
+    """
+    if data.startswith(b"\r\n"):
+        return 0, 2
+    if data.startswith(b"\n"):
+        return 0, 1
+    match = _HEADER_END.search(data)
+    if match is None:
+        return len(data), len(data)
+    end = match.end()
+    return end, end + (2 if data[end : end + 1] == b"\r" else 1)
 
 
 def _single(fields: list[Field], name: str) -> str | None:
@@ -87,12 +132,17 @@ def _decode_subject(value: str) -> str:
         return value
 
 
-def stamp(data: bytes, message_id: str) -> Stamped:
+def stamp(data: bytes | bytearray, message_id: str) -> Stamped:
     """Stamp ``message_id`` (``token@domain``, no brackets) on ``data``; see the module doc.
 
-    Raises :class:`MetadataError` for unusable X-ReplyTrack-* values.
+    ``data`` is not copied: the result refers to its body, so it must not be changed
+    afterwards. Raises :class:`MetadataError` for unusable X-ReplyTrack-* values.
     """
-    header, _ = split_message(data)
+    header_stop, body_start = header_end(data)
+    # Header block plus the empty line: editing this gives the same bytes as editing the
+    # whole message, whose rest would only be carried along unchanged.
+    prefix = bytes(data[:body_start])
+    header = prefix[:header_stop]
     fields = parse_fields(header)
     campaign_text = _single(fields, CAMPAIGN_HEADER)
     step_text = _single(fields, STEP_HEADER)
@@ -116,8 +166,8 @@ def stamp(data: bytes, message_id: str) -> Stamped:
     add = [("Message-ID", f"<{message_id}>")]
     if original is not None:
         add.append((ORIGINAL_HEADER, f"<{original}>"))
-    new_data, _ = edit_header(
-        data,
+    head, _ = edit_header(
+        prefix,
         remove=("Message-ID", ORIGINAL_HEADER),
         remove_prefixes=(META_PREFIX,),
         add=add,
@@ -130,7 +180,9 @@ def stamp(data: bytes, message_id: str) -> Stamped:
     senders = extract_addresses(values("From"), limit=1)
     subjects = values("Subject")
     return Stamped(
-        data=new_data,
+        head=head,
+        source=data,
+        body_start=body_start,
         message_id=message_id,
         original_message_id=original,
         campaign=campaign,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replytrack.headers import parse_fields, split_message
+from replytrack.headers import edit_header, parse_fields, split_message
 from replytrack.proxy.stamp import MetadataError, stamp
 
 OURS = "1abcdefgh@track.example.com"
@@ -149,3 +149,31 @@ def test_stamp_properties(data: bytes) -> None:
         if f.name.lower() not in ("message-id", "x-original-message-id")
     ]
     assert [r.rstrip(b"\r\n") for r in out_fields] == [r.rstrip(b"\r\n") for r in kept]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        messages(),
+        st.lists(
+            st.sampled_from([b"\r\n", b"\n", b"\r", b"To: a@b.test", b"Message-ID: <m@x>", b"x"]),
+            max_size=12,
+        ).map(b"".join),
+    )
+)
+def test_stamp_rebuilds_only_the_header_block(data: bytes) -> None:
+    # The proxy relays head + body (a view of the client's bytes, never copied); that must
+    # be exactly what editing the whole message gives, for any split of header and body.
+    out = stamp(bytearray(data), OURS)
+    add = [("Message-ID", f"<{OURS}>")]
+    if out.original_message_id is not None:
+        add.append(("X-Original-Message-ID", f"<{out.original_message_id}>"))
+    whole, _ = edit_header(
+        data,
+        remove=("Message-ID", "X-Original-Message-ID"),
+        remove_prefixes=("X-ReplyTrack",),
+        add=add,
+    )
+    assert out.data == whole
+    assert out.size == len(whole)
+    assert bytes(out.body) == data[out.body_start :]

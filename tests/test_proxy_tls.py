@@ -57,6 +57,26 @@ def test_starttls_required_and_offered(
     assert store.messages()[0].status == "relayed"
 
 
+def test_big_mail_over_starttls_arrives_whole(
+    start_proxy, tls_context: ssl.SSLContext, certificate: tuple[Path, Path]
+) -> None:
+    # Several MB go upstream a piece at a time, waiting on the TLS transport between
+    # pieces; every byte must arrive, dotted lines included.
+    body = b"".join(b".line %d " % i + b"z" * (i % 70) + b"\r\n" for i in range(60000))
+    mail = b"From: a@example.org\r\nTo: b@example.net\r\n\r\n" + body
+    with RecordingUpstream(tls_context=tls_context) as tls_upstream:
+        proxy = start_proxy(
+            tls_upstream.address,
+            proxy_upstream_tls="starttls",
+            proxy_upstream_ca_file=str(certificate[0]),
+        )
+        with smtplib.SMTP("127.0.0.1", proxy.port) as client:
+            client.sendmail("a@example.org", ["b@example.net"], mail)
+        [got] = tls_upstream.received
+    assert got.tls
+    assert got.data.endswith(b"\r\n\r\n" + body)
+
+
 def test_starttls_required_but_not_offered_means_451_and_no_relay(
     start_proxy, upstream: RecordingUpstream, store: SQLiteStore
 ) -> None:

@@ -172,11 +172,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # stays well inside its busy timeout while an old store upgrades.
 _BACKFILL_BATCH = 50_000
 
-# Each connection's page cache in KiB (negative cache_size). The default 2 MB holds too
-# few of the upper b-tree pages of a store with millions of mails, so every lookup re-reads
-# them from the OS; 64 MB keeps them (and many leaves) resident.
-_CACHE_KIB = 65536
-
 
 def message_key(message_id: str) -> int:
     """The 64-bit lookup key of a (storable) Message-ID: the first 8 bytes of its BLAKE2b.
@@ -324,7 +319,6 @@ class SQLiteStore(Store):
                 # behind our 250); only a power cut can lose the last commits.
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             conn.create_function("rt_message_key", 1, _sql_message_key, deterministic=True)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc

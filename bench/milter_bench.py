@@ -168,6 +168,66 @@ main()
 """
 
 
+# ``replytrack milter`` over TCP with a different negotiation, for choosing one by
+# measurement: argv[1] names the callbacks to answer (``reply=envfrom+envrcpt+header``),
+# to drop (``skip=envrcpt``) or ``nodata`` (DATA not negotiated, the earlier default).
+RT_VARIANT = r"""
+import sys, Milter
+from replytrack.milter import adapter
+spec = sys.argv.pop(1)
+base = adapter.ReplyTrackMilterTCP
+ns = {}
+for part in spec.split(","):
+    what, _, names = part.partition("=")
+    for name in filter(None, names.split("+")):
+        parent = getattr(base, name)
+        if what == "reply":
+            def answered(self, *a, _p=parent):
+                return _p(self, *a)
+            answered.__name__ = name
+            ns[name] = answered
+        elif what == "skip":
+            def skipped(self, *a):
+                return Milter.CONTINUE
+            skipped.__name__ = name
+            ns[name] = Milter.nocallback(skipped)
+    if what == "nodata":
+        ns["data"] = adapter.ReplyTrackMilter.data
+Variant = type("Variant", (base,), ns)
+# pymilter caches the mask on each class and reads it through inheritance: hide the
+# parents' caches while computing ours.
+saved = {c: c.__dict__["_protocol_mask"] for c in base.__mro__ if "_protocol_mask" in c.__dict__}
+for c in saved:
+    del c._protocol_mask
+Variant.protocol_mask()
+for c, mask in saved.items():
+    c._protocol_mask = mask
+real_install = adapter.install
+def install(engine, journal, *, tcp=False):
+    real_install(engine, journal, tcp=tcp)
+    Milter.factory = Variant
+adapter.install = install
+from replytrack.cli import main
+main()
+"""
+LABELS = {
+    "none": "no milter",
+    "noop": "no-op (TCP, no DATA)",
+    "noopdata": "no-op (TCP)",
+    "noop-unix": "no-op (unix)",
+    "rt": "replytrack (TCP)",
+    "rt-unix": "replytrack (unix)",
+}
+RT_VARIANTS = {
+    "rtall": "reply=envfrom+envrcpt+header",
+    "rthdr": "reply=header",
+    "rtmr": "reply=envfrom+envrcpt",
+    "rtrcpt": "reply=envrcpt",
+    "rtnorcpt": "skip=envrcpt",
+    "rtnodata": "nodata",
+}
+
+
 def fill_store(db: Path, ids: int) -> None:
     """Record ``ids`` outbound mails (one recipient each) and enroll a fifth of them."""
     SQLiteStore(db).close_all()
@@ -233,6 +293,15 @@ def message_file(path: Path, size: int) -> None:
     path.write_text(header + "\r\n" + body)
 
 
+def process_cpu(pid: int | None) -> int:
+    """CPU ticks (user + system, all threads) used so far by process ``pid`` (0 if none)."""
+    if pid is None:
+        return 0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def cpu_busy() -> int:
     with open("/proc/stat") as stat:
         fields = [int(v) for v in stat.readline().split()[1:]]
@@ -243,8 +312,9 @@ def cpu_busy() -> int:
 class Milters:
     """The milter processes, started once and kept running across rounds."""
 
-    def __init__(self, base: Path, env: dict[str, str]) -> None:
+    def __init__(self, base: Path, env: dict[str, str], sock_dir: Path) -> None:
         self.base = base
+        self.sock_dir = sock_dir
         self.env = env
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.specs: dict[str, str] = {}
@@ -255,7 +325,12 @@ class Milters:
             return self.specs[name]
         kind, _, transport = name.partition("-")
         if transport == "unix":
-            sock_dir = self.base / "sock"
+            # Postfix's smtpd (user postfix) must be able to reach the socket: every
+            # directory on the way has to be traversable. A socket under a 0700 mkdtemp
+            # directory is refused ("Permission denied"), and with default_action=accept
+            # the mail then passes without the milter: it measured "no milter" while
+            # claiming to measure the unix socket.
+            sock_dir = self.sock_dir
             sock_dir.mkdir(exist_ok=True)
             sock_dir.chmod(0o777)
             path = sock_dir / f"{kind}.sock"
@@ -266,6 +341,9 @@ class Milters:
             spec, postfix = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}"
         if kind == "rt":
             command = [sys.executable, "-m", "replytrack", "milter", "--socket", spec]
+        elif kind in RT_VARIANTS:
+            command = [sys.executable, "-c", RT_VARIANT, RT_VARIANTS[kind], "milter"]
+            command += ["--socket", spec]
         elif kind == "rtnull":
             command = [sys.executable, "-c", RT_NULL, "milter", "--socket", spec]
         else:
@@ -336,7 +414,7 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--configs", default="none,noop,rt")
+    parser.add_argument("--configs", default="none,noop,noopdata,rt,rt-unix")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the private Postfix's master runs as root)")
@@ -361,7 +439,7 @@ def main() -> None:
         "REPLYTRACK_CONFIG": "/dev/null",
         "REPLYTRACK_LOG_LEVEL": "warning",
     }
-    milters = Milters(work, env)
+    milters = Milters(work, env, base / "sock")
     lab = PostfixLab(
         base / "postfix",
         mode="discard",
@@ -387,33 +465,57 @@ def main() -> None:
                     time.sleep(1.0)
                     run_source(lab.smtp_port, 20, 5, msg)  # let the new smtpd settle
                     lab.wait_queue_empty(60)
-                    busy0 = cpu_busy()
+                    proc = milters.procs.get(name)
+                    pid = proc.pid if proc else None
+                    log_mark = len(lab.log())
+                    busy0, milter0 = cpu_busy(), process_cpu(pid)
                     elapsed = run_source(lab.smtp_port, args.mails, n_sessions, msg)
                     lab.wait_queue_empty(120)
-                    cpu_ms = (cpu_busy() - busy0) * 1000 / os.sysconf("SC_CLK_TCK") / args.mails
+                    tick_ms = 1000 / os.sysconf("SC_CLK_TCK") / args.mails
+                    cpu_ms = (cpu_busy() - busy0) * tick_ms
+                    milter_ms = (process_cpu(pid) - milter0) * tick_ms
                     rate = args.mails / elapsed
-                    results.setdefault((name, n_sessions), []).append((rate, cpu_ms))
+                    # Postfix falls back to default_action=accept when it cannot talk to
+                    # the milter, which would silently measure "no milter".
+                    missed = lab.log()[log_mark:].count("Milter service")
+                    if name != "none" and missed:
+                        raise SystemExit(
+                            f"{name}: Postfix could not use the milter {missed} times,"
+                            f" see {lab.maillog}"
+                        )
+                    results.setdefault((name, n_sessions), []).append((rate, cpu_ms, milter_ms))
                     print(
                         f"round {round_no + 1} sessions={n_sessions:>3} {name:<10}"
-                        f" {rate:8.1f} mails/s  {cpu_ms:6.2f} CPU ms/mail",
+                        f" {rate:8.1f} mails/s  {cpu_ms:6.2f} CPU ms/mail"
+                        f" (milter {milter_ms:5.2f})",
                         flush=True,
                     )
     finally:
         milters.stop()
         lab.stop()
-    print("\nmedian over rounds; ratio = mails/s relative to no milter, same session count")
+    print(
+        "\nmedian over rounds; ratio = mails/s relative to no milter in the same round and"
+        " session count (median, range); CPU ms/mail machine-wide and the milter process's"
+    )
     for n_sessions in sessions:
-        baseline = statistics.median(r for r, _ in results.get(("none", n_sessions), [(0, 0)]))
+        base_runs = results.get(("none", n_sessions), [])
         for name in configs:
             runs = results.get((name, n_sessions), [])
             if not runs:
                 continue
-            rate = statistics.median(r for r, _ in runs)
-            cpu = statistics.median(c for _, c in runs)
-            ratio = rate / baseline if baseline else float("nan")
+            rate = statistics.median(r for r, _, _ in runs)
+            cpu = statistics.median(c for _, c, _ in runs)
+            milter_cpu = statistics.median(m for _, _, m in runs)
+            ratios = [r / b for (r, _, _), (b, _, _) in zip(runs, base_runs, strict=False) if b]
+            ratio = (
+                f"{statistics.median(ratios):5.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                if ratios
+                else "  n/a"
+            )
+            label = LABELS.get(name, name)
             print(
-                f"sessions={n_sessions:>3} {name:<10} {rate:8.1f} mails/s"
-                f"  {cpu:6.2f} CPU ms/mail  ratio {ratio:5.2f}"
+                f"sessions={n_sessions:>3} {label:<22} {rate:8.1f} mails/s  {cpu:6.2f} CPU ms/mail"
+                f"  milter {milter_cpu:5.2f}  ratio {ratio}"
             )
     if not os.environ.get("REPLYTRACK_PFLAB_KEEP"):
         shutil.rmtree(base, ignore_errors=True)

@@ -12,8 +12,9 @@ Each scenario runs against a fresh ``replytrack proxy`` process (the peak, VmHWM
 * big mails x4: four such mails at once.
 
 For the big mails the table shows how many copies of the mail the growth over the baseline
-amounts to. A proxy that edits headers on the bytes should hold the received mail and its
-stamped copy, not several more; the goal printed is at most 3 copies per mail in flight.
+amounts to. The proxy rebuilds only the header block and streams the body upstream from
+the received bytes, so it should hold about one copy of each mail in flight; the goal
+printed is at most 3.
 """
 
 from __future__ import annotations

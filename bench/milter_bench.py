@@ -35,12 +35,31 @@ Findings (2-core VM, 1 M recorded IDs, 1,000 mails, 3 rounds; see the closing re
   header. Asking for DATA *with* a reply (``noopdata``) removes it: 0.32x -> 0.76x. noreply
   is not the culprit (``noopreply``, answering everything, was as slow), nor the macros
   themselves (emptying Postfix's milter_*_macros did not help).
-- Over a unix socket there is no Nagle and no delayed ACK: the no-op milter and the
-  replytrack milter both ran at 1.0-1.2x (noise) of Postfix without a milter.
-- What remains over TCP (noopdata 0.6-0.8x) is the transport itself (a TCP connection
-  from smtpd to the milter per SMTP session and its handling in libmilter); the replytrack
-  milter adds little to it (rtnull and noopbody show negotiation of body/eom and the
-  adapter cost almost nothing; rt is 0.85-0.9x of noopdata over TCP).
+- Earlier unix-socket figures (1.0-1.2x) were wrong: the socket sat under a 0700 mkdtemp
+  directory, smtpd (user postfix) got "Permission denied", and default_action=accept let
+  the mail through without any milter. The bench now puts sockets where smtpd can reach
+  them, aborts when Postfix logs a milter connect failure, and prints the milter process's
+  own CPU per mail (0.00 would betray a milter that was never called).
+- With DATA answered there is no delayed-ACK stall left over TCP. tcpdump on lo (rt, 200
+  mails at 10 sessions and 400 at 50): 0 pure ACKs from the milter >= 30 ms after the data
+  they acknowledge, 0 SYN retransmissions, no 200 ms gaps; the same script found the
+  known stall in all 200 of 200 mails of ``noop`` (DATA macros -> header macros, median
+  42.6 ms). Every remaining silence >= 30 ms inside a milter connection is smtpd waiting
+  for its SMTP client or for CPU; the milter answers EOH in 0.6 ms median.
+- The remaining cost is CPU, not latency: Postfix alone already keeps both cores busy at
+  10 sessions (1,156 mails/s x 1.69 ms), so the rate ratio is about the ratio of CPU per
+  mail. Measured (1 M IDs, 1,000 mails, 4 rounds): no milter 1.69 ms; no-op pymilter 2.36
+  (its process 0.40); replytrack 2.88 (its process 0.82) -> 0.67x and 0.58x at 10 sessions,
+  0.61x and 0.56x at 50; replytrack over a unix socket 0.61x / 0.61x, about the same as
+  TCP. 0.9x would need the whole milter path (smtpd, cleanup, kernel, milter) to add
+  under 0.2 ms CPU per mail; the no-op pymilter alone adds 0.67 ms.
+- Replying instead of ``noreply`` costs a round trip and CPU per callback and avoids no
+  stall: answering MAIL, RCPT and every header (``rtall``) 0.48x / 0.47x against 0.58x /
+  0.56x. Not asking for RCPT (``rtnorcpt``, P_NORCPT) measured the same as rt (0.59x /
+  0.58x): one noreply command per recipient is not where the time goes.
+- Inside the milter process (pymilter's test context, 200 k IDs): screening 99 us CPU per
+  mail inline, 219 us through the store worker thread (the hand-off alone 54 us); the
+  rest of the 0.4 ms above the no-op milter is libmilter's dispatch of the 13 callbacks.
 - libmilter calls Python from C threads; a ``threading.local`` does not survive between
   callbacks there, so per-thread SQLite connections were opened on every callback and
   leaked (one per mail, measured with /proc/PID/fd). The adapter runs store work on a few

@@ -92,8 +92,12 @@ def test_over_tcp_data_is_answered_to_avoid_the_delayed_ack_stall(store, keyring
     proto = ctx._protocol
     assert not proto & Milter.P_NODATA
     assert not proto & Milter.P_NR_DATA
-    assert proto & Milter.P_NR_HDR and proto & Milter.P_NOCONNECT
-    assert not ctx._protocol & Milter.P_NOEOH
+    # Everything else as over a unix socket: replying to more callbacks only adds round
+    # trips once DATA is answered (measured in bench/milter_bench.py).
+    for noreply in (Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_HDR):
+        assert proto & noreply, hex(noreply)
+    assert proto & Milter.P_NOCONNECT and proto & Milter.P_NOHELO
+    assert not proto & Milter.P_NOEOH and not proto & Milter.P_NR_EOH
 
 
 def test_unrelated_mail_accepted_at_end_of_headers_without_body(store, keyring, milter_for):

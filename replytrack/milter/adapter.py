@@ -281,6 +281,11 @@ class ReplyTrackMilterTCP(ReplyTrackMilter):
     cleanup's first write until that ACK comes: 40 ms per mail, a trivial milter measured
     at a third of Postfix's rate. Answering DATA carries the ACK at once. Over a unix
     socket there is no Nagle and no delayed ACK, so the plain class skips DATA.
+
+    The rest stays as in the plain class, by measurement (bench/milter_bench.py): with DATA
+    answered, tcpdump found no delayed-ACK stall left in any mail, and answering MAIL, RCPT
+    and every header as well only added round trips (0.47x against 0.56x of Postfix
+    alone); not asking for RCPT at all made no measurable difference.
     """
 
     def data(self) -> int:

@@ -18,7 +18,6 @@ Each request carries
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -58,28 +57,9 @@ def verify_signature(secret: str, timestamp: str, body: bytes, signature: str) -
     return hmac.compare_digest(sign(secret, timestamp, body), signature.strip())
 
 
-def _iso(ts: float) -> str:
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
-
-
 def payload(event: Event) -> dict[str, Any]:
     """The JSON document posted for an event (its keys are part of the webhook contract)."""
-    return {
-        "id": event.id,
-        "kind": event.kind,
-        "campaign": event.campaign,
-        "message_id": event.message_id,
-        "inbound_message_id": event.inbound_message_id,
-        "sender": event.sender,
-        "recipient": event.recipient,
-        "relation": event.relation,
-        "evidence": list(event.evidence),
-        "detail": event.detail,
-        "actor": event.actor,
-        "created_at": _iso(event.created_at),
-    }
+    return event.to_json()
 
 
 def backoff(attempts: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:

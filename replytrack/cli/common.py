@@ -20,6 +20,7 @@ import click
 from replytrack import __version__
 from replytrack.config import Config, ConfigError, load_config
 from replytrack.store import Store, StoreError, open_store
+from replytrack.store.base import iso_time
 from replytrack.tokens import KeyFileError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,11 +153,7 @@ def parse_since(value: str | None) -> float | None:
 
 def iso(ts: float | None) -> str | None:
     """A UNIX time as ISO 8601 UTC, seconds precision."""
-    if ts is None:
-        return None
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+    return iso_time(ts)
 
 
 # --- output ----------------------------------------------------------------------------------

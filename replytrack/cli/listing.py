@@ -13,21 +13,7 @@ from replytrack.store.base import ENROLLMENT_STATES, EVENT_KINDS
 
 def event_row(event: Event) -> dict[str, Any]:
     """An event as a row: the JSON keys are part of the CLI contract."""
-    return {
-        "id": event.id,
-        "created_at": iso(event.created_at),
-        "kind": event.kind,
-        "campaign": event.campaign,
-        "message_id": event.message_id,
-        "inbound_message_id": event.inbound_message_id,
-        "sender": event.sender,
-        "recipient": event.recipient,
-        "relation": event.relation,
-        "evidence": list(event.evidence),
-        "detail": event.detail,
-        "queue_id": event.queue_id,
-        "actor": event.actor,
-    }
+    return event.to_json()
 
 
 def campaign_row(stats: CampaignStats) -> dict[str, Any]:

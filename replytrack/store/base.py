@@ -8,6 +8,7 @@ UNIX seconds (float, UTC); addresses are lowercase; Message-IDs carry no angle b
 from __future__ import annotations
 
 import abc
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,14 @@ EVENT_KINDS = (
     "paused",
     "suppressed",
 )
+
+
+def iso_time(ts: float | None) -> str | None:
+    """A UNIX time as ISO 8601 UTC with seconds precision (``2026-11-25T20:06:17Z``)."""
+    if ts is None:
+        return None
+    stamp = dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+    return stamp.replace("+00:00", "Z")
 
 
 class StoreError(Exception):
@@ -125,6 +134,25 @@ class Event:
     queue_id: str | None = None
     actor: str | None = None
     id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as ``replytrack events --json`` prints it and webhooks receive it (the
+        keys are part of both contracts)."""
+        return {
+            "id": self.id,
+            "created_at": iso_time(self.created_at),
+            "kind": self.kind,
+            "campaign": self.campaign,
+            "message_id": self.message_id,
+            "inbound_message_id": self.inbound_message_id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "relation": self.relation,
+            "evidence": list(self.evidence),
+            "detail": self.detail,
+            "queue_id": self.queue_id,
+            "actor": self.actor,
+        }
 
 
 @dataclass(frozen=True)

@@ -190,14 +190,16 @@ def reply_message(workdir: Path, store_db: Path | None) -> Path:
         conn.close()
         if row:
             recorded = row[0]
+    # LF line ends: smtp-source -F adds its own CR LF, so CR LF in the file would arrive
+    # as CR CR LF and the whole mail would read as one header.
     text = (
-        "From: Prospect <r1@d1.example>\r\n"
-        "To: Sales <sales@sender.example>\r\n"
-        "Subject: Re: Quick question\r\n"
-        "Message-ID: <reply.bench@d1.example>\r\n"
-        f"In-Reply-To: <{recorded}>\r\n"
-        f"References: <older.1@elsewhere.example> <{recorded}>\r\n"
-        "\r\n" + "Sounds good, let us talk on Tuesday.\r\n" * 100
+        "From: Prospect <r1@d1.example>\n"
+        "To: Sales <sales@sender.example>\n"
+        "Subject: Re: Quick question\n"
+        "Message-ID: <reply.bench@d1.example>\n"
+        f"In-Reply-To: <{recorded}>\n"
+        f"References: <older.1@elsewhere.example> <{recorded}>\n"
+        "\n" + "Sounds good, let us talk on Tuesday.\n" * 100
     )
     path = workdir / "reply.eml"
     path.write_text(text)
@@ -503,15 +505,19 @@ def main(argv: list[str] | None = None) -> int:
     for s in sessions:
         proxy = results.median("replytrack proxy", s)
         relay = results.median("Postfix relay", s)
+        # The proxy answers 250 only once the mail is relayed (lockstep), Postfix as soon as
+        # it is queued. Its relay rate is the rate at which mail left its queue; the rate
+        # at which it queued is shown beside it (a queue cannot outrun its relay for long).
+        relayed = results.median("Postfix relay", s, "e2e_rate")
         direct = results.median("smtp-sink direct", s)
-        ratio = proxy / relay
+        ratio = proxy / relayed
         cpu = results.median("replytrack proxy", s, "cpu_ms") / max(
             results.median("Postfix relay", s, "cpu_ms"), 1e-9
         )
         rows.append(
             (
                 f"proxy / Postfix relay, {s} sessions",
-                f"{ratio:.2f}x (CPU {cpu:.2f}x)",
+                f"{ratio:.2f}x (CPU {cpu:.2f}x; {proxy / relay:.2f}x its queueing rate)",
                 ">= 1.0x",
                 "met" if ratio >= 1.0 else "NOT met",
             )

@@ -29,7 +29,6 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,26 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.net import free_port, wait_port  # noqa: E402
+
 MARKER = "X-Test-Marker"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30) -> bool:
-    """Wait until something accepts TCP connections on ``host:port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex((host, port)) == 0:
-                return True
-        time.sleep(0.05)
-    return False
 
 
 def cpu_seconds(pid: int) -> float:
@@ -114,7 +98,7 @@ class Sink:
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        if not wait_port(self.port):
+        if not wait_port(self.port, timeout=30):
             raise SystemExit("smtp-sink did not start")
         return self
 

@@ -3,7 +3,6 @@ or in ``tests/support/``."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,16 +10,10 @@ import pytest
 
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
+from tests.support.net import free_port  # noqa: F401 (re-exported for tests)
 from tests.support.postfix import postfix_lab  # noqa: F401 (fixture)
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -15,11 +15,9 @@ Fakes only where a real part cannot produce the fault on demand.
 from __future__ import annotations
 
 import contextlib
-import socket
 import sqlite3
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -28,24 +26,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20) -> bool:
-    """Wait until something accepts TCP connections on ``host:port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex((host, port)) == 0:
-                return True
-        time.sleep(0.05)
-    return False
+from tests.support.net import free_port, wait_port  # noqa: F401 (re-exported for tests)
 
 
 @dataclass(frozen=True)

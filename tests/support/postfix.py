@@ -34,7 +34,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.net import free_port, port_open
 
 PACKAGES = ("postfix", "swaks", "libmilter-dev")
 MODES = ("local", "relay", "discard")
@@ -57,20 +58,6 @@ class PostfixUnavailable(RuntimeError):
 
 class PostfixError(RuntimeError):
     """The lab instance failed: bad config, did not start or stop, mail did not arrive."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    """True when something accepts TCP connections on ``host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 def _installed(package: str) -> bool:

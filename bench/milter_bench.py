@@ -21,6 +21,10 @@ Configurations (``-unix`` variants talk to the milter over a unix socket instead
            body and end of message for every mail, addheader)
   rt       ``replytrack milter``
   rtnull   ``replytrack milter`` accepting at end of headers without any lookup
+  rtnagle  ``replytrack milter`` without TCP_NODELAY on its listener (as before)
+
+``--replies`` sends replies to a recorded, signed Message-ID instead: the milter matches
+them, reads the body and answers at end of message with ADDHEADER then ACCEPT.
 
 Prints mails/s, machine-wide CPU ms per mail, and each configuration's ratio to ``none``
 in the same round. The VM stalls, so only configurations measured back to back compare.
@@ -87,8 +91,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from replytrack.store.sqlite import SQLiteStore  # noqa: E402
-from replytrack.tokens import load_keyring  # noqa: E402
+from replytrack.store.sqlite import SQLiteStore, message_key  # noqa: E402
+from replytrack.tokens import load_keyring, mint  # noqa: E402
 from tests.support.postfix import PostfixLab, free_port, make_base_dir, port_open  # noqa: E402
 
 DOMAIN = "track.bench.example"
@@ -184,6 +188,16 @@ import replytrack.milter.engine as e
 def accept_at_once(self, msg, **kwargs):
     return e.Screening(skip_reason="bench")
 e.Engine.screen = accept_at_once
+from replytrack.cli import main
+main()
+"""
+
+
+# ``replytrack milter`` without TCP_NODELAY on its listener (the earlier behaviour): the
+# end-of-message stall that --replies shows.
+RT_NAGLE = r"""
+from replytrack.milter import adapter
+adapter.set_listener_nodelay = lambda port: False
 from replytrack.cli import main
 main()
 """
@@ -291,6 +305,15 @@ def fill_store(db: Path, ids: int) -> None:
                 " created_at) VALUES (?,?,?,'active',?,?)",
                 [(c, a, d, t, t) for c, a, d, t in enrollments],
             )
+    # The store's lookup table (message_keys), as SQLiteStore fills it when it records.
+    with conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO message_keys (key, message) VALUES (?, ?)",
+            (
+                (message_key(mid), row)
+                for row, mid in conn.execute("SELECT id, message_id FROM messages").fetchall()
+            ),
+        )
     conn.execute("ANALYZE")
     conn.close()
 
@@ -312,6 +335,39 @@ def message_file(path: Path, size: int) -> None:
     line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
     body = line * max(1, size // len(line))
     path.write_text(header + "\r\n" + body)
+
+
+def record_stamped_id(db: Path, keyring_path: Path, row: int) -> str:
+    """Give recorded mail ``row`` a real signed Message-ID (fill_store's are unsigned)."""
+    stamped = mint(load_keyring(keyring_path, create=False), DOMAIN)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE messages SET message_id = ? WHERE id = ?", (stamped, row))
+        conn.execute(
+            "INSERT OR IGNORE INTO message_keys (key, message) VALUES (?, ?)",
+            (message_key(stamped), row),
+        )
+    conn.close()
+    return stamped
+
+
+def reply_file(path: Path, recorded: str, size: int) -> None:
+    """A reply naming recorded mail ``recorded``: the milter matches it, so it reads the body
+    and answers at end of message (X-ReplyTrack added)."""
+    # LF line ends: smtp-source -F adds its own CR LF per line.
+    header = (
+        "From: Prospect <p1@prospect1.example>\n"
+        "To: sales@bench.example\n"
+        "Subject: Re: our meeting\n"
+        "Date: Wed, 25 Nov 2026 10:00:00 +0000\n"
+        f"Message-ID: <{secrets.token_hex(8)}@prospect1.example>\n"
+        f"In-Reply-To: <{recorded}>\n"
+        f"References: <older.{secrets.token_hex(4)}@mail.other.example> <{recorded}>\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=utf-8\n"
+    )
+    line = "Sounds good, let us talk on Tuesday about the proposal and the pricing.\n"
+    path.write_text(header + "\n" + line * max(1, size // len(line)))
 
 
 def process_cpu(pid: int | None) -> int:
@@ -365,8 +421,9 @@ class Milters:
         elif kind in RT_VARIANTS:
             command = [sys.executable, "-c", RT_VARIANT, RT_VARIANTS[kind], "milter"]
             command += ["--socket", spec]
-        elif kind == "rtnull":
-            command = [sys.executable, "-c", RT_NULL, "milter", "--socket", spec]
+        elif kind in ("rtnull", "rtnagle"):
+            code = RT_NULL if kind == "rtnull" else RT_NAGLE
+            command = [sys.executable, "-c", code, "milter", "--socket", spec]
         else:
             code = {
                 "noop": NOOP_MILTER,
@@ -436,6 +493,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--configs", default="none,noop,noopdata,rt,rt-unix")
+    parser.add_argument(
+        "--replies",
+        action="store_true",
+        help="send replies matching a recorded, signed Message-ID (end-of-message path)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the private Postfix's master runs as root)")
@@ -451,7 +513,12 @@ def main() -> None:
     secret = work / "rt.secret"
     load_keyring(secret, create=True)
     msg = work / "mail.eml"
-    message_file(msg, args.size)
+    if args.replies:
+        recorded = record_stamped_id(db, secret, max(1, args.ids // 2))
+        reply_file(msg, recorded, args.size)
+        print(f"replies naming recorded {recorded}")
+    else:
+        message_file(msg, args.size)
     env = {
         **os.environ,
         "REPLYTRACK_DB": str(db),

@@ -12,6 +12,11 @@ Round trips are what a milter costs Postfix, so this one asks for as few as it c
 - the body is read (at most ``BODY_LIMIT`` bytes, then SKIP) only for mail that matched or
   whose headers say a delivery report or auto-reply must be read.
 
+Over TCP the listening socket gets TCP_NODELAY (inherited by every accepted connection):
+end of message writes each header change and then ACCEPT as separate packets, and Nagle's
+algorithm held ACCEPT until Postfix's delayed ACK of the first, 40 ms per matched mail
+(see :func:`set_listener_nodelay`).
+
 Every callback fails open: an exception is logged and the mail accepted, and pymilter's
 own exception policy is ACCEPT as a second net. What the store cannot take is journaled.
 """
@@ -21,6 +26,8 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import os
+import socket as pysocket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -310,6 +317,79 @@ def install(engine: Engine, journal: Journal, *, tcp: bool = False) -> None:
     Milter.set_exception_policy(Milter.ACCEPT)
 
 
+def _inet_port(spec: str) -> int | None:
+    """The port of a libmilter ``inet:PORT@HOST`` / ``inet6:PORT@HOST`` spec (else None)."""
+    kind, _, rest = spec.partition(":")
+    if kind not in ("inet", "inet6"):
+        return None
+    port = rest.partition("@")[0]
+    return int(port) if port.isdigit() else None
+
+
+def set_listener_nodelay(port: int) -> bool:
+    """Set TCP_NODELAY on this process's listening socket bound to ``port``.
+
+    libmilter owns the listening socket and the connections it accepts, but on Linux an
+    accepted socket inherits TCP_NODELAY from its listener. Without it, end of message
+    costs 40 ms over TCP: libmilter writes each modification (ADDHEADER, CHGHEADER) and
+    then ACCEPT as separate small packets, Nagle's algorithm holds ACCEPT until Postfix
+    ACKs the first packet, and Postfix, waiting for the final answer, delays that ACK.
+    Returns whether a listener was found and set; never raises (the milter runs without
+    it, only slower).
+    """
+    found = False
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        log.warning("qid=- cannot list /proc/self/fd; TCP_NODELAY not set", exc_info=True)
+        return False
+    for name in fds:
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            # A duplicate shares the socket: options set on it apply to libmilter's fd, and
+            # closing it leaves libmilter's fd open.
+            with pysocket.socket(fileno=os.dup(fd)) as sock:
+                if sock.family not in (pysocket.AF_INET, pysocket.AF_INET6):
+                    continue
+                if not sock.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_ACCEPTCONN):
+                    continue
+                if sock.getsockname()[1] != port:
+                    continue
+                sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+                found = True
+        except OSError:
+            continue
+    if not found:
+        log.warning("qid=- no listening socket on port %d found; TCP_NODELAY not set", port)
+    return found
+
+
 def run(socket: str, *, timeout: int) -> None:
-    """Serve the milter protocol on ``socket`` until SIGTERM/SIGINT (blocks)."""
-    Milter.runmilter("replytrack", socket, timeout)
+    """Serve the milter protocol on ``socket`` until SIGTERM/SIGINT (blocks).
+
+    For TCP sockets, TCP_NODELAY is set on the listener right after libmilter opens it
+    (see :func:`set_listener_nodelay`).
+    """
+    port = _inet_port(socket)
+    if port is None:
+        Milter.runmilter("replytrack", socket, timeout)
+        return
+    # Milter.runmilter opens the socket and serves in one call: hook the opening to set
+    # the option between the two.
+    real_opensocket = Milter.milter.opensocket
+
+    def opensocket(*args: Any) -> Any:
+        result = real_opensocket(*args)
+        try:
+            set_listener_nodelay(port)
+        except Exception:  # a slower milter, never none
+            log.exception("qid=- setting TCP_NODELAY failed; serving without it")
+        return result
+
+    Milter.milter.opensocket = opensocket
+    try:
+        Milter.runmilter("replytrack", socket, timeout)
+    finally:
+        Milter.milter.opensocket = real_opensocket

@@ -333,22 +333,26 @@ def fill_store(db: Path, ids: int) -> None:
 
 
 def message_file(path: Path, size: int) -> None:
-    """An inbound mail as smtp-source -F sends it: threading headers naming foreign IDs."""
+    """An inbound mail as smtp-source -F sends it: threading headers naming foreign IDs.
+
+    LF line ends: smtp-source adds CR LF itself, so CR LF in the file would arrive as
+    CR CR LF (runs before 2026-11-25 21:50 had that: header values ended in a stray CR).
+    """
     refs = " ".join(f"<thread-{i}.{secrets.token_hex(6)}@mail.other.example>" for i in range(5))
     header = (
-        "From: Someone <someone@sender.example>\r\n"
-        "To: sales@bench.example\r\n"
-        "Subject: Re: our meeting\r\n"
-        "Date: Wed, 25 Nov 2026 10:00:00 +0000\r\n"
-        f"Message-ID: <{secrets.token_hex(8)}@sender.example>\r\n"
-        f"In-Reply-To: <{secrets.token_hex(8)}@mail.other.example>\r\n"
-        f"References: {refs}\r\n"
-        "MIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
+        "From: Someone <someone@sender.example>\n"
+        "To: sales@bench.example\n"
+        "Subject: Re: our meeting\n"
+        "Date: Wed, 25 Nov 2026 10:00:00 +0000\n"
+        f"Message-ID: <{secrets.token_hex(8)}@sender.example>\n"
+        f"In-Reply-To: <{secrets.token_hex(8)}@mail.other.example>\n"
+        f"References: {refs}\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=utf-8\n"
     )
-    line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
+    line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\n"
     body = line * max(1, size // len(line))
-    path.write_text(header + "\r\n" + body)
+    path.write_text(header + "\n" + body)
 
 
 def record_stamped_id(db: Path, keyring_path: Path, row: int) -> str:

@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 .venv/bin/ruff check replytrack tests bench
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

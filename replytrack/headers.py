@@ -79,6 +79,10 @@ def parse_fields(header: bytes) -> list[Field]:
         if current:
             fields.append(Field(current_name, b"".join(current)))
         name, colon, _ = line.partition(b":")
+        # RFC 5322's obsolete syntax allows white space before the colon ("Subject :");
+        # such a field is still that field, so a metadata header written that way is read
+        # and removed like any other instead of leaking to the recipient.
+        name = name.rstrip(b" \t")
         valid = bool(colon) and bool(name) and re.fullmatch(rb"[\x21-\x39\x3b-\x7e]+", name)
         current_name = name.decode("ascii") if valid else ""
         current = [line]

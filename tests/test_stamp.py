@@ -48,6 +48,24 @@ def test_stamp_replaces_message_id_and_strips_metadata() -> None:
     assert out.subject == "grüße"
 
 
+def test_white_space_before_the_colon_is_still_the_field() -> None:
+    """RFC 5322 obs-syntax "Name :": the campaign is read and the header never leaks out,
+    and a second Message-ID written that way does not survive beside ours."""
+    data = (
+        b"X-ReplyTrack-Campaign : autumn\r\n"
+        b"X-ReplyTrack-Step\t: 2\r\n"
+        b"Message-ID : <orig@engine.test>\r\n"
+        b"Subject: hi\r\n"
+        b"\r\n"
+        b"body\r\n"
+    )
+    out = stamp(data, OURS)
+    assert (out.campaign, out.step) == ("autumn", 2)
+    assert out.original_message_id == "orig@engine.test"
+    assert b"ReplyTrack" not in split_message(out.data)[0]
+    assert values(out.data, "Message-ID") == [f"<{OURS}>"]
+
+
 def test_stamp_without_message_id_or_metadata() -> None:
     out = stamp(b"Subject: hi\n\nbody\n", OURS)
     assert out.data == f"Message-ID: <{OURS}>\n".encode() + b"Subject: hi\n\nbody\n"

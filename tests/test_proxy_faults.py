@@ -325,3 +325,25 @@ def test_client_leaving_after_the_dot_does_not_strand_the_mail(
     with smtplib.SMTP("127.0.0.1", proxy.port) as client:
         assert client.sendmail("a@example.org", ["b@example.net"], MAIL) == {}
     assert upstream.handler.connections == 1
+
+
+def test_upstream_refusing_the_data_command_leaves_the_connection_fit_for_the_next_mail(
+    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore
+) -> None:
+    # The upstream refuses DATA itself (before 354), which leaves its transaction open.
+    upstream.faults.data_command_reply = "451 4.3.0 data refused for now"
+    with (
+        pytest.raises(smtplib.SMTPDataError) as err,
+        smtplib.SMTP("127.0.0.1", proxy.port) as client,
+    ):
+        client.sendmail("a@example.org", ["b@example.net"], MAIL)
+    assert (err.value.smtp_code, err.value.smtp_error) == (451, b"4.3.0 data refused for now")
+    upstream.faults.data_command_reply = None
+    # Another client gets the pooled connection: its mail must go through, not meet a
+    # "503 nested MAIL command" left over from the first transaction.
+    with smtplib.SMTP("127.0.0.1", proxy.port) as client:
+        client.sendmail("c@example.org", ["d@example.net"], MAIL)
+    [got] = upstream.received
+    assert (got.mail_from, got.rcpt_tos) == ("c@example.org", ["d@example.net"])
+    assert upstream.handler.connections == 1
+    assert [s for s, _ in statuses(store)] == ["failed", "relayed"]

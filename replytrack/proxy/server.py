@@ -728,8 +728,10 @@ class ProxyHandler:
             if exc.broken:
                 upstream.close()
             else:
-                # A refused DATA ends the transaction; the connection is fit for the next.
-                self.pool.release(upstream)
+                # A refusal after the dot ends the transaction, but one of the DATA command
+                # itself (before 354, e.g. Postfix's smtpd_data_restrictions) leaves it
+                # open: without RSET the next client's MAIL would get "nested MAIL".
+                await self.pool.end(upstream, reset=True)
             await self._settle(cid, pk, "failed", exc.reply)
             result = "tempfail" if exc.broken else "upstream_refused"
             return exc.reply, result

@@ -54,6 +54,9 @@ class Faults:
     mail_reply: str | None = None
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str | None = None
+    # Refuse the DATA command itself (before 354), leaving the transaction open, as
+    # Postfix does with smtpd_data_restrictions.
+    data_command_reply: str | None = None
     # Close the connection after reading DATA, without answering.
     drop_after_data: bool = False
     # Wait this long before answering DATA (longer than the proxy's timeout to test it).
@@ -143,6 +146,16 @@ class LongLineSMTP(NullSenderSMTP):
     them through)."""
 
     line_length_limit = 64 * 1024
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA, or the configured refusal of the command itself (the envelope stays)."""
+        faults = getattr(self.event_handler, "faults", None)
+        reply = faults.data_command_reply if faults is not None else None
+        if reply and self.envelope is not None and self.envelope.rcpt_tos:
+            self.event_handler.commands.append("DATA refused")
+            await self.push(reply)
+            return
+        await super().smtp_DATA(arg)
 
 
 class RecordingUpstream:

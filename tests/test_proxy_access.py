@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import smtplib
+import socket
 import ssl
 import types
 from pathlib import Path
@@ -164,3 +166,52 @@ def test_client_auth_over_starttls(
         client.login("alice", "s3cret")
         client.sendmail("a@example.org", ["b@example.net"], b"Subject: x\r\n\r\nbody\r\n")
     assert len(upstream.received) == 1
+
+
+def _local_address() -> str | None:
+    """A non-loopback IPv4 address of this host (no packet is sent), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            address = probe.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+@pytest.mark.parametrize(
+    ("login", "password"),
+    [("nobody", ""), ("nobody", "anything"), ("alice", "")],
+)
+def test_auth_with_unknown_user_or_empty_password_is_refused_and_mail_stays_refused(
+    start_proxy,
+    upstream: RecordingUpstream,
+    tmp_path: Path,
+    store: SQLiteStore,
+    login: str,
+    password: str,
+) -> None:
+    host = _local_address()
+    if host is None:
+        pytest.skip("this host has no non-loopback IPv4 address to connect from")
+    cert, key = make_certificate(tmp_path, "proxy.test")
+    users = tmp_path / "users"
+    users.write_text("alice:s3cret\n")
+    proxy = start_proxy(
+        upstream.address,
+        proxy_listen=f"{host}:0",
+        proxy_auth_file=str(users),
+        proxy_tls_cert=str(cert),
+        proxy_tls_key=str(key),
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with smtplib.SMTP(host, proxy.port, source_address=(host, 0)) as client:
+        client.starttls(context=context)
+        client.ehlo()
+        token = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+        code, _ = client.docmd("AUTH", f"PLAIN {token}")
+        assert code == 535
+        code, text = client.mail("a@example.org")
+        assert code == 554 and text.startswith(b"5.7.1")
+    assert upstream.received == [] and upstream.handler.commands == []

@@ -25,7 +25,13 @@ def hash_password(password: str, *, iterations: int = 200_000) -> str:
 
 
 def check_password(stored: str, given: str) -> bool:
-    """Whether ``given`` matches ``stored`` (clear or hashed), in constant time."""
+    """Whether ``given`` matches ``stored`` (clear or hashed), in constant time.
+
+    An empty ``stored`` (an unknown user) or an empty ``given`` never matches: two empty
+    strings compare equal, which would let anyone in with no password.
+    """
+    if not stored or not given:
+        return False
     if stored.startswith(_SCHEME + "$"):
         try:
             _, iterations, salt, digest = stored.split("$", 3)

@@ -829,9 +829,16 @@ class ProxyServer:
             def authenticate(
                 server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
             ) -> AuthResult:
-                ok = isinstance(data, LoginPassword) and check_password(
-                    users.get(data.login.decode("utf-8", "replace"), ""),
-                    data.password.decode("utf-8", "replace"),
+                stored = (
+                    users.get(data.login.decode("utf-8", "replace"))
+                    if isinstance(data, LoginPassword)
+                    else None
+                )
+                # An unknown user is refused here, never compared against a blank secret.
+                ok = (
+                    isinstance(data, LoginPassword)
+                    and stored is not None
+                    and check_password(stored, data.password.decode("utf-8", "replace"))
                 )
                 if not ok:
                     log.warning("AUTH %s failed from %s", mechanism, session.peer)

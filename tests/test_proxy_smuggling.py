@@ -64,3 +64,25 @@ def test_non_standard_end_of_data_smuggles_nothing(
     assert b"MAIL FROM:<evil@attacker.test>" in got.data
     assert replies.count(b"250 2.0.0") == 1
     assert [m.sender for m in store.messages()] == ["a@example.org"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # A bare CR is a line end upstream (the relay sends it as CRLF): a second Message-ID
+        # and campaign metadata hidden from our LF-based parsing.
+        b"From: a@example.org\r\nX-Foo: 1\rMessage-ID: <evil@attacker.test>\r"
+        b"X-ReplyTrack-Campaign: leaked\r\nSubject: s\r\n",
+        # A first line starting with white space would continue our own Message-ID.
+        b" Message-ID: <evil@attacker.test>\r\nFrom: a@example.org\r\n",
+    ],
+)
+def test_header_block_the_upstream_would_read_differently_is_refused(
+    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore, header: bytes
+) -> None:
+    replies = session(proxy.port, header + b"\r\nbody\r\n.\r\n")
+    # The reply to the end of data (after the 220, EHLO, MAIL, RCPT and 354 ones).
+    assert b"550 5.6.0 the header block" in replies
+    assert b"250 2.0.0" not in replies
+    assert upstream.received == []
+    assert store.messages() == []

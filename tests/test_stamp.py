@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replytrack.headers import edit_header, parse_fields, split_message
-from replytrack.proxy.stamp import MetadataError, stamp
+from replytrack.proxy.stamp import MetadataError, header_end, stamp
 
 OURS = "1abcdefgh@track.example.com"
 
@@ -89,6 +91,12 @@ def test_folded_message_id_is_read() -> None:
         b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: 1.5",
         b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: 9999999999",
         b"X-ReplyTrack-Step: 2",
+        # A bare CR would be a line end upstream: a field hidden from us behind it.
+        b"X-Foo: 1\rMessage-ID: <evil@x>\rX-ReplyTrack-Campaign: leaked",
+        b"Subject: a\rb",
+        # A first line starting with white space would continue our Message-ID.
+        b" X-Foo: 1",
+        b"\tMessage-ID: <evil@x>",
     ],
 )
 def test_bad_metadata_raises(headers: bytes) -> None:
@@ -182,6 +190,11 @@ def test_stamp_properties(data: bytes) -> None:
 def test_stamp_rebuilds_only_the_header_block(data: bytes) -> None:
     # The proxy relays head + body (a view of the client's bytes, never copied); that must
     # be exactly what editing the whole message gives, for any split of header and body.
+    _, body_start = header_end(data)
+    if re.search(rb"\r(?!\n)", data[:body_start]) or data[:1] in (b" ", b"\t"):
+        with pytest.raises(MetadataError):
+            stamp(bytearray(data), OURS)
+        return
     out = stamp(bytearray(data), OURS)
     add = [("Message-ID", f"<{OURS}>")]
     if out.original_message_id is not None:

@@ -15,6 +15,9 @@ Only the header block is rebuilt: :class:`Stamped` holds the new header block (e
 the empty line) and a view of the body inside the client's own bytes, so a 25 MB mail is
 not copied to be stamped. ``Stamped.data`` joins the two for callers that want one value.
 
+A header block that cannot be read the way the upstream will read it (a bare CR, a first
+line starting with white space) raises :class:`MetadataError` too.
+
 Bad metadata (a campaign id that is empty, too long or not printable, a step that is not a
 non-negative integer, conflicting repeated values) raises :class:`MetadataError`; the proxy
 rejects such mail with ``550 5.6.0`` so the sending engine learns at once that its campaign
@@ -44,6 +47,9 @@ _STEP = re.compile(r"\d{1,9}")
 # The end of the header block, as replytrack.headers.split_message finds it: the line end
 # followed by the empty line.
 _HEADER_END = re.compile(rb"\r?\n(?=\r?\n)")
+# A CR not followed by LF. The relay sends it as CRLF (as every line end must go out), so
+# inside the header block it would start a new field upstream that we never parsed.
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 class MetadataError(ValueError):
@@ -143,6 +149,13 @@ def stamp(data: bytes | bytearray, message_id: str) -> Stamped:
     # whole message, whose rest would only be carried along unchanged.
     prefix = bytes(data[:body_start])
     header = prefix[:header_stop]
+    if _BARE_CR.search(prefix):
+        # We split fields at LF; the upstream would see a line end at this CR, so a second
+        # Message-ID or an X-ReplyTrack field could hide behind it and leave unremoved.
+        raise MetadataError("the header block holds a bare CR (a CR not followed by LF)")
+    if header[:1] in (b" ", b"\t"):
+        # A continuation line with no field before it would be glued to our Message-ID.
+        raise MetadataError("the header block starts with white space, not a field name")
     fields = parse_fields(header)
     campaign_text = _single(fields, CAMPAIGN_HEADER)
     step_text = _single(fields, STEP_HEADER)

@@ -182,17 +182,31 @@ class ExplodingAtEnd(Engine):
 
 
 @pytest.mark.parametrize("engine_class", [Exploding, ExplodingAtEnd])
-def test_exceptions_accept_the_mail(store, keyring, milter_for, engine_class, caplog):
+def test_exceptions_accept_strip_and_journal_the_mail(
+    store, keyring, milter_for, journal, engine_class, caplog
+):
     mid = record_sent(store, keyring, to=["ann@acme.example"])
     ctx = milter_for(engine_class(Config(domain=DOMAIN), keyring, store))
     with caplog.at_level(logging.ERROR, logger="replytrack.milter"):
         rc = ctx._feedFile(
-            eml([("From", "ann@acme.example"), ("In-Reply-To", f"<{mid}>")]),
+            eml(
+                [
+                    ("From", "ann@acme.example"),
+                    ("In-Reply-To", f"<{mid}>"),
+                    ("X-ReplyTrack", "reply; campaign=fake; match=weak"),
+                ]
+            ),
             "ann@acme.example",
             "sales@vendor.example",
         )
     assert rc == Milter.ACCEPT
-    assert "accepting the mail" in caplog.text
+    assert "journaling the mail" in caplog.text
+    # The verdict is not lost: the mail waits in the journal, and no outside copy of our
+    # header gets through.
+    assert journal.backlog() == 1
+    assert ctx._msg.get_all("X-ReplyTrack") is None
+    assert journal.replay(Engine(Config(domain=DOMAIN), keyring, store).process) == 1
+    assert store.enrollments(recipient="ann@acme.example")[0].status == "stopped"
 
 
 class LockedStore:

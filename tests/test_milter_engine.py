@@ -425,3 +425,21 @@ def test_read_receipt_is_recorded_and_stops_nothing(store, keyring):
     assert verdict.add_header is None
     assert status(store, "spring", "ann@acme.example") == ACTIVE
     assert [e.kind for e in store.events()] == ["receipt"]
+
+
+def test_message_id_with_undecodable_byte_is_recorded(store, keyring):
+    # pymilter hands raw non-UTF-8 header bytes over as surrogate escapes.
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+    headers = reply_headers(
+        "ann@acme.example", in_reply_to=f"<{mid}>", message_id="<r\udce9ply@prospect.example>"
+    )
+    engine = make_engine(store, keyring)
+    verdict = engine.process(inbound("ann@acme.example", headers))
+    assert verdict.kind == "reply"
+    assert verdict.dedupe_key is not None
+    verdict.dedupe_key.encode("utf-8")
+    assert len(store.events(kind="reply")) == 1
+    assert status(store, "spring", "ann@acme.example") == STOPPED
+    # The same mail again is the same event.
+    engine.process(inbound("ann@acme.example", list(headers)))
+    assert len(store.events(kind="reply")) == 1

@@ -173,18 +173,32 @@ class ReplyTrackMilter(Milter.Base):
         try:
             screening = _in_worker(self.engine.screen, msg)
         except concurrent.futures.TimeoutError:
-            screening = Screening(
-                skip_reason=self.engine.prescreen(msg),
-                strip_count=sum(1 for n, _ in msg.headers if n.lower() == HEADER.lower()),
-                store_failed=True,
-                evidence=["store-timeout"],
-            )
+            screening = self._unscreened(msg, "store-timeout")
+        except Exception:
+            # Whatever went wrong, copies of our header from outside must still be removed
+            # at end of message, and the mail journaled for replay.
+            log.exception("qid=%s screening failed; journaling the mail", msg.queue_id)
+            screening = self._unscreened(msg, "screening-error")
         self.screening = screening
         if screening.accept_now:
             metrics.MILTER_VERDICTS.labels("unrelated").inc()
             metrics.MILTER_LATENCY.observe(time.perf_counter() - self.started)
             return Milter.ACCEPT
         return Milter.CONTINUE
+
+    def _unscreened(self, msg: Inbound, why: str) -> Screening:
+        """A screening for mail the store could not screen: strip, then journal at the end."""
+        try:
+            skip_reason = self.engine.prescreen(msg)
+        except Exception:
+            log.exception("qid=%s prescreen failed", msg.queue_id)
+            skip_reason = None
+        return Screening(
+            skip_reason=skip_reason,
+            strip_count=sum(1 for n, _ in msg.headers if n.lower() == HEADER.lower()),
+            store_failed=True,
+            evidence=[why],
+        )
 
     @_fail_open(Milter.ACCEPT)
     def body(self, chunk: bytes) -> int:
@@ -235,6 +249,11 @@ class ReplyTrackMilter(Milter.Base):
         except concurrent.futures.TimeoutError:
             # The worker may still finish; the replay then finds the event already recorded.
             self._journal(msg, f"store slower than {STORE_CALL_TIMEOUT:g}s")
+            return Milter.ACCEPT
+        except Exception as exc:
+            # An unexpected fault must not lose the verdict: journal it for replay.
+            log.exception("qid=%s deciding failed; journaling the mail", qid)
+            self._journal(msg, f"{type(exc).__name__}: {exc}")
             return Milter.ACCEPT
         if verdict.add_header:
             self.addheader(HEADER, verdict.add_header)

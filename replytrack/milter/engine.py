@@ -172,7 +172,10 @@ def dedupe_key(msg: Inbound) -> str:
     message_id = msg.header("Message-ID")
     ids = extract_msgids(message_id, limit=1) if message_id else []
     if ids:
-        return "inbound:" + ids[0]
+        # A raw non-UTF-8 byte arrives as a surrogate escape, which no UTF-8 store can hold:
+        # escape it the same way every time so the same mail keeps the same key.
+        key = ids[0].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return "inbound:" + key
     basis = "\x00".join(
         [msg.sender, (msg.header("Date") or "").strip(), (msg.header("Subject") or "").strip()]
     )

@@ -733,7 +733,7 @@ class SQLiteStore(Store):
                 json.dumps(event.detail, default=str),
                 event.queue_id,
                 event.actor,
-                dedupe_key,
+                _text(dedupe_key),
             ),
         )
         if cur.rowcount == 0:

@@ -443,3 +443,16 @@ def test_message_id_with_undecodable_byte_is_recorded(store, keyring):
     # The same mail again is the same event.
     engine.process(inbound("ann@acme.example", list(headers)))
     assert len(store.events(kind="reply")) == 1
+
+
+def test_own_manual_follow_up_without_auth_is_not_a_reply(store, keyring):
+    # The salesperson answers their own thread through a relay without SMTP AUTH.
+    mid = record_sent(store, keyring, to=["ann@acme.example"], sender="sales@vendor.example")
+    headers = reply_headers(
+        "Sales@Vendor.example", in_reply_to=f"<{mid}>", message_id="<manual-1@vendor.example>"
+    )
+    verdict = make_engine(store, keyring).process(inbound("sales@vendor.example", headers))
+    assert verdict.kind == "unrelated"
+    assert "own-sender" in verdict.evidence
+    assert status(store, "spring", "ann@acme.example") == ACTIVE
+    assert store.events(kind="reply") == []

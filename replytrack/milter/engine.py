@@ -199,6 +199,16 @@ def never_reply_reason(msg: Inbound) -> str | None:
     return None
 
 
+def _own_sender(author: str, found: matching.Match) -> bool:
+    """True when ``author`` sent (envelope or From) one of the matched outbound mails."""
+    author = author.lower()
+    for sent in found.sent:
+        ours = {normalize_address(sent.sender), normalize_address(sent.from_address or "")}
+        if author in ours:
+            return True
+    return False
+
+
 def _envelope(msg: Inbound) -> str | None:
     return None if msg.envelope_from is None else normalize_address(msg.envelope_from)
 
@@ -330,6 +340,12 @@ class Engine:
                 sender, found_match.primary, self.config.milter_freemail_domains
             )
 
+        if found_match is not None and sender and _own_sender(sender, found_match):
+            # The salesperson's own follow-up, sent around the proxy (no SMTP AUTH) in the
+            # thread of our mail: it answers nothing and stops nothing.
+            verdict.kind = "unrelated"
+            verdict.evidence.append("own-sender")
+            return verdict
         if kind == "human":
             if found_match is None:
                 return verdict

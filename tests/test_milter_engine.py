@@ -456,3 +456,24 @@ def test_own_manual_follow_up_without_auth_is_not_a_reply(store, keyring):
     assert "own-sender" in verdict.evidence
     assert status(store, "spring", "ann@acme.example") == ACTIVE
     assert store.events(kind="reply") == []
+
+
+def test_weak_match_needs_the_envelope_sender_to_be_the_from_address(store, keyring):
+    record_sent(store, keyring, to=["bob@acme.example", "carl@acme.example"])
+    engine = make_engine(store, keyring)
+    # Anyone can write "From: bob": with another envelope sender and no threading, no stop.
+    forged = dataclasses.replace(
+        inbound("bob@acme.example", reply_headers("bob@acme.example", subject="hi")),
+        envelope_from="attacker@evil.example",
+    )
+    verdict = engine.process(forged)
+    assert verdict.kind == "unrelated"
+    assert "weak:envelope-differs-from-from" in verdict.evidence
+    assert status(store, "spring", "bob@acme.example") == ACTIVE
+    assert status(store, "spring", "carl@acme.example") == ACTIVE
+    assert store.events() == []
+    # The same mail from bob's own envelope (case aside) is weak evidence.
+    genuine = dataclasses.replace(forged, envelope_from="Bob@ACME.example")
+    verdict = engine.process(genuine)
+    assert verdict.kind == "reply" and verdict.method == "weak"
+    assert status(store, "spring", "bob@acme.example") == STOPPED

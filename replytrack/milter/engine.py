@@ -209,6 +209,22 @@ def _own_sender(author: str, found: matching.Match) -> bool:
     return False
 
 
+def weak_sender(msg: Inbound) -> str | None:
+    """The address weak evidence may name, or None when it cannot be trusted.
+
+    Without threading headers, only the sender says whom a mail is from, and a From header
+    alone is anyone's to write: the envelope sender must be the same address (case aside).
+    """
+    from_values = matching.header_values(msg.headers, "From")
+    addresses = extract_addresses(from_values[:1], limit=1)
+    if not addresses or msg.envelope_from is None:
+        return None
+    author = addresses[0].lower()
+    if normalize_address(msg.envelope_from).lower() != author:
+        return None
+    return author
+
+
 def _envelope(msg: Inbound) -> str | None:
     return None if msg.envelope_from is None else normalize_address(msg.envelope_from)
 
@@ -271,8 +287,10 @@ class Engine:
         try:
             result.match = matching.match(screened, self.store.find_sent)
             if result.match is None and self.config.milter_weak_match:
-                sender = msg.sender
-                if sender:
+                sender = weak_sender(msg)
+                if sender is None:
+                    result.evidence.append("weak:envelope-differs-from-from")
+                else:
                     result.weak = self.store.enrollments(
                         recipient=sender, status=ACTIVE, limit=MAX_WEAK_CAMPAIGNS
                     )

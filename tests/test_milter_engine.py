@@ -477,3 +477,26 @@ def test_weak_match_needs_the_envelope_sender_to_be_the_from_address(store, keyr
     verdict = engine.process(genuine)
     assert verdict.kind == "reply" and verdict.method == "weak"
     assert status(store, "spring", "bob@acme.example") == STOPPED
+
+
+def test_bounce_referencing_none_of_our_mail_changes_no_enrollment(store, keyring):
+    record_sent(store, keyring, to=["ann@acme.example"], campaign="spring")
+    record_sent(store, keyring, to=["ann@acme.example"], campaign="autumn")
+    # A forged report: a permanent failure for ann, returning a mail we never sent.
+    msg = dataclasses.replace(
+        inbound(
+            "",
+            bounce_headers("forged@elsewhere.example"),
+            body=bounce_body("forged@elsewhere.example", "ann@acme.example", "5.1.1", "failed"),
+        ),
+        envelope_from="",
+    )
+    verdict = make_engine(store, keyring).process(msg)
+    assert verdict.kind == "bounce"
+    assert verdict.matched == []
+    assert verdict.bounced == []
+    assert status(store, "spring", "ann@acme.example") == ACTIVE
+    assert status(store, "autumn", "ann@acme.example") == ACTIVE
+    events = store.events(kind="bounce")
+    assert len(events) == 1
+    assert "bounce:unmatched" in events[0].evidence

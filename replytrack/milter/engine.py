@@ -504,9 +504,13 @@ class Engine:
                 enrolled += self.store.enrollments_of(address)
         if found is None and not enrolled:
             return
-        if verdict.campaign is None and enrolled:
+        if found is None:
+            # Anyone can send a delivery report naming any address: one that references
+            # none of our mail is recorded, and changes no enrollment.
+            verdict.evidence.append("bounce:unmatched")
+        elif verdict.campaign is None and enrolled:
             verdict.campaign = enrolled[0].campaign
-        if classification.permanent:
+        if classification.permanent and found is not None:
             reason = "bounced permanently"
             for enrollment in enrolled:
                 if enrollment.status != BOUNCED:

@@ -11,7 +11,7 @@ import pytest
 from replytrack.config import Config
 from replytrack.milter.engine import Engine, Inbound, dedupe_key, never_reply_reason
 from replytrack.store import StoreError
-from replytrack.store.base import ACTIVE, BOUNCED, PAUSED, STOPPED
+from replytrack.store.base import ACTIVE, BOUNCED, PAUSED, STOPPED, Event
 from replytrack.tokens import Keyring, mint
 from tests.support.milter_records import DOMAIN, inbound, record_sent, reply_headers
 
@@ -500,3 +500,21 @@ def test_bounce_referencing_none_of_our_mail_changes_no_enrollment(store, keyrin
     events = store.events(kind="bounce")
     assert len(events) == 1
     assert "bounce:unmatched" in events[0].evidence
+
+
+def test_weak_match_stops_the_sender_in_every_campaign_also_when_paused(store, keyring):
+    record_sent(store, keyring, to=["ann@acme.example"], campaign="spring")
+    record_sent(store, keyring, to=["ann@acme.example"], campaign="autumn")
+    # Ann was away: paused in autumn by an earlier out-of-office.
+    store.record_event(
+        Event(kind="auto_reply", created_at=time.time(), sender="ann@acme.example"),
+        set_status=[("autumn", "ann@acme.example", PAUSED, "out of office", time.time() + 86400)],
+    )
+    assert status(store, "autumn", "ann@acme.example") == PAUSED
+    verdict = make_engine(store, keyring).process(
+        inbound("ann@acme.example", reply_headers("ann@acme.example", subject="back: question"))
+    )
+    assert verdict.kind == "reply" and verdict.method == "weak"
+    assert status(store, "spring", "ann@acme.example") == STOPPED
+    assert status(store, "autumn", "ann@acme.example") == STOPPED
+    assert len(store.events(kind="reply")) == 1

@@ -26,7 +26,16 @@ from replytrack.config import Config
 from replytrack.headers import extract_addresses, extract_msgids, normalize_address
 from replytrack.milter import match as matching
 from replytrack.milter import policy
-from replytrack.store.base import ACTIVE, BOUNCED, PAUSED, STOPPED, Enrollment, Event, Store
+from replytrack.store.base import (
+    ACTIVE,
+    BOUNCED,
+    PAUSED,
+    STOPPED,
+    Enrollment,
+    Event,
+    SentMessage,
+    Store,
+)
 from replytrack.tokens import Keyring, verify
 
 HEADER = "X-ReplyTrack"
@@ -291,9 +300,13 @@ class Engine:
                 if sender is None:
                     result.evidence.append("weak:envelope-differs-from-from")
                 else:
-                    result.weak = self.store.enrollments(
-                        recipient=sender, status=ACTIVE, limit=MAX_WEAK_CAMPAIGNS
-                    )
+                    # A paused person (out of office) writing fresh mail is back and
+                    # replying too.
+                    for status in (ACTIVE, PAUSED):
+                        result.weak += self.store.enrollments(
+                            recipient=sender, status=status, limit=MAX_WEAK_CAMPAIGNS
+                        )
+                    result.weak = result.weak[:MAX_WEAK_CAMPAIGNS]
         except StoreError:
             if strict:
                 raise
@@ -424,9 +437,21 @@ class Engine:
     def _decide_reply(
         self, msg: Inbound, verdict: Verdict, found: matching.Match, now: float
     ) -> None:
-        sent = found.primary
         verdict.notify = True
-        verdict.add_header = f"reply; campaign={sent.campaign or 'none'}; match={found.method}"
+        primary = found.primary
+        verdict.add_header = f"reply; campaign={primary.campaign or 'none'}; match={found.method}"
+        # Threading names the one mail answered. Weak evidence names the person, who is
+        # stopped in every campaign they are enrolled in (one mail per campaign).
+        answered = [primary]
+        if found.method == matching.WEAK:
+            by_campaign = {s.campaign: s for s in reversed(found.sent) if s.campaign}
+            answered += [s for c, s in by_campaign.items() if c != primary.campaign]
+        for sent in answered:
+            self._stop_for(verdict, sent)
+        verdict.event = self._event(msg, verdict, now)
+
+    def _stop_for(self, verdict: Verdict, sent: SentMessage) -> None:
+        """Add the stops a reply to ``sent`` calls for in its campaign to ``verdict``."""
         if sent.campaign is not None and self.store is not None:
             addresses = [r.address for r in sent.recipients] + [verdict.sender]
             enrollments = self._campaign_enrollments(sent.campaign, addresses)
@@ -442,7 +467,7 @@ class Engine:
                         status=status,
                         limit=policy.MAX_STOPS,
                     )
-            verdict.scope, verdict.stopped = policy.stop_targets(
+            verdict.scope, stopped = policy.stop_targets(
                 self.config.milter_stop_scope,
                 sent=sent,
                 replier=verdict.sender,
@@ -451,10 +476,10 @@ class Engine:
                 freemail=self.config.milter_freemail_domains,
             )
             reason = f"reply from {verdict.sender}"
-            verdict.set_status = [
-                (sent.campaign, address, STOPPED, reason, None) for address in verdict.stopped
+            verdict.stopped += [a for a in stopped if a not in verdict.stopped]
+            verdict.set_status += [
+                (sent.campaign, address, STOPPED, reason, None) for address in stopped
             ]
-        verdict.event = self._event(msg, verdict, now)
 
     def _decide_auto_reply(
         self,

@@ -518,3 +518,17 @@ def test_weak_match_stops_the_sender_in_every_campaign_also_when_paused(store, k
     assert status(store, "spring", "ann@acme.example") == STOPPED
     assert status(store, "autumn", "ann@acme.example") == STOPPED
     assert len(store.events(kind="reply")) == 1
+
+
+def test_stop_scope_recipient_reply_from_cc_also_stops_the_to_recipients(store, keyring):
+    mid = record_sent(
+        store, keyring, to=["ann@acme.example"], cc=["carl@acme.example", "dora@acme.example"]
+    )
+    verdict = make_engine(store, keyring, milter_stop_scope="recipient").process(
+        inbound("carl@acme.example", reply_headers("carl@acme.example", in_reply_to=f"<{mid}>"))
+    )
+    assert verdict.kind == "reply" and verdict.relation == "cc"
+    assert status(store, "spring", "carl@acme.example") == STOPPED
+    assert status(store, "spring", "ann@acme.example") == STOPPED
+    # Another CC'd person is not the mail's addressee.
+    assert status(store, "spring", "dora@acme.example") == ACTIVE

@@ -71,7 +71,12 @@ def test_recipient_scope_falls_back_to_to_recipients_for_other_address():
     _, targets = policy.stop_targets(
         "recipient", sent=MAIL, replier="carl@acme.example", enrollments=enrollments
     )
-    assert targets == ["carl@acme.example"]
+    # A reply from someone only CC'd ends the campaign for the addressee too (DESIGN).
+    assert targets == ["carl@acme.example", "ann@acme.example"]
+    _, targets = policy.stop_targets(
+        "recipient", sent=MAIL, replier="ann@acme.example", enrollments=enrollments
+    )
+    assert targets == ["ann@acme.example"]
 
 
 def test_domain_scope_and_freemail_fallback():

@@ -127,7 +127,8 @@ def stop_targets(
     the replier; ``domain_enrollments`` those at the replier's domain (for scope domain).
 
     - ``recipient``: the replier when enrolled, otherwise the mail's To recipients (a reply
-      from the prospect's other address still stops the prospect).
+      from the prospect's other address still stops the prospect); a replier only CC'd
+      stops the To recipients as well.
     - ``thread``: every recipient of the matched mail, plus the replier when enrolled.
     - ``domain``: everyone in the campaign at the replier's domain plus the thread; at
       free-mail domains this falls back to ``thread``.
@@ -140,10 +141,16 @@ def stop_targets(
         scope = "thread"
     wanted: list[str]
     if scope == "recipient":
+        addressed = [r.address for r in sent.recipients if r.role == "to" and r.status == "sent"]
+        cc_only = replier not in addressed and any(
+            r.address == replier and r.role == "cc" for r in sent.recipients
+        )
         if replier in by_address:
-            wanted = [replier]
+            # A reply from someone only CC'd still answers the mail: its To recipients
+            # are stopped too.
+            wanted = [replier, *addressed] if cc_only else [replier]
         else:
-            wanted = [r.address for r in sent.recipients if r.role == "to" and r.status == "sent"]
+            wanted = addressed
     elif scope == "domain":
         wanted = [*thread, replier, *(e.recipient for e in domain_enrollments)]
         by_address.update({e.recipient: e for e in domain_enrollments})

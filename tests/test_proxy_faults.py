@@ -347,3 +347,35 @@ def test_upstream_refusing_the_data_command_leaves_the_connection_fit_for_the_ne
     assert (got.mail_from, got.rcpt_tos) == ("c@example.org", ["d@example.net"])
     assert upstream.handler.connections == 1
     assert [s for s, _ in statuses(store)] == ["failed", "relayed"]
+
+
+def test_client_leaving_while_mail_is_in_flight_upstream_closes_that_connection(
+    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore
+) -> None:
+    upstream.faults.mail_delay = 1.0
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"EHLO client.test\r\n")
+        while reader.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"MAIL FROM:<a@example.org>\r\n")
+        deadline = time.monotonic() + 10
+        while "MAIL" not in upstream.handler.commands and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "MAIL" in upstream.handler.commands
+        # The socket only closes once its file object is closed too.
+        reader.close()
+    # The client hung up before the upstream answered MAIL: the upstream transaction is
+    # half open, so the proxy must close that connection, neither pool nor forget it.
+    deadline = time.monotonic() + 10
+    while upstream.handler.closed < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.handler.closed == 1
+    assert len(proxy.server.pool._idle) == 0
+    upstream.faults.mail_delay = 0.0
+    with smtplib.SMTP("127.0.0.1", proxy.port) as client:
+        client.sendmail("c@example.org", ["d@example.net"], MAIL)
+    [got] = upstream.received
+    assert got.mail_from == "c@example.org"
+    assert store.messages()[0].sender == "c@example.org"

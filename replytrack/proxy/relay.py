@@ -342,6 +342,10 @@ class UpstreamPool:
         except Exception as exc:
             client.close()
             raise _translate(exc, "connect") from exc
+        except BaseException:
+            # Cancelled (the client left while we connected): the connection is nobody's.
+            client.close()
+            raise
         if s.tls != "none" and client.get_transport_info("sslcontext") is None:
             client.close()
             raise RelayError("451 4.7.0 upstream connection is not encrypted", broken=True)
@@ -391,6 +395,11 @@ class UpstreamPool:
                         continue
                 else:
                     self.release(upstream)
+                raise
+            except BaseException:
+                # Cancelled while MAIL was in flight (the client left): the upstream may yet
+                # open the transaction, so the connection is closed, never pooled or leaked.
+                upstream.close()
                 raise
             return upstream
         raise AssertionError("unreachable")  # pragma: no cover

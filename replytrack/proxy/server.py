@@ -431,6 +431,13 @@ class ProxySMTP(NullSenderSMTP):
         return ProxySession(self.loop)
 
     def connection_made(self, transport: Any) -> None:
+        # aiosmtpd calls this again after STARTTLS and starts a new session (RFC 3207 4.2);
+        # a transaction opened upstream before it would be lost with the old session, so
+        # its connection is closed here (it is half open: never pooled).
+        old = getattr(self, "session", None)
+        if old is not None and old.rt_upstream is not None:
+            old.rt_upstream.close()
+            old.rt_upstream = None
         super().connection_made(transport)
         self.handler.connections.add(self)
 

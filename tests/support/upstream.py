@@ -52,6 +52,8 @@ class Faults:
     """What the upstream should do wrong. Replies are complete SMTP reply lines."""
 
     mail_reply: str | None = None
+    # Wait this long before answering MAIL.
+    mail_delay: float = 0.0
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str | None = None
     # Refuse the DATA command itself (before 354), leaving the transaction open, as
@@ -72,6 +74,8 @@ class RecordingHandler:
         self.received: list[Received] = []
         self.faults = Faults()
         self.connections = 0
+        # Connections the other side (the proxy) closed or dropped.
+        self.closed = 0
         self.commands: list[str] = []
         self.lock = threading.Lock()
 
@@ -86,6 +90,8 @@ class RecordingHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
     ) -> str:
         self.commands.append("MAIL")
+        if self.faults.mail_delay:
+            await asyncio.sleep(self.faults.mail_delay)
         if self.faults.mail_reply:
             return self.faults.mail_reply
         # Like Postfix, take the null reverse-path (only a literal MAIL FROM:<> sets it).
@@ -156,6 +162,13 @@ class LongLineSMTP(NullSenderSMTP):
             await self.push(reply)
             return
         await super().smtp_DATA(arg)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        handler = self.event_handler
+        if isinstance(handler, RecordingHandler):
+            with handler.lock:
+                handler.closed += 1
+        super().connection_lost(error)
 
 
 class RecordingUpstream:

@@ -302,3 +302,39 @@ def test_missing_listener_only_logs(caplog):
         with caplog.at_level(logging.WARNING, logger="replytrack.milter"):
             assert not adapter.set_listener_nodelay(port)
     assert "TCP_NODELAY not set" in caplog.text
+
+
+@pytest.mark.timeout(30)
+def test_busy_store_workers_journal_at_once_without_queueing(
+    store, keyring, milter_for, journal, monkeypatch
+):
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+    monkeypatch.setattr(adapter, "STORE_CALL_TIMEOUT", 0.2)
+    monkeypatch.setattr(adapter, "STORE_WORKERS", 1)
+    release = threading.Event()
+    screened = []
+
+    class Stuck(Engine):
+        def screen(self, msg, **kwargs):
+            screened.append(msg.queue_id)
+            release.wait(10)  # a store stuck on a lock (fault injection)
+            return super().screen(msg, **kwargs)
+
+    ctx = milter_for(Stuck(Config(domain=DOMAIN), keyring, store))
+    for n in (1, 2):
+        rc = ctx._feedFile(
+            eml(
+                [
+                    ("From", "ann@acme.example"),
+                    ("Message-ID", f"<busy{n}@acme>"),
+                    ("In-Reply-To", f"<{mid}>"),
+                ]
+            ),
+            "ann@acme.example",
+            "sales@vendor.example",
+        )
+        assert rc == Milter.ACCEPT
+    # Both mails are journaled; the second never waited behind the stuck one.
+    assert journal.backlog() == 2
+    assert len(screened) == 1
+    release.set()

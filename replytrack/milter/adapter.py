@@ -28,6 +28,7 @@ import functools
 import logging
 import os
 import socket as pysocket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -61,14 +62,45 @@ STORE_CALL_TIMEOUT = 3.0
 _workers: concurrent.futures.ThreadPoolExecutor | None = None
 
 
+_in_flight = 0
+_in_flight_lock = threading.Lock()
+
+
+class StoreBusy(concurrent.futures.TimeoutError):
+    """Every store worker is still busy (stuck on a lock): the mail is journaled at once."""
+
+
+def _done(_future: concurrent.futures.Future[Any]) -> None:
+    global _in_flight
+    with _in_flight_lock:
+        _in_flight -= 1
+
+
 def _in_worker(func: Callable[..., T], *args: Any) -> T:
-    """Run ``func`` on a store worker thread and wait for it (bounded)."""
-    global _workers
-    if _workers is None:
-        _workers = concurrent.futures.ThreadPoolExecutor(
-            max_workers=STORE_WORKERS, thread_name_prefix="replytrack-store"
-        )
-    return _workers.submit(func, *args).result(timeout=STORE_CALL_TIMEOUT)
+    """Run ``func`` on a store worker thread and wait for it (bounded).
+
+    Raises :class:`StoreBusy` (a TimeoutError) without queueing anything when every worker
+    is taken: work queued behind a stuck store would only time out in turn, and pile up.
+    """
+    global _workers, _in_flight
+    with _in_flight_lock:
+        if _workers is None:
+            _workers = concurrent.futures.ThreadPoolExecutor(
+                max_workers=STORE_WORKERS, thread_name_prefix="replytrack-store"
+            )
+        if _in_flight >= STORE_WORKERS:
+            raise StoreBusy(f"all {STORE_WORKERS} store workers busy")
+        future = _workers.submit(func, *args)
+        _in_flight += 1
+    # Runs once, when the work ends or is cancelled, so the count never leaks.
+    future.add_done_callback(_done)
+    try:
+        return future.result(timeout=STORE_CALL_TIMEOUT)
+    except concurrent.futures.TimeoutError:
+        # Work not started yet is dropped; work running finishes (the replay then finds
+        # its event recorded).
+        future.cancel()
+        raise
 
 
 def _fail_open(result: int) -> Callable[[F], F]:
@@ -172,6 +204,8 @@ class ReplyTrackMilter(Milter.Base):
         self.qid()
         try:
             screening = _in_worker(self.engine.screen, msg)
+        except StoreBusy:
+            screening = self._unscreened(msg, "store-busy")
         except concurrent.futures.TimeoutError:
             screening = self._unscreened(msg, "store-timeout")
         except Exception:
@@ -246,9 +280,9 @@ class ReplyTrackMilter(Milter.Base):
         except StoreError as exc:
             self._journal(msg, str(exc))
             return Milter.ACCEPT
-        except concurrent.futures.TimeoutError:
+        except concurrent.futures.TimeoutError as exc:
             # The worker may still finish; the replay then finds the event already recorded.
-            self._journal(msg, f"store slower than {STORE_CALL_TIMEOUT:g}s")
+            self._journal(msg, str(exc) or f"store slower than {STORE_CALL_TIMEOUT:g}s")
             return Milter.ACCEPT
         except Exception as exc:
             # An unexpected fault must not lose the verdict: journal it for replay.

@@ -126,6 +126,8 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
       replytrack milter --socket inet:8894@127.0.0.1
       # main.cf: smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }
     """
+    import Milter
+
     from replytrack import metrics, notify
     from replytrack.milter import adapter
     from replytrack.milter.journal import Journal, Replayer
@@ -166,6 +168,12 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
     log.info("milter listening on %s (store %s)", config.milter_socket, config.db)
     try:
         adapter.run(config.milter_socket, timeout=config.milter_timeout)
+    except Milter.milter.error as exc:
+        # libmilter says only "cannot opensocket": name the likely causes, no traceback.
+        raise click.ClickException(
+            f"cannot listen on {config.milter_socket} ({exc}): address in use, directory"
+            " missing or not writable?"
+        ) from None
     finally:
         replayer.stop()
         if sender is not None:

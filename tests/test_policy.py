@@ -120,3 +120,16 @@ def test_pause_until():
     far = policy.pause_until(dt.date(2028, 1, 1), now=now, default_days=7, max_days=60)
     assert far == now + 60 * 86400
     assert policy.pause_until(dt.date(2026, 11, 1), now=now, default_days=7, max_days=60) is None
+
+
+def test_freemail_matches_subdomains_and_common_providers():
+    for domain in ("comcast.net", "free.fr", "163.com", "qq.com", "yahoo.co.jp", "hotmail.it"):
+        assert policy.is_freemail(domain), domain
+    assert policy.is_freemail("BTInternet.com")
+    # Below a provider is still the provider; a look-alike suffix is not.
+    assert policy.is_freemail("eu.mail.gmail.com")
+    assert policy.is_freemail("branch.corp-mail.example", ["corp-mail.example"])
+    assert not policy.is_freemail("notgmail.com")
+    assert not policy.is_freemail("acme.example")
+    gmail_sub = sent(("a@us.gmail.com", "to"))
+    assert policy.relation("b@us.gmail.com", gmail_sub) == policy.OTHER

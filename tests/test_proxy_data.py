@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from replytrack.headers import split_message
 from replytrack.proxy.relay import data_chunks
 from replytrack.proxy.server import ThreadedProxy
-from replytrack.proxy.stamp import stamp
+from replytrack.proxy.stamp import MetadataError, stamp
 from replytrack.store.sqlite import SQLiteStore
 from tests.support.upstream import (  # noqa: F401  (fixtures)
     RecordingUpstream,
@@ -144,9 +144,15 @@ messages = st.lists(
 @settings(max_examples=400, deadline=None)
 @given(message=messages, chunk=st.integers(min_value=1, max_value=40))
 def test_data_chunks_match_whole_message_encoding(message: bytes, chunk: int) -> None:
-    stamped = stamp(message, "token@track.example.com")
-    got = b"".join(data_chunks(stamped.head, stamped.source, stamped.body_start, chunk=chunk))
-    assert got == reference(stamped.data)
+    try:
+        stamped = stamp(message, "token@track.example.com")
+        head, start, whole = stamped.head, stamped.body_start, stamped.data
+    except MetadataError:
+        # stamp() refuses a header block with a bare CR or leading white space; the
+        # encoding must still hold for such bytes sent as they are.
+        head, start, whole = b"", 0, message
+    got = b"".join(data_chunks(head, message, start, chunk=chunk))
+    assert got == reference(whole)
     # The end of DATA appears once, at the very end.
     assert got.endswith(b"\r\n.\r\n")
     assert b"\r\n.\r\n" not in got[:-3]

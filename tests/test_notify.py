@@ -317,3 +317,29 @@ def test_two_sender_threads_share_the_outbox(
             sender.stop(timeout=10)
     assert sorted(receiver.ok_ids()) == sorted(ids)
     assert len(receiver.requests) == 30
+
+
+def test_retry_dead_gives_dead_events_a_fresh_start(
+    tmp_path: Path, store: SQLiteStore, receiver: Receiver
+) -> None:
+    from click.testing import CliRunner
+
+    from replytrack.cli import cli
+
+    receiver.statuses = [500]
+    _reply(store)
+    Sender(
+        _config(tmp_path, receiver.url, notify_max_attempts=1), store, retry_base=0.01
+    ).deliver_due()
+    assert store.outbox_counts()["dead"] == 1
+    env = {
+        "REPLYTRACK_DB": str(tmp_path / "replytrack.db"),
+        "REPLYTRACK_NOTIFY_WEBHOOKS": receiver.url,
+        "REPLYTRACK_NOTIFY_SECRET": SECRET,
+    }
+    done = CliRunner().invoke(cli, ["notify", "--once", "--retry-dead"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "retrying 1 dead event(s)" in done.output
+    counts = store.outbox_counts()
+    assert counts["dead"] == 0 and counts["delivered"] == 1
+    assert receiver.ok_ids() != []

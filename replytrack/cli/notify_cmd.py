@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+import time
 from types import FrameType
 
 import click
 
 from replytrack.cli.common import State, cli, pass_state, setup_logging
 from replytrack.notify import Sender
+from replytrack.store.sqlite import SQLiteStore
 
 
 @cli.command("notify")
@@ -37,9 +39,14 @@ from replytrack.notify import Sender
     metavar="SECONDS",
     help="How often to look for new events.",
 )
+@click.option(
+    "--retry-dead",
+    is_flag=True,
+    help="First give events that ran out of attempts a fresh set, due now.",
+)
 @pass_state
 def notify_command(
-    state: State, once: bool, retry_base: float, retry_cap: float, poll: float
+    state: State, once: bool, retry_base: float, retry_cap: float, poll: float, retry_dead: bool
 ) -> None:
     """POST recorded events (replies, stops, bounces...) to the configured webhooks.
 
@@ -52,6 +59,7 @@ def notify_command(
     Example:
       REPLYTRACK_NOTIFY_WEBHOOKS=https://crm.example.com/hooks/replytrack replytrack notify
       replytrack notify --once
+      replytrack notify --once --retry-dead
     """
     config = state.config()
     if not config.notify_webhooks:
@@ -61,6 +69,11 @@ def notify_command(
         )
     setup_logging(config.log_level)
     store = state.store()
+    if retry_dead:
+        if not isinstance(store, SQLiteStore):
+            raise click.ClickException("--retry-dead needs the SQLite store")
+        revived = store.retry_dead_outbox(time.time())
+        click.echo(f"retrying {revived} dead event(s)")
     sender = Sender(config, store, retry_base=retry_base, retry_cap=retry_cap, poll_interval=poll)
     if once:
         tried = sender.deliver_due(limit=1_000_000)

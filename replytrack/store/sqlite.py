@@ -961,6 +961,16 @@ class SQLiteStore(Store):
         )[0]
         return {key: int(row[key] or 0) for key in ("pending", "due", "dead", "delivered")}
 
+    def retry_dead_outbox(self, now: float) -> int:
+        """Give every dead outbox row a fresh set of attempts, due now; returns how many."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET attempts = 0, dead_at = NULL, next_attempt_at = ?,"
+                " last_error = NULL WHERE dead_at IS NOT NULL AND delivered_at IS NULL",
+                (now,),
+            )
+            return int(cur.rowcount)
+
     # --- maintenance ---------------------------------------------------------------------
     def check_writable(self) -> None:
         conn = self.conn

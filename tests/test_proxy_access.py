@@ -215,3 +215,27 @@ def test_auth_with_unknown_user_or_empty_password_is_refused_and_mail_stays_refu
         code, text = client.mail("a@example.org")
         assert code == 554 and text.startswith(b"5.7.1")
     assert upstream.received == [] and upstream.handler.commands == []
+
+
+def test_auth_tries_per_connection_are_limited(
+    start_proxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    cert, key = make_certificate(tmp_path, "proxy.test")
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('s3cret', iterations=1000)}\n")
+    proxy = start_proxy(
+        upstream.address,
+        proxy_auth_file=str(users),
+        proxy_tls_cert=str(cert),
+        proxy_tls_key=str(key),
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    token = base64.b64encode(b"\0alice\0wrong").decode()
+    with smtplib.SMTP("127.0.0.1", proxy.port) as client:
+        client.starttls(context=context)
+        client.ehlo()
+        codes = [client.docmd("AUTH", f"PLAIN {token}")[0] for _ in range(5)]
+        assert codes == [535] * 5
+        code, text = client.docmd("AUTH", f"PLAIN {token}")
+        assert code == 421 and b"AUTH" in text

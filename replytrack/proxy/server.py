@@ -19,6 +19,7 @@ import logging
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -100,6 +101,11 @@ _STOCK_REPLIES = {
     ),
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Mail up to this size is stamped on the event loop (cheaper than a hop to a thread); larger
+# mail, whose header block may be large too, is stamped in the executor.
+_STAMP_INLINE_BYTES = 64 * 1024
+# AUTH attempts allowed per client connection (aiosmtpd answers 421 and closes after).
+AUTH_TRIES = 5
 # MAIL FROM:<path> / RCPT TO:<path> with the angle brackets RFC 5321 requires. Requiring
 # them also catches a bare LF inside an address: aiosmtpd ends a command line at LF, so
 # "MAIL FROM:<a\nb@x>" reaches us as "FROM:<a", which it would otherwise accept as "a".
@@ -657,7 +663,13 @@ class ProxyHandler:
         message_id = mint(self.keyring, self.config.domain)
         info["message_id"] = message_id
         try:
-            stamped = stamp(data, message_id)
+            # Reading a header block is quick for ordinary mail, but a client may send
+            # megabytes of header; that is read off the event loop so other clients are
+            # not held up meanwhile. Small mail skips the hop to a thread.
+            if len(data) > _STAMP_INLINE_BYTES:
+                stamped = await self._in_thread(stamp, data, message_id)
+            else:
+                stamped = stamp(data, message_id)
         except MetadataError as exc:
             await self.pool.end(upstream, reset=True)
             return f"550 5.6.0 {exc}", "rejected"
@@ -858,6 +870,10 @@ class ProxyServer:
                 # MAIL unless they authenticated (see ProxyHandler.handle_MAIL).
                 auth_required=False,
                 auth_exclude_mechanism=["CRAM-MD5"],
+                # Each AUTH costs a PBKDF2 computation on the event loop; a client gets a
+                # few tries per connection, not a loop that stalls everyone else. aiosmtpd
+                # counts per connection, so every other command is left unlimited.
+                command_call_limit={"AUTH": AUTH_TRIES, "*": sys.maxsize},
             )
         return options
 

@@ -437,3 +437,31 @@ def test_stopped_campaign_suppresses_every_recipient_until_resumed(
     assert upstream.received[-1].rcpt_tos == ["new@prospect.test"]
     (enrollment,) = store.enrollments(campaign="spring-2026", recipient="new@prospect.test")
     assert enrollment.status == "active"
+
+
+@pytest.mark.parametrize("reply", ["550 5.7.1 content refused", "451 4.3.0 try later"])
+def test_mail_the_upstream_refuses_enrolls_and_suppresses_nobody(
+    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore, reply: str
+) -> None:
+    # Pat is stopped in the campaign already; Lee is new to it.
+    stop_enrollment(store, "spring-2026", "pat@prospect.test", "replied")
+    recipients = ["pat@prospect.test", "lee@prospect.test"]
+    upstream.faults.data_reply = reply
+    for _ in range(2):
+        # The client tries again after a refusal, as it would after a 4xx.
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            send(proxy.port, "seller@example.org", recipients, CAMPAIGN_MAIL)
+        assert err.value.smtp_code == int(reply[:3])
+    assert upstream.received == []
+    assert [e.recipient for e in store.enrollments(campaign="spring-2026")] == ["pat@prospect.test"]
+    assert store.events(kind="suppressed") == []
+    # Accepted at last: Lee is enrolled, Pat's suppression recorded, each once.
+    upstream.faults.data_reply = None
+    assert send(proxy.port, "seller@example.org", recipients, CAMPAIGN_MAIL) == {}
+    [got] = upstream.received
+    assert got.rcpt_tos == ["lee@prospect.test"]
+    enrolled = {e.recipient: e.status for e in store.enrollments(campaign="spring-2026")}
+    assert enrolled == {"pat@prospect.test": "stopped", "lee@prospect.test": "active"}
+    events = store.events(kind="suppressed")
+    assert [(e.recipient, e.campaign) for e in events] == [("pat@prospect.test", "spring-2026")]
+    assert [m.status for m in store.messages()] == ["relayed", "failed", "failed"]

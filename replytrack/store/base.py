@@ -202,6 +202,8 @@ class Store(abc.ABC):
         """Record a mail, its recipients, the campaign, new enrollments and suppressions.
 
         One transaction: when this returns the record is committed. Returns the row id.
+        A ``relaying`` record enrolls and suppresses nobody yet: that happens when
+        ``set_message_status`` marks it ``relayed``.
         """
 
     @abc.abstractmethod
@@ -210,7 +212,8 @@ class Store(abc.ABC):
 
         The proxy records a mail as ``relaying`` before it sends DATA upstream and settles
         it here once the upstream answered, so a crash in between leaves a trace, never a
-        relayed mail without a record.
+        relayed mail without a record. Going from ``relaying`` to ``relayed`` enrolls the
+        recipients the mail was sent to and records its suppressions (same transaction).
         """
 
     # --- inbound --------------------------------------------------------------------------

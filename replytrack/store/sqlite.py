@@ -561,47 +561,96 @@ class SQLiteStore(Store):
                     "INSERT OR IGNORE INTO campaigns (campaign, created_at) VALUES (?, ?)",
                     (record.campaign, record.created_at),
                 )
-                # The first campaign mail to an address enrolls it; later steps find it.
-                conn.executemany(
-                    "INSERT OR IGNORE INTO enrollments (campaign, recipient, domain, status,"
-                    " reason, since, created_at) VALUES (?,?,?,'active',NULL,?,?)",
-                    [
-                        (
-                            record.campaign,
-                            r.address,
-                            r.address.rpartition("@")[2],
-                            record.created_at,
-                            record.created_at,
-                        )
-                        for r in record.recipients
-                        if r.status == "sent"
-                    ],
-                )
-                for r in record.recipients:
-                    if r.status != "suppressed":
-                        continue
-                    self._insert_event(
+                if record.status != "relaying":
+                    # A mail still on its way upstream enrolls and suppresses nobody yet:
+                    # set_message_status does that once the upstream took it.
+                    self._enroll_and_suppress(
                         conn,
-                        Event(
-                            kind="suppressed",
-                            created_at=record.created_at,
-                            campaign=record.campaign,
-                            message_id=record.message_id,
-                            sender=record.sender,
-                            recipient=r.address,
-                            detail={"reason": r.reason, "step": record.step},
-                        ),
-                        dedupe_key=None,
-                        notify=True,
+                        campaign=record.campaign,
+                        message_id=record.message_id,
+                        sender=record.sender,
+                        step=record.step,
+                        created_at=record.created_at,
+                        recipients=[(r.address, r.status, r.reason) for r in record.recipients],
                     )
         return pk
 
+    def _enroll_and_suppress(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        campaign: str,
+        message_id: str,
+        sender: str,
+        step: int | None,
+        created_at: float,
+        recipients: Sequence[tuple[str, str, str | None]],
+    ) -> None:
+        """Enroll the recipients a campaign mail was sent to and record its suppressions."""
+        # The first campaign mail to an address enrolls it; later steps find it.
+        conn.executemany(
+            "INSERT OR IGNORE INTO enrollments (campaign, recipient, domain, status,"
+            " reason, since, created_at) VALUES (?,?,?,'active',NULL,?,?)",
+            [
+                (campaign, address, address.rpartition("@")[2], created_at, created_at)
+                for address, status, _ in recipients
+                if status == "sent"
+            ],
+        )
+        for address, status, reason in recipients:
+            if status != "suppressed":
+                continue
+            self._insert_event(
+                conn,
+                Event(
+                    kind="suppressed",
+                    created_at=created_at,
+                    campaign=campaign,
+                    message_id=message_id,
+                    sender=sender,
+                    recipient=address,
+                    detail={"reason": reason, "step": step},
+                ),
+                dedupe_key=None,
+                notify=True,
+            )
+
     def set_message_status(self, pk: int, status: str, upstream_reply: str | None) -> None:
         with self.write() as conn:
+            row = conn.execute(
+                "SELECT status, campaign, message_id, sender, step, created_at FROM messages"
+                " WHERE id = ?",
+                (pk,),
+            ).fetchone()
             conn.execute(
                 "UPDATE messages SET status = ?, upstream_reply = ? WHERE id = ?",
                 (status, upstream_reply, pk),
             )
+            if (
+                row is not None
+                and row["status"] == "relaying"
+                and status == "relayed"
+                and row["campaign"] is not None
+            ):
+                # Only now did the upstream take the mail: enroll its recipients and record
+                # its suppressions, in the same transaction as the status. A refused mail
+                # (which the client may send again) leaves neither behind.
+                recipients = [
+                    (r["address"], r["status"], r["reason"])
+                    for r in conn.execute(
+                        "SELECT address, status, reason FROM recipients WHERE message = ?",
+                        (pk,),
+                    )
+                ]
+                self._enroll_and_suppress(
+                    conn,
+                    campaign=row["campaign"],
+                    message_id=row["message_id"],
+                    sender=row["sender"],
+                    step=row["step"],
+                    created_at=row["created_at"],
+                    recipients=recipients,
+                )
 
     # --- inbound --------------------------------------------------------------------------
     def _recipients_for(self, pks: Sequence[int]) -> dict[int, list[OutboundRecipient]]:

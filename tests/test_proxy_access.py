@@ -8,6 +8,7 @@ import base64
 import smtplib
 import socket
 import ssl
+import time
 import types
 from pathlib import Path
 
@@ -239,3 +240,26 @@ def test_auth_tries_per_connection_are_limited(
         assert codes == [535] * 5
         code, text = client.docmd("AUTH", f"PLAIN {token}")
         assert code == 421 and b"AUTH" in text
+
+
+def test_starttls_after_mail_closes_the_open_upstream_transaction(
+    start_proxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    cert, key = make_certificate(tmp_path, "proxy.test")
+    proxy = start_proxy(upstream.address, proxy_tls_cert=str(cert), proxy_tls_key=str(key))
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", proxy.port) as client:
+        client.ehlo()
+        assert client.mail("a@example.org")[0] == 250
+        # STARTTLS starts a new session (RFC 3207 4.2): the transaction opened upstream
+        # before it is gone with the old one, so its connection must be closed.
+        client.starttls(context=context)
+        client.ehlo()
+        deadline = time.monotonic() + 10
+        while upstream.handler.closed < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert upstream.handler.closed == 1
+        client.sendmail("c@example.org", ["d@example.net"], b"Subject: x\r\n\r\nbody\r\n")
+    [got] = upstream.received
+    assert (got.mail_from, got.rcpt_tos) == ("c@example.org", ["d@example.net"])

@@ -105,6 +105,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import smtp_load  # noqa: E402 (bench/ is the script's own directory)
+
 from replytrack.store.sqlite import SQLiteStore, message_key  # noqa: E402
 from replytrack.tokens import load_keyring, mint  # noqa: E402
 from tests.support.postfix import PostfixLab, free_port, make_base_dir, port_open  # noqa: E402
@@ -476,31 +478,10 @@ class Milters:
 
 
 def run_source(port: int, mails: int, sessions: int, msg: Path) -> float:
-    start = time.monotonic()
-    result = subprocess.run(
-        [
-            "smtp-source",
-            "-s",
-            str(sessions),
-            "-m",
-            str(mails),
-            "-F",
-            str(msg),
-            "-f",
-            "someone@sender.example",
-            "-t",
-            "sales@bench.example",
-            "-M",
-            "client.bench.example",
-            f"127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    """smtp-source against 127.0.0.1:port; returns wall seconds."""
+    return smtp_load.run_source(
+        port, mails, sessions, msg, sender="someone@sender.example", recipient="sales@bench.example"
     )
-    if result.returncode != 0:
-        raise SystemExit(f"smtp-source failed: {result.stdout}{result.stderr}")
-    return time.monotonic() - start
 
 
 def main() -> None:

@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import smtp_load  # noqa: E402 (bench/ is the script's own directory)
+
 from tests.support.postfix import PostfixLab, free_port, make_base_dir, port_open  # noqa: E402
 from tests.support.upstream import SmtpSink  # noqa: E402
 
@@ -69,32 +71,15 @@ def message_file(path: Path, size: int) -> None:
 
 
 def run_source(port: int, mails: int, sessions: int, msg: Path) -> float:
-    """smtp-source against 127.0.0.1:port; returns wall seconds (fails on any non-2xx)."""
-    start = time.monotonic()
-    result = subprocess.run(
-        [
-            "smtp-source",
-            "-s",
-            str(sessions),
-            "-m",
-            str(mails),
-            "-F",
-            str(msg),
-            "-f",
-            "sales@vendor.example",
-            "-t",
-            "prospect@bench.example",
-            "-M",
-            "client.bench.example",
-            f"127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    """smtp-source against 127.0.0.1:port; returns wall seconds."""
+    return smtp_load.run_source(
+        port,
+        mails,
+        sessions,
+        msg,
+        sender="sales@vendor.example",
+        recipient="prospect@bench.example",
     )
-    if result.returncode != 0:
-        raise SystemExit(f"smtp-source failed on port {port}: {result.stdout}{result.stderr}")
-    return time.monotonic() - start
 
 
 def start_proxy(work: Path, sink_port: int) -> tuple[subprocess.Popen[bytes], int]:

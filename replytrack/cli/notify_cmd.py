@@ -10,7 +10,6 @@ import click
 
 from replytrack.cli.common import State, cli, pass_state, setup_logging
 from replytrack.notify import Sender
-from replytrack.store.sqlite import SQLiteStore
 
 
 @cli.command("notify")
@@ -70,8 +69,6 @@ def notify_command(
     setup_logging(config.log_level)
     store = state.store()
     if retry_dead:
-        if not isinstance(store, SQLiteStore):
-            raise click.ClickException("--retry-dead needs the SQLite store")
         revived = store.retry_dead_outbox(time.time())
         click.echo(f"retrying {revived} dead event(s)")
     sender = Sender(config, store, retry_base=retry_base, retry_cap=retry_cap, poll_interval=poll)

@@ -328,6 +328,10 @@ class Store(abc.ABC):
         """Count one attempt, release the lease, and mark the row delivered, dead or due later."""
 
     @abc.abstractmethod
+    def retry_dead_outbox(self, now: float) -> int:
+        """Give every dead outbox row a fresh set of attempts, due now; returns how many."""
+
+    @abc.abstractmethod
     def outbox_counts(self, now: float | None = None) -> dict[str, int]:
         """Outbox rows by state: ``pending`` (not delivered, not dead), ``due``, ``dead``,
         ``delivered``."""

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from replytrack import tokens
-from replytrack.store import OutboundRecipient, OutboundRecord
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
 from tests.support.faults import free_port, hold_exclusive_lock, wait_port
+from tests.support.milter_records import record_sent
 from tests.support.postfix import PostfixLab
 
 pytestmark = [pytest.mark.postfix, pytest.mark.timeout(150)]
@@ -87,22 +87,14 @@ def milter(tmp_path: Path) -> Iterator[tuple[MilterProcess, str]]:
     proc = MilterProcess(tmp_path)
     keyring = Keyring.generate()
     tokens.write_keyring(proc.secret, keyring)
-    ours = tokens.mint(keyring, DOMAIN)
     store = SQLiteStore(proc.db)
-    store.record_outbound(
-        OutboundRecord(
-            message_id=ours,
-            original_message_id=None,
-            campaign="camp-1",
-            step=1,
-            sender="sales@sender.example",
-            from_address="sales@sender.example",
-            subject="Quick question",
-            size=100,
-            status="relayed",
-            recipients=(OutboundRecipient("prospect@prospect.example", "to", True),),
-            created_at=time.time() - 3600,
-        )
+    ours = record_sent(
+        store,
+        keyring,
+        to=["prospect@prospect.example"],
+        campaign="camp-1",
+        sender="sales@sender.example",
+        domain=DOMAIN,
     )
     store.close_all()
     proc.start()

@@ -22,10 +22,10 @@ from replytrack import tokens
 from replytrack.config import Config
 from replytrack.milter.engine import Engine, Inbound
 from replytrack.proxy.server import ThreadedProxy
-from replytrack.store import OutboundRecipient, OutboundRecord
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
 from tests.support.faults import FaultUpstream, make_message
+from tests.support.milter_records import record_sent
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -238,21 +238,13 @@ class CountingStore(SQLiteStore):
 def engine_parts(tmp_path: Path) -> tuple[Engine, CountingStore, Keyring, str]:
     keyring = Keyring.generate()
     store = CountingStore(tmp_path / "rt.db")
-    ours = tokens.mint(keyring, DOMAIN)
-    store.record_outbound(
-        OutboundRecord(
-            message_id=ours,
-            original_message_id=None,
-            campaign="camp-1",
-            step=1,
-            sender="sales@sender.example",
-            from_address="sales@sender.example",
-            subject="Quick question",
-            size=100,
-            status="relayed",
-            recipients=(OutboundRecipient("prospect@example.test", "to", True),),
-            created_at=time.time(),
-        )
+    ours = record_sent(
+        store,
+        keyring,
+        to=["prospect@example.test"],
+        campaign="camp-1",
+        sender="sales@sender.example",
+        domain=DOMAIN,
     )
     config = Config(db=str(tmp_path / "rt.db"), domain=DOMAIN, milter_weak_match=False)
     return Engine(config, keyring, store), store, keyring, ours

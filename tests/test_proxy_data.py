@@ -9,8 +9,6 @@ bare CRs it holds and wherever the pieces are cut; an end of DATA can never be f
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
@@ -21,6 +19,7 @@ from replytrack.proxy.relay import data_chunks
 from replytrack.proxy.server import ThreadedProxy
 from replytrack.proxy.stamp import MetadataError, stamp
 from replytrack.store.sqlite import SQLiteStore
+from tests.support.rawsmtp import open_data, read_reply
 from tests.support.upstream import (  # noqa: F401  (fixtures)
     RecordingUpstream,
     proxy,
@@ -33,27 +32,11 @@ pytestmark = pytest.mark.timeout(60)
 HEADER = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: dots\r\n\r\n"
 
 
-def read_reply(reader) -> bytes:
-    line = reader.readline()
-    while line[3:4] == b"-":
-        line = reader.readline()
-    return line
-
-
 def raw_data(port: int, wire_body: bytes) -> bytes:
     """One transaction over a raw socket (smtplib would rewrite the bytes under test);
     ``wire_body`` is sent as is, dot-stuffing included. Returns the reply to DATA."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        reader = sock.makefile("rb")
-        read_reply(reader)
-        for command in (
-            b"EHLO client.test\r\n",
-            b"MAIL FROM:<a@example.org>\r\n",
-            b"RCPT TO:<b@example.net>\r\n",
-            b"DATA\r\n",
-        ):
-            sock.sendall(command)
-            assert read_reply(reader)[:1] in (b"2", b"3")
+    sock, reader = open_data(port)
+    with sock:
         sock.sendall(wire_body + b".\r\n")
         reply = read_reply(reader)
         sock.sendall(b"QUIT\r\n")

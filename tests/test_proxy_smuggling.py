@@ -5,12 +5,11 @@ smtplib would normalise the very bytes under test."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from replytrack.proxy.server import ThreadedProxy
 from replytrack.store.sqlite import SQLiteStore
+from tests.support.rawsmtp import open_data
 from tests.support.upstream import (  # noqa: F401  (fixtures)
     RecordingUpstream,
     proxy,
@@ -28,25 +27,9 @@ SMUGGLED = (
 )
 
 
-def read_reply(reader) -> bytes:
-    line = reader.readline()
-    while line[3:4] == b"-":
-        line = reader.readline()
-    return line
-
-
 def session(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        reader = sock.makefile("rb")
-        read_reply(reader)
-        for command in (
-            b"EHLO client.test\r\n",
-            b"MAIL FROM:<a@example.org>\r\n",
-            b"RCPT TO:<b@example.net>\r\n",
-            b"DATA\r\n",
-        ):
-            sock.sendall(command)
-            read_reply(reader)
+    sock, reader = open_data(port, check=False)
+    with sock:
         sock.sendall(payload + b"QUIT\r\n")
         return reader.read()
 

@@ -16,6 +16,7 @@ common inbound case the milter must make cheap.
 Configurations (``-unix`` variants talk to the milter over a unix socket instead of TCP):
   none     no milter
   noop     pymilter milter negotiated like ours (noreply MAIL/RCPT/headers, ACCEPT at EOH)
+  cnoop    the same negotiation in C on libmilter (no Python): the floor of any milter
   noopreply  the same, but answering every MAIL, RCPT and header (no noreply)
   sample   the naive pymilter milter of ../shared/tools/sample-milter.py (connect callback,
            body and end of message for every mail, addheader)
@@ -197,6 +198,41 @@ Milter.runmilter("sample", sys.argv[1], 240)
 """
 
 
+# The same no-op negotiation in C on libmilter, no Python at all: the floor any milter on
+# this Postfix and machine pays (connection, negotiation, the MTA's side of the protocol).
+C_NOOP_MILTER = r"""
+#include <stdlib.h>
+#include <string.h>
+#include <libmilter/mfapi.h>
+static sfsistat neg(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
+                    unsigned long f3, unsigned long *pf0, unsigned long *pf1,
+                    unsigned long *pf2, unsigned long *pf3) {
+    unsigned long want = SMFIP_NOCONNECT | SMFIP_NOHELO | SMFIP_NOUNKNOWN | SMFIP_NOBODY
+        | SMFIP_NR_MAIL | SMFIP_NR_RCPT | SMFIP_NR_HDR | SMFIP_SKIP;
+    *pf0 = f0 & (SMFIF_ADDHDRS | SMFIF_CHGHDRS);
+    *pf1 = f1 & want;
+    *pf2 = 0; *pf3 = 0;
+    return SMFIS_CONTINUE;
+}
+static sfsistat cont(SMFICTX *ctx) { return SMFIS_CONTINUE; }
+static sfsistat env(SMFICTX *ctx, char **argv) { return SMFIS_CONTINUE; }
+static sfsistat hdr(SMFICTX *ctx, char *n, char *v) { return SMFIS_CONTINUE; }
+static sfsistat eoh(SMFICTX *ctx) { return SMFIS_ACCEPT; }
+int main(int argc, char **argv) {
+    struct smfiDesc d;
+    memset(&d, 0, sizeof d);
+    d.xxfi_name = "cnoop"; d.xxfi_version = SMFI_VERSION;
+    d.xxfi_flags = SMFIF_ADDHDRS | SMFIF_CHGHDRS;
+    d.xxfi_envfrom = env; d.xxfi_envrcpt = env; d.xxfi_header = hdr; d.xxfi_eoh = eoh;
+    d.xxfi_data = cont; d.xxfi_abort = cont; d.xxfi_negotiate = neg;
+    if (smfi_setconn(argv[1]) == MI_FAILURE || smfi_register(d) == MI_FAILURE) return 1;
+    smfi_settimeout(30);
+    if (smfi_opensocket(1) == MI_FAILURE) return 1;
+    return smfi_main() == MI_SUCCESS ? 0 : 1;
+}
+"""
+
+
 # replytrack milter with screening replaced by an immediate accept: the adapter's protocol
 # cost alone, without store lookups and classification.
 RT_NULL = r"""
@@ -266,6 +302,7 @@ LABELS = {
     "noop": "no-op (TCP, no DATA)",
     "noopdata": "no-op (TCP)",
     "noop-unix": "no-op (unix)",
+    "cnoop": "no-op in C (TCP)",
     "rt": "replytrack (TCP)",
     "rt-unix": "replytrack (unix)",
 }
@@ -436,7 +473,9 @@ class Milters:
         else:
             port = free_port()
             spec, postfix = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}"
-        if kind == "rt":
+        if kind == "cnoop":
+            command = [str(self.compile_c_noop()), spec]
+        elif kind == "rt":
             command = [sys.executable, "-m", "replytrack", "milter", "--socket", spec]
         elif kind in RT_VARIANTS:
             command = [sys.executable, "-c", RT_VARIANT, RT_VARIANTS[kind], "milter"]
@@ -466,6 +505,17 @@ class Milters:
             path.chmod(0o777)
         self.specs[name] = f"{{ {postfix}, default_action=accept }}"
         return self.specs[name]
+
+    def compile_c_noop(self) -> Path:
+        """Build the C no-op milter (gcc, libmilter-dev) once per run."""
+        binary = self.base / "cnoop"
+        if not binary.exists():
+            source = self.base / "cnoop.c"
+            source.write_text(C_NOOP_MILTER)
+            subprocess.run(
+                ["gcc", "-O2", "-o", str(binary), str(source), "-lmilter", "-lpthread"], check=True
+            )
+        return binary
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from email.utils import getaddresses
+from email.utils import getaddresses, parseaddr
 
 # Bounds against hostile input: a References header of a real thread has tens of IDs,
 # never thousands, and no legitimate header value is megabytes long.
@@ -202,6 +202,27 @@ def extract_addresses(values: Iterable[str], limit: int = MAX_ADDRESSES) -> list
 _BARE_ADDRESS = re.compile(r"(?<![^\s<>(),;:\"\[\]])([^\s<>(),;:\"\[\]@]+@[^\s<>(),;:\"\[\]@]+)")
 
 
+# One plain mailbox, the shape of nearly every From and most To values: an optional display
+# name of plain words, then an address in angle brackets, or a bare address. Such a value
+# is parsed here; anything else (quotes, comments, groups, lists, routes) goes to the
+# stdlib parser, which costs ~20 us a value (tests check that both agree on this shape).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_SIMPLE_MAILBOX = re.compile(
+    rf"[ \t]*(?:({_ATOM}(?:[ \t]+{_ATOM})*)?"
+    rf"[ \t]*<({_ADDR})>|({_ADDR}))[ \t]*"
+)
+
+
+def parse_mailbox(value: str) -> tuple[str, str]:
+    """(display name, address) of a From-style value, as ``email.utils.parseaddr`` gives."""
+    simple = _SIMPLE_MAILBOX.fullmatch(value)
+    if simple:
+        name, bracketed, bare = simple.groups()
+        return (" ".join(name.split()) if name else ""), bracketed or bare
+    return parseaddr(value)
+
+
 def _parse_addresses(values: Iterable[str]) -> Iterator[tuple[str, str]]:
     """(name, address) pairs of each value; a value the stdlib parser chokes on is scanned.
 
@@ -210,6 +231,11 @@ def _parse_addresses(values: Iterable[str]) -> Iterator[tuple[str, str]]:
     real address list; the addresses in it are still picked out with a linear scan.
     """
     for value in values:
+        simple = _SIMPLE_MAILBOX.fullmatch(value)
+        if simple:
+            name, bracketed, bare = simple.groups()
+            yield (" ".join(name.split()) if name else ""), bracketed or bare
+            continue
         try:
             pairs = getaddresses([value])
         except (RecursionError, ValueError, IndexError):

@@ -9,12 +9,14 @@ from hypothesis import strategies as st
 
 from replytrack.headers import (
     MAX_IDS,
+    _parse_addresses,
     edit_header,
     extract_addresses,
     extract_msgids,
     header_values,
     line_ending,
     parse_fields,
+    parse_mailbox,
     split_message,
 )
 
@@ -302,3 +304,55 @@ def test_bare_cr_does_not_start_a_field() -> None:
         "Subject",
         "From",
     ]
+
+
+# --- the plain-mailbox fast path agrees with the stdlib parser ------------------------------
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+_atom = st.text(alphabet=_ATEXT, min_size=1, max_size=8)
+_dotted = st.lists(_atom, min_size=1, max_size=3).map(".".join)
+_label = st.text(alphabet="abcxyz019-", min_size=1, max_size=8)
+_address = st.builds(
+    lambda local, labels: f"{local}@{'.'.join(labels)}",
+    _dotted,
+    st.lists(_label, min_size=1, max_size=3),
+)
+_gap = st.sampled_from(["", " ", "  ", "\t"])
+_mailbox = st.one_of(
+    st.builds(lambda g1, a, g2: f"{g1}{a}{g2}", _gap, _address, _gap),
+    st.builds(
+        lambda g1, words, g2, a, g3: f"{g1}{' '.join(words)}{g2}<{a}>{g3}",
+        _gap,
+        st.lists(_atom, min_size=0, max_size=3),
+        _gap,
+        _address,
+        _gap,
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_mailbox)
+def test_plain_mailbox_fast_path_agrees_with_stdlib(value: str) -> None:
+    from email.utils import getaddresses, parseaddr
+
+    assert parse_mailbox(value) == parseaddr(value)
+    assert list(_parse_addresses([value])) == getaddresses([value])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"Doe, John" <john@example.com>',
+        "John (the boss) <john@example.com>",
+        "a@example.com, b@example.com",
+        "Team: a@example.com, b@example.com;",
+        "<@route:john@example.com>",
+        "=?utf-8?q?J=C3=B6rg?= <j@example.com>",
+        "John <john@example.com",
+    ],
+)
+def test_other_mailbox_shapes_go_to_the_stdlib(value: str) -> None:
+    from email.utils import getaddresses, parseaddr
+
+    assert parse_mailbox(value) == parseaddr(value)
+    assert list(_parse_addresses([value])) == getaddresses([value])

@@ -160,6 +160,42 @@ def test_wal_and_busy_timeout_on_every_connection_one_per_thread(tmp_path: Path)
     store.close_all()
 
 
+def test_sessions_on_short_lived_threads_reuse_pooled_connections(tmp_path: Path) -> None:
+    # libmilter calls every callback on a fresh Python thread state; a session lends such
+    # a call an idle connection and takes it back, so connections do not grow per mail.
+    store = SQLiteStore(tmp_path / "rt.db")
+    store.record_outbound(outbound("a@x"))
+    store.close()
+    found: list[list[str]] = []
+
+    def callback() -> None:
+        with store.session(deadline=time.monotonic() + 5):
+            found.append([m.message_id for m in store.find_sent(["a@x"])])
+
+    for _ in range(50):
+        thread = threading.Thread(target=callback)
+        thread.start()
+        thread.join()
+    assert found == [["a@x"]] * 50
+    assert len(store._connections) == 1
+    store.close_all()
+
+
+@pytest.mark.timeout(30)
+def test_session_deadline_interrupts_a_runaway_statement(store: SQLiteStore) -> None:
+    endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT max(x) FROM n"
+    started = time.monotonic()
+    with (
+        pytest.raises(StoreError, match="interrupted"),
+        store.session(deadline=time.monotonic() + 0.2),
+    ):
+        store._query(endless)
+    assert time.monotonic() - started < 5
+    # The connection is sound and no longer bounded after the session.
+    store.record_outbound(outbound("after@x"))
+    assert [m.message_id for m in store.find_sent(["after@x"])] == ["after@x"]
+
+
 @pytest.mark.timeout(120)
 def test_concurrent_writers_all_land(store: SQLiteStore) -> None:
     errors: list[BaseException] = []

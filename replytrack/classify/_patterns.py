@@ -441,6 +441,10 @@ def _screen_sources(source: str) -> list[str]:
     return out
 
 
+# Text up to this long is screened in one pass (see PhraseSet.might_match).
+_SHORT_TEXT = 256
+
+
 class PhraseSet:
     """A phrase table searched fast: most text matches none of its phrases.
 
@@ -464,10 +468,18 @@ class PhraseSet:
         if other:
             joined = "|".join(f"(?:{source})" for source in other)
             self._screens.append(re.compile(joined, re.U | re.S))
+        # On short text (a subject, a header value) one pass of a single alternation beats
+        # the literal scans, which each start over (measured: 1-3 us against 6-11 us for a
+        # table of 44-65 phrases on a subject); on long text the literal scans win.
+        self._one_pass = re.compile(
+            "|".join(f"(?:{screen.pattern})" for screen in self._screens), re.U | re.S
+        )
 
     def might_match(self, text: str) -> bool:
         """False when no phrase of the table occurs in ``text`` (the fast pass)."""
         low = text.lower()
+        if len(low) <= _SHORT_TEXT:
+            return self._one_pass.search(low) is not None
         return any(screen.search(low) for screen in self._screens)
 
     def first(self, text: str) -> str | None:

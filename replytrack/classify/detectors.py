@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 from functools import cached_property
+
+from replytrack.headers import parse_mailbox
 
 from . import _patterns as pat
 from ._mime import Headers, MailView, Part, decode_words, split_header_block
@@ -85,7 +87,7 @@ class Context:
         if envelope_from is not None:
             envelope = envelope_from.strip().strip("<>").strip()
         subject = " ".join(decode_words(headers.get("Subject") or "").split())[:1000]
-        name, addr = parseaddr(decode_words(headers.get("From") or "")[:2000])
+        name, addr = parse_mailbox(decode_words(headers.get("From") or "")[:2000])
         text = view.own_text() if view.body_seen else ""
         unquoted = "\n".join(
             ln for ln in text[:40000].split("\n") if not ln.lstrip().startswith(">")

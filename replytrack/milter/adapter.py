@@ -23,7 +23,6 @@ own exception policy is ACCEPT as a second net. What the store cannot take is jo
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import logging
 import os
@@ -55,52 +54,54 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 MAX_RECIPIENTS = 1000
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
-# Store work runs on a few long-lived Python threads (see ReplyTrackMilter) and a mail waits
-# for it at most this long; past that it is accepted and journaled.
-STORE_WORKERS = 4
+# Store work runs inline, on libmilter's thread, on a pooled connection (see
+# SQLiteStore.session): a hand-off to worker threads cost more CPU than the lookups, and
+# a small pool of them filled up under ordinary load (at 10 concurrent sessions one mail in
+# eight found every worker busy and was journaled instead of screened). Bounds instead:
+# a statement still running after STORE_CALL_TIMEOUT seconds is interrupted, lock waits
+# end with the busy timeout, and once MAX_IN_STORE mails are inside the store at the same
+# time (it is stuck: a hung disk) further mail is journaled at once instead of piling up.
+MAX_IN_STORE = 32
 STORE_CALL_TIMEOUT = 3.0
-_workers: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-_in_flight = 0
-_in_flight_lock = threading.Lock()
+class StoreBusy(Exception):
+    """MAX_IN_STORE mails are already waiting on the store: journal this one at once."""
 
 
-class StoreBusy(concurrent.futures.TimeoutError):
-    """Every store worker is still busy (stuck on a lock): the mail is journaled at once."""
+class _Gate:
+    """Counts the mails inside the store and refuses entry past ``MAX_IN_STORE``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.inside = 0
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self.inside >= MAX_IN_STORE:
+                return False
+            self.inside += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.inside -= 1
 
 
-def _done(_future: concurrent.futures.Future[Any]) -> None:
-    global _in_flight
-    with _in_flight_lock:
-        _in_flight -= 1
+_gate = _Gate()
 
 
-def _in_worker(func: Callable[..., T], *args: Any) -> T:
-    """Run ``func`` on a store worker thread and wait for it (bounded).
-
-    Raises :class:`StoreBusy` (a TimeoutError) without queueing anything when every worker
-    is taken: work queued behind a stuck store would only time out in turn, and pile up.
-    """
-    global _workers, _in_flight
-    with _in_flight_lock:
-        if _workers is None:
-            _workers = concurrent.futures.ThreadPoolExecutor(
-                max_workers=STORE_WORKERS, thread_name_prefix="replytrack-store"
-            )
-        if _in_flight >= STORE_WORKERS:
-            raise StoreBusy(f"all {STORE_WORKERS} store workers busy")
-        future = _workers.submit(func, *args)
-        _in_flight += 1
-    # Runs once, when the work ends or is cancelled, so the count never leaks.
-    future.add_done_callback(_done)
+def _with_store(engine: Engine, func: Callable[..., T], *args: Any) -> T:
+    """Run ``func`` here, on one pooled store connection, within the bounds above."""
+    if not _gate.enter():
+        raise StoreBusy(f"{MAX_IN_STORE} mails already waiting on the store")
     try:
-        return future.result(timeout=STORE_CALL_TIMEOUT)
-    except concurrent.futures.TimeoutError:
-        # Work not started yet is dropped; work running finishes (the replay then finds
-        # its event recorded).
-        future.cancel()
-        raise
+        if engine.store is None:
+            return func(*args)
+        with engine.store.session(deadline=time.monotonic() + STORE_CALL_TIMEOUT):
+            return func(*args)
+    finally:
+        _gate.leave()
 
 
 def _fail_open(result: int) -> Callable[[F], F]:
@@ -127,10 +128,8 @@ class ReplyTrackMilter(Milter.Base):
     libmilter calls us from its own C threads (Debian's libmilter runs a worker pool, and
     one connection's callbacks may run on different threads). Python gives every such call
     a fresh thread state, so a ``threading.local`` does not survive from one callback to
-    the next: SQLiteStore's per-thread connection would be opened anew on every callback
-    and never closed (measured: one leaked connection per mail). All store work therefore
-    runs on ``STORE_WORKERS`` long-lived Python threads, each keeping its connection, and
-    a callback waits for it at most ``STORE_CALL_TIMEOUT`` seconds.
+    the next: store work therefore runs inside ``Store.session``, which lends the callback
+    a pooled connection and takes it back (see :func:`_with_store` for the bounds).
     """
 
     engine: Engine
@@ -203,11 +202,11 @@ class ReplyTrackMilter(Milter.Base):
             return Milter.ACCEPT
         self.qid()
         try:
-            screening = _in_worker(self.engine.screen, msg)
+            # Store errors (locked, interrupted at the deadline) come back as a screening
+            # with store_failed set: journaled at end of message.
+            screening = _with_store(self.engine, self.engine.screen, msg)
         except StoreBusy:
             screening = self._unscreened(msg, "store-busy")
-        except concurrent.futures.TimeoutError:
-            screening = self._unscreened(msg, "store-timeout")
         except Exception:
             # Whatever went wrong, copies of our header from outside must still be removed
             # at end of message, and the mail journaled for replay.
@@ -276,13 +275,9 @@ class ReplyTrackMilter(Milter.Base):
             self._journal(msg, "store unavailable at end of headers")
             return Milter.ACCEPT
         try:
-            verdict, recorded = _in_worker(self._decide_and_record, msg, screening)
-        except StoreError as exc:
+            verdict, recorded = _with_store(self.engine, self._decide_and_record, msg, screening)
+        except (StoreError, StoreBusy) as exc:
             self._journal(msg, str(exc))
-            return Milter.ACCEPT
-        except concurrent.futures.TimeoutError as exc:
-            # The worker may still finish; the replay then finds the event already recorded.
-            self._journal(msg, str(exc) or f"store slower than {STORE_CALL_TIMEOUT:g}s")
             return Milter.ACCEPT
         except Exception as exc:
             # An unexpected fault must not lose the verdict: journal it for replay.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from replytrack.store.base import (
     Store,
 )
 from replytrack.tokens import Keyring, verify
+
+log = logging.getLogger("replytrack.milter")
 
 HEADER = "X-ReplyTrack"
 KINDS = ("reply", "auto_reply", "bounce", "receipt", "feedback", "unrelated")
@@ -302,14 +305,14 @@ class Engine:
                 else:
                     # A paused person (out of office) writing fresh mail is back and
                     # replying too.
-                    for status in (ACTIVE, PAUSED):
-                        result.weak += self.store.enrollments(
-                            recipient=sender, status=status, limit=MAX_WEAK_CAMPAIGNS
-                        )
-                    result.weak = result.weak[:MAX_WEAK_CAMPAIGNS]
-        except StoreError:
+                    # Active ones first; one query for both states.
+                    found = self.store.enrollments(recipient=sender, status=(ACTIVE, PAUSED))
+                    found.sort(key=lambda e: e.status != ACTIVE)
+                    result.weak = found[:MAX_WEAK_CAMPAIGNS]
+        except StoreError as exc:
             if strict:
                 raise
+            log.warning("qid=%s store read failed at end of headers: %s", msg.queue_id or "-", exc)
             result.store_failed = True
             result.evidence.append("store-unavailable")
         return result

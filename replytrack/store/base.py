@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,10 +233,11 @@ class Store(abc.ABC):
         campaign: str | None = None,
         recipient: str | None = None,
         domain: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[Enrollment]:
-        """Enrollments filtered by campaign, recipient, recipient domain and status."""
+        """Enrollments filtered by campaign, recipient, recipient domain and status (one
+        status or any of several), ordered by campaign and recipient."""
 
     @abc.abstractmethod
     def last_message_to(self, address: str, campaign: str | None = None) -> SentMessage | None:
@@ -351,3 +353,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close this thread's connection (other threads close theirs on exit)."""
+
+    @contextmanager
+    def session(self, *, deadline: float | None = None) -> Iterator[None]:
+        """Run the block's calls on one connection, given back at the end, within ``deadline``.
+
+        For callers on threads whose per-thread state does not last between calls (libmilter
+        calls Python from C threads). ``deadline`` is a ``time.monotonic()`` value; a
+        backend that can interrupt a statement still running then raises StoreError. The
+        default does nothing special.
+        """
+        yield

@@ -450,7 +450,8 @@ def test_store_connections_do_not_grow_with_mail(site):
             sender=f"n{n}@stranger.example",
         )
     site.delivered("leak-14")
-    # One connection per store worker, the replay thread and the main thread at most.
+    # Mails one after another share one pooled connection; with the replay thread, the
+    # webhook sender and the main thread a handful at most, never one per mail.
     assert db_handles() <= 8
 
 

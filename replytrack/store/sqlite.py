@@ -93,7 +93,9 @@ class _Watchdog:
                 late = [t for t, (_, deadline) in self._sessions.items() if deadline <= now]
                 for token in late:
                     conn, _ = self._sessions.pop(token)
-                    conn.interrupt()
+                    # A connection renewed during the session is closed already.
+                    with suppress(sqlite3.Error):
+                        conn.interrupt()
 
 
 _watchdog = _Watchdog()

@@ -455,6 +455,47 @@ def test_store_connections_do_not_grow_with_mail(site):
     assert db_handles() <= 8
 
 
+def test_replies_under_load_are_all_flagged_in_real_time(site):
+    """Under concurrent load every reply is decided while Postfix waits: each copy flagged,
+    nothing left to the journal. (With store work handed to 4 worker threads, 4 replies in
+    10 found them all busy at 10 sessions: journaled, delivered without X-ReplyTrack.)"""
+    assert site.lab is not None
+    journaled_before = site.milter_log().count("journaled for replay")
+    mid = record_sent(site.store, site.keyring, to=["lee@load.example"], campaign="c-load")
+    raw = mail(sender="lee@load.example", subject="under-load", in_reply_to=f"<{mid}>")
+    eml = site.base / "under-load.eml"
+    # smtp-source sends each line with its own CR LF: the file has bare LF.
+    eml.write_text(raw.replace("\r\n", "\n"))
+    copies = 200
+    result = subprocess.run(
+        [
+            *("smtp-source", "-s", "20", "-m", str(copies), "-F", str(eml)),
+            *("-f", "lee@load.example", "-t", INBOX, "-M", "client.test"),
+            f"127.0.0.1:{site.lab.smtp_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        arrived = [
+            m for m in map(message_from_bytes, site.lab.maildir()) if m["Subject"] == "under-load"
+        ]
+        if len(arrived) == copies or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(arrived) == copies
+    flags = [m.get_all("X-ReplyTrack") for m in arrived]
+    assert flags == [["reply; campaign=c-load; match=in-reply-to"]] * copies
+    assert site.milter_log().count("journaled for replay") == journaled_before
+    assert site.status("c-load", "lee@load.example") == "stopped"
+    # The same reply many times over is one event.
+    assert len([e for e in site.store.events(kind="reply") if e.campaign == "c-load"]) == 1
+
+
 def test_reply_over_a_unix_socket():
     """The fast transport (no Nagle, no delayed ACK): Postfix reaches the socket as user
     postfix, the reply is flagged."""

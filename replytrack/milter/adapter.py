@@ -126,10 +126,12 @@ class ReplyTrackMilter(Milter.Base):
     """One instance per SMTP connection Postfix opens to us; state is per message.
 
     libmilter calls us from its own C threads (Debian's libmilter runs a worker pool, and
-    one connection's callbacks may run on different threads). Python gives every such call
-    a fresh thread state, so a ``threading.local`` does not survive from one callback to
-    the next: store work therefore runs inside ``Store.session``, which lends the callback
-    a pooled connection and takes it back (see :func:`_with_store` for the bounds).
+    one connection's callbacks may run on different threads). pymilter gives each milter
+    connection a Python thread state of its own and moves it between those threads, so a
+    ``threading.local`` lives as long as one SMTP connection: a per-thread store connection
+    would be opened for every connection and never closed. Store work therefore runs
+    inside ``Store.session``, which lends the callback a pooled connection and takes it
+    back (see :func:`_with_store` for the bounds).
     """
 
     engine: Engine

@@ -67,6 +67,8 @@ class _Watchdog:
         self._sessions: dict[int, tuple[sqlite3.Connection, float]] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
+        # Set when a session starts: the thread sleeps on it while nothing is watched.
+        self._wake = threading.Event()
 
     def watch(self, conn: sqlite3.Connection, deadline: float) -> int:
         with self._lock:
@@ -77,7 +79,9 @@ class _Watchdog:
                     target=self._run, name="replytrack-store-watchdog", daemon=True
                 )
                 self._thread.start()
-            return self._next
+            token = self._next
+        self._wake.set()
+        return token
 
     def unwatch(self, token: int) -> None:
         # Under the lock: once this returns, no interrupt can reach the connection, which
@@ -87,6 +91,13 @@ class _Watchdog:
 
     def _run(self) -> None:
         while True:
+            with self._lock:
+                idle = not self._sessions
+                if idle:
+                    self._wake.clear()
+            if idle:
+                self._wake.wait()  # a watch() after the clear sets it again
+                continue
             time.sleep(_WATCHDOG_TICK)
             now = time.monotonic()
             with self._lock:

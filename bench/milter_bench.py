@@ -566,7 +566,7 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--configs", default="none,noop,noopdata,rt,rt-unix")
+    parser.add_argument("--configs", default="none,cnoop,noopdata,rt,rt-unix")
     parser.add_argument(
         "--replies",
         action="store_true",

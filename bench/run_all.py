@@ -16,7 +16,8 @@ mail unless ``--reuse``) and ``smtp-sink`` as the final upstream:
 * outbound: ``smtp-source -> smtp-sink`` (direct, the ceiling), ``smtp-source -> Postfix
   relay -> smtp-sink``, ``smtp-source -> replytrack proxy -> smtp-sink``;
 * inbound: Postfix accepting and discarding mail with no milter, with a no-op pymilter
-  milter, and with the replytrack milter on a store of 1 M recorded IDs; the mails are
+  milter, with the same no-op compiled in C (the floor of any milter on this machine, see
+  milter_bench.py), and with the replytrack milter on a store of 1 M recorded IDs; the mails are
   replies (In-Reply-To and References naming a recorded mail), so every one is looked up;
 * store lookups and inserts at 10 k, 1 M and 10 M IDs (``store_bench``);
 * proxy memory at 100 sessions and with 25 MB mails (``memory_bench``);
@@ -294,8 +295,27 @@ def outbound_targets(lab: Lab) -> dict[str, Target]:
     }
 
 
+def _compile_c_noop(workdir: Path) -> Path | None:
+    """milter_bench's no-op milter in C, built with gcc and libmilter (None if that fails)."""
+    from milter_bench import C_NOOP_MILTER
+
+    source, binary = workdir / "cnoop.c", workdir / "cnoop"
+    source.write_text(C_NOOP_MILTER)
+    built = subprocess.run(
+        ["gcc", "-O2", "-o", str(binary), str(source), "-lmilter", "-lpthread"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if built.returncode != 0:
+        log(f"no-op C milter not built, inbound runs without it: {built.stderr.strip()}")
+        return None
+    return binary
+
+
 def inbound_targets(lab: Lab, store_db: Path | None) -> dict[str, Target]:
-    """Postfix discard with no milter, a no-op pymilter milter, the replytrack milter."""
+    """Postfix discard with no milter, a no-op pymilter milter, the same no-op in C (the
+    floor of any milter), the replytrack milter."""
     targets: dict[str, Target] = {}
     extra = {"default_process_limit": 200, "smtpd_client_connection_count_limit": 0}
     none = lab.postfix(mode="discard", extra_main=extra)
@@ -309,6 +329,20 @@ def inbound_targets(lab: Lab, store_db: Path | None) -> dict[str, Target]:
             noop,
             [*_master(noop), lab.procs[-1].pid],
         )
+    # The same no-op compiled in C on libmilter: the floor any milter pays here.
+    cnoop = _compile_c_noop(lab.workdir)
+    if cnoop is not None:
+        cnoop_port = free_port()
+        lab.process([str(cnoop), f"inet:{cnoop_port}@127.0.0.1"])
+        if wait_port(cnoop_port):
+            floor = lab.postfix(
+                mode="discard", milter=f"inet:127.0.0.1:{cnoop_port}", extra_main=extra
+            )
+            targets["Postfix + no-op C milter"] = (
+                floor.smtp_port,  # type: ignore[attr-defined]
+                floor,
+                [*_master(floor), lab.procs[-1].pid],
+            )
     milter_dir = lab.workdir / "milter"
     milter_dir.mkdir()
     db = milter_dir / "replytrack.db"
@@ -543,6 +577,20 @@ def main(argv: list[str] | None = None) -> int:
         if "Postfix + no-op milter" in inbound:
             ratio = results.median("Postfix + no-op milter", s) / none
             rows.append((f"no-op pymilter / no milter, {s} sessions", f"{ratio:.2f}x", "-", ""))
+        if "Postfix + no-op C milter" in inbound:
+            floor = results.median("Postfix + no-op C milter", s)
+            rows.append(
+                (f"no-op C milter / no milter, {s} sessions", f"{floor / none:.2f}x", "-", "")
+            )
+            if milter_name:
+                rows.append(
+                    (
+                        f"replytrack milter / no-op C milter, {s} sessions",
+                        f"{results.median(milter_name, s) / floor:.2f}x",
+                        "-",
+                        "",
+                    )
+                )
     if "lookup_ratio" in summary:
         ratio = summary["lookup_ratio"]
         rows.append(

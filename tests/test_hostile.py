@@ -422,3 +422,23 @@ def test_relay_from_peer_not_on_allowlist(
     assert code == 554 and enhanced == "5.7.1", lines
     assert upstream.received() == []
     assert store.messages() == []
+
+
+@pytest.mark.parametrize(
+    ("verb", "address", "enhanced"),
+    [(b"MAIL FROM:", b"<", "5.1.7"), (b"RCPT TO:", b"<", "5.1.3")],
+)
+def test_unparseable_path_is_a_syntax_error(
+    proxy: ThreadedProxy, upstream: FaultUpstream, verb: bytes, address: bytes, enhanced: str
+) -> None:
+    # The stdlib address parser raises IndexError on a lone "<": a client error, answered
+    # as one (never a 4xx that makes the client retry it forever, never a 500).
+    client = raw(proxy.port)
+    if verb.startswith(b"RCPT"):
+        assert client.cmd(b"MAIL FROM:<sales@sender.example>\r\n").startswith("250")
+    reply = client.cmd(verb + address + b"\r\n")
+    code, got = code_of(reply)
+    assert code in (501, 553) and got == enhanced, reply
+    assert client.cmd(b"NOOP\r\n").startswith("250")
+    client.close()
+    assert upstream.received() == []

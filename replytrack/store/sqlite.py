@@ -254,6 +254,19 @@ def _sql_message_key(message_id: str | None) -> int | None:
 
 
 # Keys of message rows, for the backfill and for dropping the keys of pruned messages.
+def _key_function(conn: sqlite3.Connection) -> None:
+    """Register ``rt_message_key`` on ``conn``, for the statements that need it.
+
+    Only migrations and prune use it, never libmilter's threads: closing a connection that
+    carries a Python SQL function runs its destructor through PyGILState_Ensure, and on
+    libmilter's threads (pymilter moves one Python thread state per milter connection
+    between C threads) that took up a foreign or freed thread state and crashed the milter
+    (gdb: destructor_callback -> PyGILState_Ensure -> take_gil, SIGSEGV). So no connection
+    carries it from the start.
+    """
+    conn.create_function("rt_message_key", 1, _sql_message_key, deterministic=True)
+
+
 _KEYS_OF_MESSAGES = (
     "SELECT rt_message_key(message_id) AS key, id AS message FROM messages WHERE {where}"
     " UNION ALL SELECT rt_message_key(original_message_id), id FROM messages"
@@ -361,16 +374,8 @@ class SQLiteStore(Store):
         self.migrate()
 
     # --- connections -----------------------------------------------------------------------
-    def _connect(self, *, functions: bool = True) -> sqlite3.Connection:
-        """A new connection; ``functions`` registers our SQL functions (rt_message_key).
-
-        Connections lent to sessions get none: closing a connection that has a Python SQL
-        function runs its destructor through PyGILState_Ensure, which on libmilter's
-        threads (pymilter moves one Python thread state per milter connection between C
-        threads) took up a foreign or freed thread state and crashed the process
-        (gdb: destructor_callback -> PyGILState_Ensure -> take_gil, SIGSEGV). Only
-        migrations and prune use the function, never on those threads.
-        """
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection, with no Python callbacks (see :func:`_key_function`)."""
         try:
             if self.readonly:
                 conn = sqlite3.connect(
@@ -395,8 +400,6 @@ class SQLiteStore(Store):
                 # behind our 250); only a power cut can lose the last commits.
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            if functions:
-                conn.create_function("rt_message_key", 1, _sql_message_key, deterministic=True)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         return conn
@@ -410,7 +413,7 @@ class SQLiteStore(Store):
                 self.close()
             conn = None
         if conn is None:
-            conn = self._connect(functions=not getattr(self._local, "in_session", False))
+            conn = self._connect()
             self._local.conn = conn
             self._local.generation = self._generation
             with self._lock:
@@ -474,7 +477,7 @@ class SQLiteStore(Store):
                 conn.close()
         if found is not None:
             return found
-        conn = self._connect(functions=False)
+        conn = self._connect()
         with self._lock:
             self._connections.append(conn)
         return conn, current
@@ -584,6 +587,7 @@ class SQLiteStore(Store):
     def _add_message_keys(self, conn: sqlite3.Connection, after: int, upto: int = -1) -> int:
         """Add the keys of messages with ``after < id <= upto`` (no upper bound when -1)."""
         where = f"id > {int(after)}" + (f" AND id <= {int(upto)}" if upto >= 0 else "")
+        _key_function(conn)
         cur = conn.execute(
             "INSERT OR IGNORE INTO message_keys (key, message) "
             + _KEYS_OF_MESSAGES.format(where=where)
@@ -1211,6 +1215,7 @@ class SQLiteStore(Store):
         with self.write() as conn:
             if not dry_run:
                 # The lookup keys of the mails about to go (found by key, not by a scan).
+                _key_function(conn)
                 conn.execute(
                     "DELETE FROM message_keys WHERE (key, message) IN ("
                     + _KEYS_OF_MESSAGES.format(where=targets["messages"][1])

@@ -253,7 +253,6 @@ def _sql_message_key(message_id: str | None) -> int | None:
     return None if message_id is None else message_key(message_id)
 
 
-# Keys of message rows, for the backfill and for dropping the keys of pruned messages.
 def _key_function(conn: sqlite3.Connection) -> None:
     """Register ``rt_message_key`` on ``conn``, for the statements that need it.
 
@@ -267,6 +266,7 @@ def _key_function(conn: sqlite3.Connection) -> None:
     conn.create_function("rt_message_key", 1, _sql_message_key, deterministic=True)
 
 
+# Keys of message rows, for the backfill and for dropping the keys of pruned messages.
 _KEYS_OF_MESSAGES = (
     "SELECT rt_message_key(message_id) AS key, id AS message FROM messages WHERE {where}"
     " UNION ALL SELECT rt_message_key(original_message_id), id FROM messages"
@@ -424,10 +424,10 @@ class SQLiteStore(Store):
     def session(self, *, deadline: float | None = None) -> Iterator[None]:
         """Run the block's calls on a pooled connection, given back at the end.
 
-        libmilter calls Python from its own C threads, and Python gives each such call a
-        fresh thread state: a per-thread connection opened in one callback is gone in the
-        next, so without a session every callback would open (and leak) a connection. The
-        block borrows an idle connection instead. With a ``deadline`` (``time.monotonic()``)
+        libmilter calls Python from its own C threads, and pymilter gives each milter
+        connection a Python thread state of its own: a per-thread store connection would be
+        opened for every SMTP connection and never closed. The block borrows an idle
+        connection instead. With a ``deadline`` (``time.monotonic()``)
         a statement still running then is interrupted (by :class:`_Watchdog`) and raises
         StoreError: a runaway query cannot hold a mail. Lock waits end with the busy timeout.
         """

@@ -17,6 +17,10 @@ end of message writes each header change and then ACCEPT as separate packets, an
 algorithm held ACCEPT until Postfix's delayed ACK of the first, 40 ms per matched mail
 (see :func:`set_listener_nodelay`).
 
+Store work runs inline on libmilter's thread, on a pooled connection, within bounds (see
+:func:`_with_store`); a hand-off to worker threads cost more and, under load, journaled
+mail that should have been decided at once.
+
 Every callback fails open: an exception is logged and the mail accepted, and pymilter's
 own exception policy is ACCEPT as a second net. What the store cannot take is journaled.
 """

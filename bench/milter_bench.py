@@ -258,6 +258,22 @@ int main(int argc, char **argv) {
 """
 
 
+def compile_c_noop(workdir: Path) -> Path:
+    """Build the C no-op milter in ``workdir`` once (gcc, libmilter-dev); raises
+    CalledProcessError, with gcc's message in ``stderr``, when it cannot be built."""
+    binary = workdir / "cnoop"
+    if not binary.exists():
+        source = workdir / "cnoop.c"
+        source.write_text(C_NOOP_MILTER)
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(binary), str(source), "-lmilter", "-lpthread"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return binary
+
+
 # replytrack milter with screening replaced by an immediate accept: the adapter's protocol
 # cost alone, without store lookups and classification.
 RT_NULL = r"""
@@ -499,7 +515,7 @@ class Milters:
             port = free_port()
             spec, postfix = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}"
         if kind == "cnoop":
-            command = [str(self.compile_c_noop()), spec]
+            command = [str(compile_c_noop(self.base)), spec]
         elif kind == "rt":
             command = [sys.executable, "-m", "replytrack", "milter", "--socket", spec]
         elif kind in RT_VARIANTS:
@@ -530,17 +546,6 @@ class Milters:
             path.chmod(0o777)
         self.specs[name] = f"{{ {postfix}, default_action=accept }}"
         return self.specs[name]
-
-    def compile_c_noop(self) -> Path:
-        """Build the C no-op milter (gcc, libmilter-dev) once per run."""
-        binary = self.base / "cnoop"
-        if not binary.exists():
-            source = self.base / "cnoop.c"
-            source.write_text(C_NOOP_MILTER)
-            subprocess.run(
-                ["gcc", "-O2", "-o", str(binary), str(source), "-lmilter", "-lpthread"], check=True
-            )
-        return binary
 
     def stop(self) -> None:
         for proc in self.procs.values():

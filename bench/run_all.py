@@ -296,21 +296,15 @@ def outbound_targets(lab: Lab) -> dict[str, Target]:
 
 
 def _compile_c_noop(workdir: Path) -> Path | None:
-    """milter_bench's no-op milter in C, built with gcc and libmilter (None if that fails)."""
-    from milter_bench import C_NOOP_MILTER
+    """milter_bench's no-op milter in C (None, said in the log, when it cannot be built)."""
+    from milter_bench import compile_c_noop
 
-    source, binary = workdir / "cnoop.c", workdir / "cnoop"
-    source.write_text(C_NOOP_MILTER)
-    built = subprocess.run(
-        ["gcc", "-O2", "-o", str(binary), str(source), "-lmilter", "-lpthread"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if built.returncode != 0:
-        log(f"no-op C milter not built, inbound runs without it: {built.stderr.strip()}")
+    try:
+        return compile_c_noop(workdir)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        log(f"no-op C milter not built, inbound runs without it: {str(detail).strip()}")
         return None
-    return binary
 
 
 def inbound_targets(lab: Lab, store_db: Path | None) -> dict[str, Target]:

@@ -207,20 +207,27 @@ _BARE_ADDRESS = re.compile(r"(?<![^\s<>(),;:\"\[\]])([^\s<>(),;:\"\[\]@]+@[^\s<>
 # is parsed here; anything else (quotes, comments, groups, lists, routes) goes to the
 # stdlib parser, which costs ~20 us a value (tests check that both agree on this shape).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ADDR = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+# A plain addr-spec: a dot-atom local part, a domain of dot-separated letters, digits and
+# hyphens (no quotes, comments, literals or odd dots). The proxy reads SMTP paths with it.
+PLAIN_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _SIMPLE_MAILBOX = re.compile(
     rf"[ \t]*(?:({_ATOM}(?:[ \t]+{_ATOM})*)?"
-    rf"[ \t]*<({_ADDR})>|({_ADDR}))[ \t]*"
+    rf"[ \t]*<({PLAIN_ADDR_SPEC})>|({PLAIN_ADDR_SPEC}))[ \t]*"
 )
+
+
+def _plain_mailbox(value: str) -> tuple[str, str] | None:
+    """(display name, address) of a plain mailbox value, None for any other shape."""
+    simple = _SIMPLE_MAILBOX.fullmatch(value)
+    if simple is None:
+        return None
+    name, bracketed, bare = simple.groups()
+    return (" ".join(name.split()) if name else ""), bracketed or bare
 
 
 def parse_mailbox(value: str) -> tuple[str, str]:
     """(display name, address) of a From-style value, as ``email.utils.parseaddr`` gives."""
-    simple = _SIMPLE_MAILBOX.fullmatch(value)
-    if simple:
-        name, bracketed, bare = simple.groups()
-        return (" ".join(name.split()) if name else ""), bracketed or bare
-    return parseaddr(value)
+    return _plain_mailbox(value) or parseaddr(value)
 
 
 def _parse_addresses(values: Iterable[str]) -> Iterator[tuple[str, str]]:
@@ -231,10 +238,9 @@ def _parse_addresses(values: Iterable[str]) -> Iterator[tuple[str, str]]:
     real address list; the addresses in it are still picked out with a linear scan.
     """
     for value in values:
-        simple = _SIMPLE_MAILBOX.fullmatch(value)
-        if simple:
-            name, bracketed, bare = simple.groups()
-            yield (" ".join(name.split()) if name else ""), bracketed or bare
+        plain = _plain_mailbox(value)
+        if plain is not None:
+            yield plain
             continue
         try:
             pairs = getaddresses([value])

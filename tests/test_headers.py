@@ -19,6 +19,7 @@ from replytrack.headers import (
     parse_mailbox,
     split_message,
 )
+from tests.support import strategies as addr
 
 FUZZ = settings(max_examples=200, deadline=None)
 
@@ -307,25 +308,15 @@ def test_bare_cr_does_not_start_a_field() -> None:
 
 
 # --- the plain-mailbox fast path agrees with the stdlib parser ------------------------------
-_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
-_atom = st.text(alphabet=_ATEXT, min_size=1, max_size=8)
-_dotted = st.lists(_atom, min_size=1, max_size=3).map(".".join)
-_label = st.text(alphabet="abcxyz019-", min_size=1, max_size=8)
-_address = st.builds(
-    lambda local, labels: f"{local}@{'.'.join(labels)}",
-    _dotted,
-    st.lists(_label, min_size=1, max_size=3),
-)
-_gap = st.sampled_from(["", " ", "  ", "\t"])
 _mailbox = st.one_of(
-    st.builds(lambda g1, a, g2: f"{g1}{a}{g2}", _gap, _address, _gap),
+    st.builds(lambda g1, a, g2: f"{g1}{a}{g2}", addr.gap, addr.address, addr.gap),
     st.builds(
         lambda g1, words, g2, a, g3: f"{g1}{' '.join(words)}{g2}<{a}>{g3}",
-        _gap,
-        st.lists(_atom, min_size=0, max_size=3),
-        _gap,
-        _address,
-        _gap,
+        addr.gap,
+        st.lists(addr.atom, min_size=0, max_size=3),
+        addr.gap,
+        addr.address,
+        addr.gap,
     ),
 )
 

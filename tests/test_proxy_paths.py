@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replytrack.proxy.server import NullSenderSMTP
+from tests.support import strategies as addr
 
 
 class _Limits:
@@ -34,19 +35,12 @@ def stock(arg: str, limit: int = 64) -> object:
     return _outcome(SMTP._getaddr, arg, limit)
 
 
-_atom = st.text(alphabet="abcXYZ09!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=6)
-_local = st.lists(_atom, min_size=1, max_size=3).map(".".join)
-_domain = st.lists(
-    st.text(alphabet="abcxyz019-", min_size=1, max_size=6), min_size=1, max_size=3
-).map(".".join)
-_gap = st.sampled_from(["", " ", "  ", "\t", " \t"])
 _params = st.sampled_from(["", "SIZE=100", "BODY=8BITMIME SMTPUTF8", "(comment) SIZE=1", "x"])
 _plain = st.builds(
-    lambda g1, local, domain, g2, params: f"{g1}<{local}@{domain}>{g2}{params}",
-    _gap,
-    _local,
-    _domain,
-    _gap,
+    lambda g1, address, g2, params: f"{g1}<{address}>{g2}{params}",
+    addr.gap,
+    addr.address,
+    addr.gap,
     _params,
 )
 # Other shapes, and junk in every position, must give aiosmtpd's answer too.

@@ -37,7 +37,7 @@ from aiosmtpd.smtp import (
 
 from replytrack import metrics
 from replytrack.config import Config, ConfigError, parse_hostport
-from replytrack.headers import normalize_address
+from replytrack.headers import PLAIN_ADDR_SPEC, normalize_address
 from replytrack.proxy.auth import check_password, load_auth_file
 from replytrack.proxy.relay import RelayError, Upstream, UpstreamPool, UpstreamSettings
 from replytrack.proxy.stamp import MetadataError, Stamped, stamp
@@ -228,10 +228,7 @@ def reverse_path(envelope: Envelope) -> str:
 # (ABCMeta.__new__): 12 % of the proxy's event loop under load (py-spy). Such a path is
 # read here with the result aiosmtpd's parser gives (tests compare both); every other
 # form (quotes, comments, routes, literals, odd dots) still goes to aiosmtpd.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PATH = re.compile(
-    rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?>[ \t]*)(?!\()"
-)
+_PLAIN_PATH = re.compile(rf"[ \t]*<({PLAIN_ADDR_SPEC})>(?>[ \t]*)(?!\()")
 
 
 class NullSenderSMTP(SMTP):

@@ -358,8 +358,9 @@ class Store(abc.ABC):
     def session(self, *, deadline: float | None = None) -> Iterator[None]:
         """Run the block's calls on one connection, given back at the end, within ``deadline``.
 
-        For callers on threads whose per-thread state does not last between calls (libmilter
-        calls Python from C threads). ``deadline`` is a ``time.monotonic()`` value; a
+        For callers on libmilter's C threads, where pymilter gives each milter connection a
+        Python thread state of its own, so per-thread connections would be opened for every
+        SMTP connection. ``deadline`` is a ``time.monotonic()`` value; a
         backend that can interrupt a statement still running then raises StoreError. The
         default does nothing special.
         """

@@ -201,10 +201,19 @@ class ProxyProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def kill(self) -> None:
-        """SIGKILL, no goodbye (the fault tests' crash)."""
+        """SIGKILL to the whole proxy, supervisor and workers, no goodbye (the fault tests'
+        crash). It runs in its own session, so its process group is the proxy alone."""
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            # The workers are gone too once the group is empty.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(self.proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.02)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s."""

@@ -27,6 +27,10 @@ ENV_PREFIX = "REPLYTRACK_"
 DEFAULT_CONFIG_PATHS = (Path("replytrack.toml"), Path("/etc/replytrack/replytrack.toml"))
 
 
+# More proxy processes than this only add SQLite write contention.
+MAX_PROXY_WORKERS = 64
+
+
 class ConfigError(Exception):
     """A configuration value or file is unusable; the message says which and why."""
 
@@ -67,6 +71,11 @@ class Config:
     proxy_tls_cert: str = ""
     proxy_tls_key: str = ""
     proxy_metrics_listen: str = ""
+    # Proxy processes sharing the listening socket; 0 = one per CPU this process may use.
+    # Each is one event loop (one core at most), so one per CPU uses the machine.
+    proxy_workers: int = 0
+    # The event loop: "uvloop" when installed (faster I/O), else "asyncio".
+    proxy_event_loop: str = "auto"
 
     # Inbound milter.
     milter_socket: str = "inet:8894@127.0.0.1"
@@ -241,6 +250,14 @@ def validate(config: Config) -> None:
         parse_hostport(getattr(config, name), setting=name)
     if config.proxy_max_size <= 0:
         raise ConfigError("proxy.max_size must be positive")
+    if not 0 <= config.proxy_workers <= MAX_PROXY_WORKERS:
+        raise ConfigError(
+            f"proxy.workers: {config.proxy_workers} is not 0 (one per CPU) to {MAX_PROXY_WORKERS}"
+        )
+    if config.proxy_event_loop not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError(
+            f"proxy.event_loop: {config.proxy_event_loop!r} is not one of auto, asyncio, uvloop"
+        )
 
 
 def parse_hostport(value: str, *, setting: str = "address") -> tuple[str, int]:

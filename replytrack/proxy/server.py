@@ -119,6 +119,8 @@ _NULL_STAND_IN = "null-reverse-path@replytrack.invalid"
 # mail_from for truth (nested MAIL, RCPT before MAIL), so "" cannot stand for it.
 NULL_SENDER = "<>"
 _conn_ids = itertools.count(1)
+# What connection ids in the log start with; a worker process sets its own ("w1c").
+CONNECTION_PREFIX = "c"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -270,7 +272,7 @@ class ProxySession(Session):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
-        self.rt_id = f"c{next(_conn_ids):x}"
+        self.rt_id = f"{CONNECTION_PREFIX}{next(_conn_ids):x}"
         # The upstream connection holding this client's open transaction, if any.
         self.rt_upstream: Upstream | None = None
         # Recipients of the open transaction the upstream refused at RCPT, with its reply.
@@ -840,7 +842,7 @@ class ProxyServer:
         self.handler = ProxyHandler(
             config=config, store=store, keyring=keyring, pool=self.pool, executor=self.executor
         )
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
 
     @staticmethod
     def _client_security(config: Config) -> dict[str, Any]:
@@ -906,13 +908,22 @@ class ProxyServer:
             **self._smtp_options,
         )
 
-    async def start(self) -> None:
-        """Bind and start accepting; ``self.port`` is the bound port (for port 0)."""
+    async def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Bind and start accepting; ``self.port`` is the bound port (for port 0).
+
+        With ``sockets`` (listening sockets a supervisor bound) it accepts on those instead.
+        """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._protocol, self.host, self.port, backlog=1024, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        if sockets:
+            for sock in sockets:
+                self._servers.append(await loop.create_server(self._protocol, sock=sock))
+        else:
+            self._servers.append(
+                await loop.create_server(
+                    self._protocol, self.host, self.port, backlog=1024, reuse_address=True
+                )
+            )
+        self.port = self._servers[0].sockets[0].getsockname()[1]
         log.info(
             "proxy listening on %s:%d, relaying to %s",
             self.host,
@@ -932,8 +943,8 @@ class ProxyServer:
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, let open transactions finish (at most ``grace`` s), close."""
         self.handler.stopping = True
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         deadline = time.monotonic() + grace
         while self.busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -951,8 +962,11 @@ class ThreadedProxy:
     """A proxy on its own event loop in a thread (tests, benchmarks, embedding)."""
 
     def __init__(self, config: Config, *, store: Store, keyring: Keyring) -> None:
+        from replytrack.proxy.daemon import loop_factory
+
         self.server = ProxyServer(config, store=store, keyring=keyring)
-        self.loop = asyncio.new_event_loop()
+        # The loop the daemon would run (uvloop unless proxy.event_loop says asyncio).
+        self.loop = loop_factory(config)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     @property

@@ -1,0 +1,240 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.support.upstream are parameters)
+"""``replytrack proxy`` with several worker processes on one listening socket: every worker
+serves, a dead worker is replaced, SIGTERM stops them all, a killed supervisor leaves no
+worker behind, and the metrics are the workers' sum."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replytrack.store.sqlite import SQLiteStore
+from tests.conftest import free_port
+from tests.support.upstream import RecordingUpstream, upstream  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class ProxyRun:
+    """``replytrack proxy --workers N`` in its own session, its log in a file."""
+
+    def __init__(self, tmp_path: Path, upstream_address: str, *args: str, **env: str) -> None:
+        self.port = free_port()
+        self.log = tmp_path / "proxy.log"
+        self.db = tmp_path / "replytrack.db"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+        environ.update(REPLYTRACK_DB=str(self.db), REPLYTRACK_DOMAIN="track.example.com", **env)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "replytrack",
+                    "proxy",
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--upstream",
+                    upstream_address,
+                    *args,
+                ],
+                cwd=tmp_path,
+                env=environ,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def workers(self, count: int, timeout: float = 20) -> list[int]:
+        """The pids of the running workers, once there are ``count`` that serve."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.text()
+            pids = children(self.proc.pid)
+            if len(pids) == count and self.text().count("proxy listening on") >= count + 1:
+                return pids
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} workers:\n{self.text()}")
+
+    def send(self, marker: str) -> None:
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as client:
+            client.sendmail(
+                "sales@vendor.example",
+                ["prospect@example.net"],
+                f"Message-ID: <{marker}@client.test>\r\nX-ReplyTrack-Campaign: w\r\n\r\n"
+                f"{marker}\r\n".encode(),
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (zombies left out)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def served_by(log: str, marker: str) -> str:
+    """The worker ("w0", "w1") whose log line names the mail ``marker``."""
+    [line] = [x for x in log.splitlines() if f"original=<{marker}@client.test>" in x]
+    match = re.search(r"\[(w\d+)c[0-9a-f]+\]", line)
+    assert match, line
+    return match.group(1)
+
+
+@pytest.fixture
+def run(tmp_path: Path, upstream: RecordingUpstream) -> Iterator[list[ProxyRun]]:
+    started: list[ProxyRun] = []
+    yield started
+    for proxy in started:
+        proxy.stop()
+
+
+def start(run: list[ProxyRun], tmp_path: Path, upstream: RecordingUpstream, *a: str, **e: str):
+    proxy = ProxyRun(tmp_path, upstream.address, *a, **e)
+    run.append(proxy)
+    return proxy
+
+
+def test_every_worker_accepts_from_the_one_socket(
+    tmp_path: Path, upstream: RecordingUpstream, run: list[ProxyRun]
+) -> None:
+    metrics_port = free_port()
+    proxy = start(
+        run,
+        tmp_path,
+        upstream,
+        "--workers",
+        "2",
+        REPLYTRACK_PROXY_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
+    )
+    first, second = proxy.workers(2)
+    # With one worker stopped, only the other can take the connection, and the other way
+    # round: both serve from the same listening socket.
+    os.kill(first, signal.SIGSTOP)
+    try:
+        proxy.send("while-first-stopped")
+    finally:
+        os.kill(first, signal.SIGCONT)
+    os.kill(second, signal.SIGSTOP)
+    try:
+        proxy.send("while-second-stopped")
+    finally:
+        os.kill(second, signal.SIGCONT)
+    for n in range(6):
+        proxy.send(f"any-{n}")
+    log = proxy.text()
+    assert {served_by(log, "while-first-stopped"), served_by(log, "while-second-stopped")} == {
+        "w0",
+        "w1",
+    }
+    assert len(upstream.received) == 8
+    store = SQLiteStore(proxy.db)
+    assert sorted(m.status for m in store.messages()) == ["relayed"] * 8
+    store.close_all()
+    # /metrics is the sum over both workers.
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+        exposed = response.read().decode()
+    assert 'replytrack_proxy_mails_total{result="relayed"} 8.0' in exposed, exposed
+
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(45) == 0, proxy.text()
+    assert not alive(first) and not alive(second)
+    assert "Traceback" not in proxy.text()
+
+
+def test_a_dead_worker_is_replaced(
+    tmp_path: Path, upstream: RecordingUpstream, run: list[ProxyRun]
+) -> None:
+    proxy = start(run, tmp_path, upstream, "--workers", "2")
+    first, second = proxy.workers(2)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pids = children(proxy.proc.pid)
+        if len(pids) == 2 and first not in pids:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(proxy.text())
+    assert second in pids
+    assert re.search(rf"worker \d \(pid {first}\) exited with status -9", proxy.text())
+    for n in range(4):
+        proxy.send(f"after-{n}")
+    assert len(upstream.received) == 4
+
+
+def test_workers_stop_with_a_killed_supervisor(
+    tmp_path: Path, upstream: RecordingUpstream, run: list[ProxyRun]
+) -> None:
+    proxy = start(run, tmp_path, upstream, "--workers", "2")
+    workers = proxy.workers(2)
+    proxy.send("before")
+    os.kill(proxy.proc.pid, signal.SIGKILL)
+    proxy.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in workers), "a worker outlived its supervisor"
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", proxy.port), timeout=2):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["--workers", "65"], {}, "--workers"),
+        ([], {"REPLYTRACK_PROXY_WORKERS": "-1"}, "proxy.workers"),
+        ([], {"REPLYTRACK_PROXY_EVENT_LOOP": "twisted"}, "proxy.event_loop"),
+    ],
+)
+def test_bad_worker_settings_are_refused(
+    tmp_path: Path, args: list[str], env: dict[str, str], said: str
+) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+    environ.update(REPLYTRACK_DB=str(tmp_path / "replytrack.db"), **env)
+    result = subprocess.run(
+        [sys.executable, "-m", "replytrack", "proxy", "--listen", "127.0.0.1:0", *args],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert said in result.stderr.decode() and "Traceback" not in result.stderr.decode()

@@ -284,7 +284,8 @@ class Supervisor:
                 proc.wait()
                 status = 1
             else:
-                if proc.returncode != 0:
+                # -SIGTERM: it was still starting (no handler yet), so nothing was open.
+                if proc.returncode not in (0, -signal.SIGTERM):
                     log.error("worker pid %d exited with status %s", proc.pid, proc.returncode)
                     status = 1
         log.info("stopped")
@@ -325,8 +326,15 @@ def _die_with_supervisor(supervisor: int) -> None:
         sys.exit(0)
 
 
+def _exit_while_starting(signum: int, frame: Any) -> None:
+    sys.exit(0)
+
+
 def worker_main() -> int:
     """Entry point of a worker process (``python -m replytrack.proxy.daemon``)."""
+    # Until the event loop takes SIGTERM over, a stop asked for while starting is a quiet
+    # exit: nothing has been accepted yet.
+    signal.signal(signal.SIGTERM, _exit_while_starting)
     spec = json.loads(sys.stdin.buffer.read())
     _die_with_supervisor(spec["supervisor"])
     from replytrack import notify

@@ -68,7 +68,7 @@ def data_chunks(
     size = 0
     last = b""
     for piece in _line_cut(head, source, body_start, chunk):
-        encoded = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", piece))
+        encoded = _transparent(piece)
         if not encoded:
             continue
         last = encoded
@@ -79,6 +79,22 @@ def data_chunks(
             pending, size = [], 0
     pending.append(b".\r\n" if last.endswith(b"\r\n") else b"\r\n.\r\n")
     yield b"".join(pending)
+
+
+def _transparent(piece: bytes | memoryview) -> bytes:
+    """``piece`` with every line end as CRLF and a "." added before each leading ".".
+
+    Most mail already ends every line with CRLF and has no line starting with "."; that is
+    checked with a few counts in C instead of two regular expression passes that rebuild
+    the piece (bench/: 7 % of the proxy's event loop went to those passes).
+    """
+    data = bytes(piece)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _LINE_ENDS.sub(b"\r\n", data)
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
+    return data
 
 
 def _line_cut(

@@ -697,69 +697,49 @@ class ProxyHandler:
         info["step"] = stamped.step
         envelope_rcpts = list(dict.fromkeys(normalize_address(r) for r in envelope.rcpt_tos))
 
-        blocked: dict[str, Enrollment] = {}
-        if stamped.campaign is not None:
-            try:
-                blocked = await self._in_thread(
-                    self.store.blocked_enrollments, stamped.campaign, envelope_rcpts
-                )
-            except Exception:
-                log.exception("[%s] cannot read enrollments", cid)
-                metrics.STORE_ERRORS.labels("proxy").inc()
-                await self.pool.end(upstream, reset=True)
-                return S451_STORE, "tempfail"
-        send_to = [r for r in envelope.rcpt_tos if normalize_address(r) not in blocked]
-        info["suppressed"] = len(envelope.rcpt_tos) - len(send_to)
-        recipients = build_recipients(stamped, envelope_rcpts, blocked, refused)
-        record = OutboundRecord(
-            message_id=message_id,
-            original_message_id=stamped.original_message_id,
-            campaign=stamped.campaign,
-            step=stamped.step,
-            sender=normalize_address(reverse_path(envelope)),
-            from_address=stamped.from_address,
-            subject=stamped.subject,
-            size=stamped.size,
-            status="relaying",
-            recipients=recipients,
-            created_at=time.time(),
-        )
+        sender = normalize_address(reverse_path(envelope))
 
-        if not send_to:
-            # Nobody left: nothing goes upstream; the suppression itself is recorded.
-            await self.pool.end(upstream, reset=True)
-            reply = _suppressed_reply(stamped.campaign, blocked)
-            suppressed = dataclasses.replace(record, status="suppressed", upstream_reply=reply)
-            try:
-                await self._in_thread(self.store.record_outbound, suppressed)
-            except Exception:
-                log.exception("[%s] cannot record the suppression", cid)
-                metrics.STORE_ERRORS.labels("proxy").inc()
-                return S451_STORE, "tempfail"
-            metrics.PROXY_RECIPIENTS_SUPPRESSED.inc(info["suppressed"])
-            return _one_line(reply), "suppressed"
+        def make_record(blocked: dict[str, Enrollment]) -> OutboundRecord:
+            return OutboundRecord(
+                message_id=message_id,
+                original_message_id=stamped.original_message_id,
+                campaign=stamped.campaign,
+                step=stamped.step,
+                sender=sender,
+                from_address=stamped.from_address,
+                subject=stamped.subject,
+                size=stamped.size,
+                status="relaying",
+                recipients=build_recipients(stamped, envelope_rcpts, blocked, refused),
+                created_at=time.time(),
+            )
 
-        if blocked:
-            # The upstream already holds every RCPT; start its transaction again with only
-            # the recipients that may get the mail. Nothing was sent, so this is safe, and
-            # any different answer the second time makes the whole mail a 451.
-            try:
-                await self._replay(upstream, envelope, send_to)
-            except RelayError as exc:
-                log.warning("[%s] replay without suppressed recipients failed: %s", cid, exc)
-                if exc.broken:
-                    upstream.close()
-                else:
-                    await self.pool.end(upstream, reset=True)
-                return S451_REPLAY, "tempfail"
-
+        # One trip to a store thread in the common case: read the recipients' enrollments
+        # and, when nobody is blocked, record the mail in the same call.
         try:
-            pk = await self._in_thread(self.store.record_outbound, record)
+            blocked, pk = await self._in_thread(
+                self._record_unless_blocked, stamped.campaign, envelope_rcpts, make_record
+            )
+        except _EnrollmentsUnreadable as exc:
+            log.error("[%s] cannot read enrollments", cid, exc_info=exc.__cause__)
+            metrics.STORE_ERRORS.labels("proxy").inc()
+            await self.pool.end(upstream, reset=True)
+            return S451_STORE, "tempfail"
         except Exception:
             log.exception("[%s] cannot record the mail; not relaying it", cid)
             metrics.STORE_ERRORS.labels("proxy").inc()
             await self.pool.end(upstream, reset=True)
             return S451_STORE, "tempfail"
+        send_to = [r for r in envelope.rcpt_tos if normalize_address(r) not in blocked]
+        info["suppressed"] = len(envelope.rcpt_tos) - len(send_to)
+
+        if pk is None:
+            pk_or_reply = await self._record_with_suppressions(
+                cid, envelope, upstream, make_record(blocked), blocked, send_to
+            )
+            if isinstance(pk_or_reply, tuple):
+                return pk_or_reply
+            pk = pk_or_reply
 
         try:
             upstream_reply = await upstream.data(stamped.head, stamped.source, stamped.body_start)
@@ -781,6 +761,69 @@ class ProxyHandler:
         said = upstream_reply.splitlines()[-1][4:]
         return _one_line(f"250 2.0.0 <{message_id}> relayed: {said}"), "relayed"
 
+    def _record_unless_blocked(
+        self,
+        campaign: str | None,
+        recipients: list[str],
+        make_record: Callable[[dict[str, Enrollment]], OutboundRecord],
+    ) -> tuple[dict[str, Enrollment], int | None]:
+        """In a store thread: the blocked recipients, and the record's key when there are
+        none (None when some are: the caller records the mail once it knows who gets it)."""
+        blocked: dict[str, Enrollment] = {}
+        if campaign is not None:
+            try:
+                blocked = self.store.blocked_enrollments(campaign, recipients)
+            except Exception as exc:
+                raise _EnrollmentsUnreadable from exc
+        if blocked:
+            return blocked, None
+        return blocked, self.store.record_outbound(make_record(blocked))
+
+    async def _record_with_suppressions(
+        self,
+        cid: str,
+        envelope: Envelope,
+        upstream: Upstream,
+        record: OutboundRecord,
+        blocked: dict[str, Enrollment],
+        send_to: list[str],
+    ) -> int | tuple[str, str]:
+        """Some recipients may not get the mail: record it without them and start the
+        upstream transaction again, or record the suppression when nobody is left.
+        Returns the record's key, or (reply, metric result) when the mail ends here."""
+        if not send_to:
+            # Nobody left: nothing goes upstream; the suppression itself is recorded.
+            await self.pool.end(upstream, reset=True)
+            reply = _suppressed_reply(record.campaign, blocked)
+            suppressed = dataclasses.replace(record, status="suppressed", upstream_reply=reply)
+            try:
+                await self._in_thread(self.store.record_outbound, suppressed)
+            except Exception:
+                log.exception("[%s] cannot record the suppression", cid)
+                metrics.STORE_ERRORS.labels("proxy").inc()
+                return S451_STORE, "tempfail"
+            metrics.PROXY_RECIPIENTS_SUPPRESSED.inc(len(envelope.rcpt_tos))
+            return _one_line(reply), "suppressed"
+        # The upstream already holds every RCPT; start its transaction again with only the
+        # recipients that may get the mail. Nothing was sent, so this is safe, and any
+        # different answer the second time makes the whole mail a 451.
+        try:
+            await self._replay(upstream, envelope, send_to)
+        except RelayError as exc:
+            log.warning("[%s] replay without suppressed recipients failed: %s", cid, exc)
+            if exc.broken:
+                upstream.close()
+            else:
+                await self.pool.end(upstream, reset=True)
+            return S451_REPLAY, "tempfail"
+        try:
+            return await self._in_thread(self.store.record_outbound, record)
+        except Exception:
+            log.exception("[%s] cannot record the mail; not relaying it", cid)
+            metrics.STORE_ERRORS.labels("proxy").inc()
+            await self.pool.end(upstream, reset=True)
+            return S451_STORE, "tempfail"
+
     async def _replay(self, upstream: Upstream, envelope: Envelope, send_to: Iterable[str]) -> None:
         if not await upstream.rset():
             raise RelayError("451 4.4.2 upstream lost at RSET", broken=True)
@@ -800,6 +843,10 @@ class ProxyHandler:
         except Exception:
             log.exception("[%s] cannot mark mail %d %s", cid, pk, status)
             metrics.STORE_ERRORS.labels("proxy").inc()
+
+
+class _EnrollmentsUnreadable(Exception):
+    """The store could not say which recipients are blocked (the cause is chained)."""
 
 
 def _suppressed_reply(campaign: str | None, blocked: dict[str, Enrollment]) -> str:

@@ -47,12 +47,36 @@ from tests.support.net import free_port, wait_port  # noqa: E402
 MARKER = "X-Test-Marker"
 
 
+def tree_pids(root: int) -> list[int]:
+    """``root`` and its live descendants (the proxy's supervisor and its workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if stat[0] != "Z":
+                parents[int(entry.name)] = int(stat[1])
+    found = [root] if root in parents else []
+    for pid in found:  # grows while walked: breadth first
+        found.extend(child for child, parent in parents.items() if parent == pid)
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (and its reaped children) used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    """User + system CPU seconds of a process tree: each live process's own time and that
+    of its reaped children, so every CPU second counts once."""
     ticks = os.sysconf("SC_CLK_TCK")
-    # utime, stime, cutime, cstime are fields 14-17; after the ")" split they start at 11.
-    return sum(int(v) for v in fields[11:15]) / ticks
+    total = 0
+    for member in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime are fields 14-17; after the ")" split they start at 11.
+        total += sum(int(v) for v in fields[11:15])
+    return total / ticks
 
 
 def machine_busy() -> tuple[float, float]:
@@ -64,11 +88,16 @@ def machine_busy() -> tuple[float, float]:
 
 
 def peak_rss_kib(pid: int) -> int:
-    """VmHWM (peak resident set) of a process in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+    """VmHWM (peak resident set) of a process tree in KiB: the sum of each process's peak
+    (for the proxy, supervisor and workers), an upper bound on the tree's peak."""
+    total = 0
+    for member in tree_pids(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(x.split()[1]) for x in lines if x.startswith("VmHWM:")), 0)
+    return total
 
 
 class Sink:

@@ -267,6 +267,124 @@ class NullSenderSMTP(SMTP):
             self.null_reverse_path = False
 
 
+_MARK = b"\r\n.\r\n"  # the end of DATA: a line that is a lone "."
+
+
+async def read_data(
+    reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
+) -> tuple[bytearray, str | None] | None:
+    """The mail of one DATA command from ``reader``, as (content, refusal).
+
+    RFC 5321 4.1.1.4 / 4.5.2: lines end at CRLF only (a bare LF or CR is data), the mail
+    ends at a line that is a lone ".", and one leading "." is removed from every other
+    line. A mail over ``size_limit`` bytes or with a line over ``line_limit`` bytes is still
+    read to its end (RFC 5321 4.2.5: the reply waits for that) but not kept: the refusal is
+    the reply, aiosmtpd's wording (too big, when it is both). None when the connection ended
+    first. Nothing after the
+    end is read from ``reader`` (the client's next command stays there).
+
+    The mail is taken in blocks up to its end marker, searched for in C by
+    ``StreamReader.readuntil``, not line by line: a line-by-line loop cost ~9 % of the
+    proxy's CPU for a 4 KB mail (80 reads), and far more for a 25 MB one.
+    """
+    content = bytearray()
+    refusal: str | None = None
+    received = 0
+    # The line in progress (bytes since the last CRLF, a CR at the end included), to find
+    # an overlong line across blocks, and whether the last block ended in CR.
+    partial = 0
+    after_cr = False
+
+    def too_long(block: bytes) -> bool:
+        nonlocal partial, after_cr
+        start, over = 0, False
+        if after_cr and block[:1] == b"\n":
+            # The CRLF was split between two blocks: the line ended there.
+            over = partial + 1 > line_limit
+            partial, start = 0, 1
+        first = block.find(b"\r\n", start)
+        if first < 0:
+            partial += len(block) - start
+        else:
+            over = over or partial + first - start + 2 > line_limit
+            if len(block) - first - 2 > line_limit:
+                # Room for a whole overlong line inside the block: measure them all.
+                rest = block[first + 2 :].split(b"\r\n")[:-1]
+                over = over or any(len(line) + 2 > line_limit for line in rest)
+            partial = len(block) - block.rfind(b"\r\n") - 2
+        after_cr = block.endswith(b"\r")
+        return over or partial > line_limit
+
+    def keep(block: bytes) -> None:
+        nonlocal content, refusal, received
+        received += len(block)
+        if size_limit and received > size_limit:
+            # Too big outranks a long line seen before: the mail is refused for its size.
+            refusal = "552 Error: Too much mail data"
+        elif refusal is None and too_long(block):
+            refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
+        if refusal is None:
+            content += block
+        elif content:
+            content = bytearray()  # drop what we have (memory); read on to the end
+
+    try:
+        # The start: the DATA command's own CRLF ends the line before the mail, so the mail
+        # may end at once (".<CRLF>") or after a few bytes that readuntil below would take
+        # without seeing the end marker they begin. Until no end marker can have begun in
+        # the last bytes read, just enough is read to tell (one read for almost every mail;
+        # a line at a time for a mail of very short lines, as a line-by-line reader would).
+        pending, virtual = b"\r\n", 2  # pending[:virtual] is that CRLF, not mail
+        while True:
+            # How much of an end marker the last bytes read may already be (0: none).
+            begun = next(
+                (j for j in range(min(4, len(pending)), 0, -1) if pending.endswith(_MARK[:j])), 0
+            )
+            if not begun:
+                keep(pending[virtual:])
+                break
+            if begun == 1:
+                # A CR, which only an LF could go on: read to the next LF.
+                try:
+                    more = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as exc:
+                    more = await reader.readexactly(exc.consumed)
+            else:
+                more = await reader.readexactly(len(_MARK) - begun)
+                if more == _MARK[begun:]:
+                    # The end: what came before it, with the CRLF ending the last line.
+                    keep(pending[virtual : len(pending) - begun + 2])
+                    return _unstuffed(content, refusal)
+            pending += more
+            if len(pending) > 8:
+                # Only the last 4 bytes can still begin an end marker.
+                keep(pending[virtual:-4])
+                pending, virtual = pending[-4:], 0
+        while True:
+            try:
+                block = await reader.readuntil(_MARK)
+            except asyncio.LimitOverrunError as exc:
+                # No end within the reader's limit: take what cannot be part of the end
+                # marker (readuntil leaves its last bytes in the buffer) and look again.
+                keep(await reader.readexactly(exc.consumed))
+                continue
+            keep(block[:-3])  # up to the CRLF that ends the last line
+            break
+    except asyncio.IncompleteReadError:
+        return None
+    return _unstuffed(content, refusal)
+
+
+def _unstuffed(content: bytearray, refusal: str | None) -> tuple[bytearray, str | None]:
+    """One leading "." off every line (the first one, then each after a CRLF)."""
+    if refusal is None:
+        if content.startswith(b"."):
+            del content[0]
+        if b"\r\n." in content:
+            content = content.replace(b"\r\n.", b"\r\n")
+    return content, refusal
+
+
 class ProxySession(Session):
     """aiosmtpd's per-connection session plus our transaction state."""
 
@@ -399,45 +517,16 @@ class ProxySMTP(NullSenderSMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content = bytearray()
-        received = 0
-        limit = self.data_size_limit
-        # A line longer than the reader's limit arrives in pieces; until its CRLF comes, a
-        # ".<CRLF>" is the end of that line, not the end of the mail.
-        mid_line = False
-        refusal: str | None = None
-        ended = False
-        while self.transport is not None:
-            try:
-                line = await self._reader.readuntil(b"\r\n")
-            except asyncio.CancelledError:
-                log.info("connection lost during DATA")
-                self._writer.close()
-                raise
-            except asyncio.LimitOverrunError as exc:
-                refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
-                # Drop what we have (memory) and read on to the end of the mail anyway:
-                # RFC 5321 4.2.5 has the reply wait until the client finished sending.
-                content = bytearray()
-                await self._reader.read(exc.consumed)
-                mid_line = True
-                continue
-            if line == b".\r\n" and not mid_line:
-                ended = True
-                break
-            mid_line = False
-            received += len(line)
-            if refusal is None and limit and received > limit:
-                refusal = "552 Error: Too much mail data"
-                content = bytearray()
-            if refusal is None:
-                if len(line) > self.line_length_limit:
-                    refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
-                    content = bytearray()
-                elif line.startswith(b"."):
-                    content += memoryview(line)[1:]
-                else:
-                    content += line
+        try:
+            received = await read_data(
+                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
+            )
+        except asyncio.CancelledError:
+            log.info("connection lost during DATA")
+            self._writer.close()
+            raise
+        ended = received is not None
+        content, refusal = received if received is not None else (bytearray(), None)
         if not ended:
             # The connection went away before the end of the mail: nothing to answer.
             return

@@ -58,6 +58,8 @@ def line_ending(header: bytes) -> bytes:
 
 
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
+# RFC 5322 3.6.8: a field name is printable US-ASCII except the colon.
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
 
 
 def parse_fields(header: bytes) -> list[Field]:
@@ -83,7 +85,7 @@ def parse_fields(header: bytes) -> list[Field]:
         # such a field is still that field, so a metadata header written that way is read
         # and removed like any other instead of leaking to the recipient.
         name = name.rstrip(b" \t")
-        valid = bool(colon) and bool(name) and re.fullmatch(rb"[\x21-\x39\x3b-\x7e]+", name)
+        valid = bool(colon) and bool(name) and _FIELD_NAME.fullmatch(name)
         current_name = name.decode("ascii") if valid else ""
         current = [line]
     if current:
@@ -103,18 +105,21 @@ def edit_header(
     remove: Iterable[str] = (),
     remove_prefixes: Iterable[str] = (),
     add: Sequence[tuple[str, str]] = (),
+    parsed: tuple[bytes, list[Field]] | None = None,
 ) -> tuple[bytes, list[Field]]:
     """Drop the named fields, put new ones on top, leave every other byte as it was.
 
     Returns the new message and the fields removed (so the caller can read what it dropped).
-    New fields use the line ending of the existing header block.
+    New fields use the line ending of the existing header block. ``parsed`` is a header
+    block and its ``parse_fields``, when the caller has them: used if it is this header.
     """
     header, rest = split_message(data)
     names = {n.lower() for n in remove}
     prefixes = tuple(p.lower() for p in remove_prefixes)
     kept: list[bytes] = []
     removed: list[Field] = []
-    for f in parse_fields(header):
+    fields = parsed[1] if parsed is not None and parsed[0] == header else parse_fields(header)
+    for f in fields:
         lowered = f.name.lower()
         if f.name and (lowered in names or (prefixes and lowered.startswith(prefixes))):
             removed.append(f)

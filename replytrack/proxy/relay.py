@@ -286,7 +286,10 @@ class Upstream:
             protocol._response_pending = True
             for piece in data_chunks(head, source, body_start):
                 protocol.write(piece)
-                await asyncio.wait_for(protocol._drain_helper(), timeout)
+                if getattr(protocol, "_paused", True):
+                    # The transport's buffer is full: wait for it to drain (a task and a
+                    # timer, skipped for the usual mail that fits in the socket at once).
+                    await asyncio.wait_for(protocol._drain_helper(), timeout)
             response = await protocol.read_response(timeout=timeout)
         except aiosmtplib.SMTPDataError:
             # The upstream refused DATA itself; the connection is fit for the next mail.

@@ -184,6 +184,7 @@ def stamp(data: bytes | bytearray, message_id: str) -> Stamped:
         remove=("Message-ID", ORIGINAL_HEADER),
         remove_prefixes=(META_PREFIX,),
         add=add,
+        parsed=(header, fields),
     )
 
     def values(name: str) -> list[str]:

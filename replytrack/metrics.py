@@ -50,13 +50,17 @@ STORE_ERRORS = Counter(
     "Store operations that failed (locked, read-only, full).",
     ["component"],  # proxy | milter | notify
 )
+# Several processes (proxy workers) report the same backlog: one series, the largest
+# reading among live processes (``multiprocess_mode`` only applies to proxy workers).
 JOURNAL_BACKLOG = Gauge(
     "replytrack_journal_backlog",
     "Inbound verdicts journaled because the store was unavailable, not yet replayed.",
+    multiprocess_mode="livemax",
 )
 OUTBOX_BACKLOG = Gauge(
     "replytrack_outbox_backlog",
     "Notifications queued and not yet delivered to every webhook.",
+    multiprocess_mode="livemax",
 )
 
 NOTIFY_ATTEMPTS = Counter(

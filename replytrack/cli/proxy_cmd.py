@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -49,6 +52,8 @@ def proxy_command(
       replytrack --domain mail.example.com proxy --listen 127.0.0.1:10025 \\
           --upstream 127.0.0.1:10026
     """
+    # Until the daemon takes SIGTERM over, a stop asked for while starting is a clean exit.
+    signal.signal(signal.SIGTERM, _stop_while_starting)
     config = state.config(proxy_listen=listen, proxy_upstream=upstream, proxy_workers=workers)
     setup_logging(config.log_level)
     from replytrack.proxy import daemon
@@ -112,6 +117,11 @@ def proxy_command(
             daemon.cleanup_metrics(directory)
     if status:
         raise SystemExit(status)
+
+
+def _stop_while_starting(signum: int, frame: Any) -> None:
+    log.info("stopped while starting")
+    sys.exit(0)
 
 
 def _serve_metrics(start: Callable[[], None], config: Config) -> None:

@@ -45,7 +45,11 @@ SHUTDOWN_GRACE = 30.0
 # A worker that dies sooner than this after it started is restarted after a growing pause
 # (1 s, 2 s, 4 s ... at most RESTART_BACKOFF_MAX) instead of at once.
 QUICK_DEATH = 10.0
+RESTART_BACKOFF_MIN = 1.0
 RESTART_BACKOFF_MAX = 30.0
+# A worker that died this many times in a row that quickly is given up on, and so is the
+# proxy (exit 1, for systemd or the admin to see) rather than restart it forever.
+QUICK_DEATHS_MAX = 6
 _PR_SET_PDEATHSIG = 1
 
 
@@ -152,6 +156,7 @@ class _Slot:
     # When the next start is due (after a worker died), and the pause after a quick death.
     due: float = 0.0
     pause: float = 0.0
+    quick_deaths: int = 0
 
 
 class Supervisor:
@@ -172,6 +177,8 @@ class Supervisor:
         self.metrics_dir = metrics_dir
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # Set when a worker kept dying at once: the command then exits 1.
+        self.failed = False
 
     def _spec(self, index: int) -> bytes:
         return json.dumps(
@@ -215,10 +222,24 @@ class Supervisor:
             self._mark_dead(proc.pid)
             lived = now - slot.started
             if lived < QUICK_DEATH:
-                slot.pause = min(RESTART_BACKOFF_MAX, max(1.0, slot.pause * 2))
+                slot.quick_deaths += 1
+                slot.pause = min(RESTART_BACKOFF_MAX, max(RESTART_BACKOFF_MIN, slot.pause * 2))
             else:
-                slot.pause = 0.0
+                slot.quick_deaths, slot.pause = 0, 0.0
             slot.due = now + slot.pause
+            if slot.quick_deaths >= QUICK_DEATHS_MAX:
+                log.error(
+                    "worker %d (pid %d) exited with status %s, %d times in a row within %.0f s"
+                    " of starting; giving up (see its errors above)",
+                    slot.index,
+                    proc.pid,
+                    proc.returncode,
+                    slot.quick_deaths,
+                    QUICK_DEATH,
+                )
+                self.failed = True
+                self._stop.set()
+                continue
             log.error(
                 "worker %d (pid %d) exited with status %s after %.1f s; starting another%s",
                 slot.index,
@@ -256,7 +277,8 @@ class Supervisor:
                 for slot in self.slots:
                     if slot.proc is None and slot.due <= now and not self._stop.is_set():
                         self._spawn(slot)
-            return self._shutdown()
+            status = self._shutdown()
+            return 1 if self.failed else status
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -340,8 +362,8 @@ def worker_main() -> int:
     from replytrack import notify
     from replytrack.cli.common import setup_logging
     from replytrack.proxy import server as proxy_server
-    from replytrack.store import open_store
-    from replytrack.tokens import load_keyring
+    from replytrack.store import StoreError, open_store
+    from replytrack.tokens import KeyFileError, load_keyring
 
     config = Config(**spec["config"])
     setup_logging(config.log_level)
@@ -350,8 +372,12 @@ def worker_main() -> int:
     # Connection ids in the log say which worker: "w1c2f" is worker 1's connection 0x2f.
     proxy_server.CONNECTION_PREFIX = f"w{index}c"
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
-    store = open_store(config.db, create=False)
-    keyring = load_keyring(config.secret_path, create=False)
+    try:
+        store = open_store(config.db, create=False)
+        keyring = load_keyring(config.secret_path, create=False)
+    except (StoreError, KeyFileError) as exc:
+        log.error("worker %d cannot start: %s", index, exc)
+        return 1
     sender = notify.start_sender_thread(config, store) if spec["notify"] else None
     try:
         serve(config, store=store, keyring=keyring, sockets=sockets)

@@ -1094,6 +1094,14 @@ class ProxyServer:
         self.executor.shutdown(wait=True)
 
 
+async def cancel_other_tasks() -> None:
+    """Cancel every task of the running loop but this one, and wait for them to end."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
 class ThreadedProxy:
     """A proxy on its own event loop in a thread (tests, benchmarks, embedding)."""
 
@@ -1122,6 +1130,8 @@ class ThreadedProxy:
             return
         future = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
         future.result(timeout=grace + 10)
+        # Sessions of clients that never hung up end here, not as "Task was destroyed".
+        asyncio.run_coroutine_threadsafe(cancel_other_tasks(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()

@@ -26,7 +26,13 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from replytrack.config import Config
-from replytrack.proxy.server import NULL_SENDER, NullSenderSMTP, ThreadedProxy, reverse_path
+from replytrack.proxy.server import (
+    NULL_SENDER,
+    NullSenderSMTP,
+    ThreadedProxy,
+    cancel_other_tasks,
+    reverse_path,
+)
 from replytrack.store import Store
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
@@ -248,6 +254,9 @@ class RecordingUpstream:
     async def _stop(self) -> None:
         assert self._server is not None
         self._server.close()
+        # Sessions still open (a proxy's pooled connections) end here, not at exit as
+        # "Task was destroyed but it is pending".
+        await cancel_other_tasks()
 
     def start(self) -> RecordingUpstream:
         """Start serving; returns self."""

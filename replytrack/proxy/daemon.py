@@ -34,9 +34,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replytrack.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from replytrack.store import Store
+    from replytrack.tokens import Keyring
 
 log = logging.getLogger("replytrack.proxy")
 
@@ -119,8 +123,8 @@ def quiet_aiosmtpd(config: Config) -> None:
 def serve(
     config: Config,
     *,
-    store: Any,
-    keyring: Any,
+    store: Store,
+    keyring: Keyring,
     sockets: list[socket.socket] | None = None,
 ) -> None:
     """Run one proxy until SIGTERM or SIGINT, then finish open transactions and return.
@@ -263,7 +267,8 @@ class Supervisor:
         self._wake.set()
 
     def run(self) -> int:
-        """Supervise until SIGTERM or SIGINT; then stop the workers and return 0."""
+        """Supervise until SIGTERM or SIGINT, then stop the workers; returns 0, or 1 when
+        a worker did not stop cleanly or kept dying as it started."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child)
         try:
@@ -357,6 +362,7 @@ def worker_main() -> int:
     # Until the event loop takes SIGTERM over, a stop asked for while starting is a quiet
     # exit: nothing has been accepted yet.
     signal.signal(signal.SIGTERM, _exit_while_starting)
+    signal.signal(signal.SIGINT, _exit_while_starting)
     spec = json.loads(sys.stdin.buffer.read())
     _die_with_supervisor(spec["supervisor"])
     from replytrack import notify

@@ -280,8 +280,7 @@ async def read_data(
     line. A mail over ``size_limit`` bytes or with a line over ``line_limit`` bytes is still
     read to its end (RFC 5321 4.2.5: the reply waits for that) but not kept: the refusal is
     the reply, aiosmtpd's wording (too big, when it is both). None when the connection ended
-    first. Nothing after the
-    end is read from ``reader`` (the client's next command stays there).
+    first. Nothing after the end is read from ``reader`` (the client's next command stays).
 
     The mail is taken in blocks up to its end marker, searched for in C by
     ``StreamReader.readuntil``, not line by line: a line-by-line loop cost ~9 % of the
@@ -525,11 +524,10 @@ class ProxySMTP(NullSenderSMTP):
             log.info("connection lost during DATA")
             self._writer.close()
             raise
-        ended = received is not None
-        content, refusal = received if received is not None else (bytearray(), None)
-        if not ended:
+        if received is None:
             # The connection went away before the end of the mail: nothing to answer.
             return
+        content, refusal = received
         if refusal is not None:
             await self.push(refusal)
             self._set_post_data_state()

@@ -76,6 +76,10 @@ class Config:
     proxy_workers: int = 0
     # The event loop: "uvloop" when installed (faster I/O), else "asyncio".
     proxy_event_loop: str = "auto"
+    # Store calls run on the event loop when they need not wait (another writer holding the
+    # store sends them to a thread): no hand-off per mail. Off: always in a thread, so a
+    # store on a disk that hangs (NFS) stalls only the mails that wait for it.
+    proxy_store_inline: bool = True
 
     # Inbound milter.
     milter_socket: str = "inet:8894@127.0.0.1"

@@ -212,6 +212,37 @@ def test_store_locked_by_another_writer(
     assert_promise(replies, upstream.received(), store.path)
 
 
+def test_store_held_briefly_waits_in_a_thread_while_others_are_served(
+    tmp_path: Path, upstream: FaultUpstream, run_proxy: Callable[..., ThreadedProxy]
+) -> None:
+    """Store calls run on the event loop only when they need not wait: while another writer
+    holds the store, a mail's record waits in a thread (250 once the lock is gone) and the
+    loop goes on serving other clients."""
+    store = SQLiteStore(tmp_path / "rt.db", busy_timeout_ms=5000)
+    proxy = run_proxy(store, upstream.port)
+    replies = {"warm": send(proxy.port, "warm")}
+    result: dict[str, tuple[int | None, str]] = {}
+    with hold_exclusive_lock(store.path):
+        client = threading.Thread(target=lambda: result.update(held=send(proxy.port, "held")))
+        client.start()
+        time.sleep(0.5)  # its DATA is in, its record waits for the lock
+        started = time.monotonic()
+        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as other:
+            ehlo = other.ehlo("other.test")[0]
+            mail = other.mail("sales@sender.example")[0]
+            other.rset()
+        answered = time.monotonic() - started
+        still_waiting = client.is_alive()
+    client.join(30)
+    assert (ehlo, mail) == (250, 250)
+    assert answered < 2.0, f"the loop stalled {answered:.1f} s behind a locked store"
+    assert still_waiting, "the held mail did not wait for the lock"
+    replies["held"] = result["held"]
+    assert replies["held"][0] == 250, replies
+    assert "held" in arrived_markers(upstream.received())
+    assert_promise(replies, upstream.received(), store.path)
+
+
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path | None]:
     with small_tmpfs(tmp_path / "fs", size="2m") as where:

@@ -696,3 +696,37 @@ def test_prune_drops_the_lookup_keys_of_pruned_mails(store: SQLiteStore) -> None
     keys = {r[0] for r in raw(store, "SELECT message FROM message_keys")}
     assert keys == {store.find_sent(["new@ours"])[0].id}
     assert store.find_sent(["old@ours", "old@client"]) == []
+
+
+def test_a_nonblocking_thread_is_refused_at_once_while_others_wait(tmp_path: Path) -> None:
+    """Store.nonblocking: this thread's write finds the store held and raises StoreLocked
+    without waiting or writing; another thread of the same store still waits its turn."""
+    from replytrack.store import StoreLocked
+    from tests.support.faults import hold_exclusive_lock
+
+    store = SQLiteStore(tmp_path / "s.db", busy_timeout_ms=2000)
+    store.nonblocking()
+    waited: list[float] = []
+
+    def waiting_write() -> None:
+        started = time.monotonic()
+        store.remember_ooo("waited@example.test", 2e9)
+        waited.append(time.monotonic() - started)
+
+    with hold_exclusive_lock(store.path):
+        started = time.monotonic()
+        with pytest.raises(StoreLocked):
+            store.remember_ooo("refused@example.test", 2e9)
+        refused_after = time.monotonic() - started
+        waiter = threading.Thread(target=waiting_write)
+        waiter.start()
+        time.sleep(0.3)
+    waiter.join(10)
+    assert refused_after < 0.2
+    assert waited and 0.2 < waited[0] < 2.0
+    # Nothing of the refused write; free again, this thread writes as usual.
+    store.remember_ooo("after@example.test", 2e9)
+    assert store.ooo_until("refused@example.test") is None
+    assert store.ooo_until("waited@example.test") and store.ooo_until("after@example.test")
+    store.checkpoint()
+    store.close_all()

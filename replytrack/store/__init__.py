@@ -16,6 +16,7 @@ from replytrack.store.base import (
     SentMessage,
     Store,
     StoreError,
+    StoreLocked,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "SentMessage",
     "Store",
     "StoreError",
+    "StoreLocked",
     "open_store",
 ]
 

@@ -53,6 +53,10 @@ class StoreError(Exception):
     """The store could not do what was asked (locked, read-only, full, corrupt)."""
 
 
+class StoreLocked(StoreError):
+    """Another writer holds the store and this caller asked not to wait; nothing was written."""
+
+
 @dataclass(frozen=True)
 class OutboundRecipient:
     """One recipient of an outbound mail and how it was addressed."""
@@ -365,3 +369,15 @@ class Store(abc.ABC):
         default does nothing special.
         """
         yield
+
+    def nonblocking(self) -> None:
+        """From now on, this thread's writes never wait: one that finds another writer
+        holding the store raises StoreLocked at once, and this thread's commits leave the
+        write-ahead log to :meth:`checkpoint`. For an event loop that tries its store calls
+        inline and hands them to a thread only when they would wait. Default: no change
+        (writes wait as usual)."""
+        return None
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the store file (nothing where there is none)."""
+        return None

@@ -39,6 +39,7 @@ from replytrack.store.base import (
     SentMessage,
     Store,
     StoreError,
+    StoreLocked,
 )
 
 log = logging.getLogger(__name__)
@@ -343,6 +344,12 @@ def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]
         yield items[start : start + size]
 
 
+def _is_locked(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused because another connection holds the lock."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 class SQLiteStore(Store):
     """The store in one SQLite file. Safe to share between threads."""
 
@@ -393,7 +400,12 @@ class SQLiteStore(Store):
                     str(self.path), isolation_level=None, timeout=0, check_same_thread=False
                 )
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            nonblocking = getattr(self._local, "nonblocking", False)
+            busy_ms = 0 if nonblocking else int(self.busy_timeout_ms)
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            if nonblocking and not self.readonly:
+                # A commit that crosses the threshold would checkpoint (and fsync) inline.
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             if not self.readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 # WAL with synchronous=NORMAL survives a crash of the process (the promise
@@ -513,6 +525,8 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            if getattr(self._local, "nonblocking", False) and _is_locked(exc):
+                raise StoreLocked(f"store busy: {exc}") from exc
             self._drop_if_broken(exc)
             raise StoreError(f"store busy or not writable: {exc}") from exc
         try:
@@ -525,6 +539,21 @@ class SQLiteStore(Store):
                 self._drop_if_broken(exc)
                 raise StoreError(f"store write failed: {exc}") from exc
             raise
+
+    def nonblocking(self) -> None:
+        self._local.nonblocking = True
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            # This thread's connection was opened waiting: open it again not waiting.
+            self.close()
+
+    def checkpoint(self) -> None:
+        if self.readonly:
+            return
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store checkpoint failed: {exc}") from exc
 
     def _drop_if_broken(self, exc: sqlite3.Error) -> None:
         """Renew connections after an I/O or read-only error.
@@ -550,6 +579,8 @@ class SQLiteStore(Store):
         try:
             return self.conn.execute(sql, [_text(p) for p in params]).fetchall()
         except sqlite3.Error as exc:
+            if getattr(self._local, "nonblocking", False) and _is_locked(exc):
+                raise StoreLocked(f"store busy: {exc}") from exc
             raise StoreError(f"store read failed: {exc}") from exc
 
     def schema_version(self) -> int:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -730,5 +730,16 @@ def test_a_nonblocking_thread_is_refused_at_once_while_others_wait(tmp_path: Pat
     store.remember_ooo("after@example.test", 2e9)
     assert store.ooo_until("refused@example.test") is None
     assert store.ooo_until("waited@example.test") and store.ooo_until("after@example.test")
+
+    def in_store_file(address: str) -> bool:
+        # The store file alone, without its write-ahead log: what a checkpoint folded in.
+        copy = tmp_path / "file-only.db"
+        shutil.copyfile(store.path, copy)
+        with closing(sqlite3.connect(copy)) as conn:
+            row = conn.execute("SELECT 1 FROM ooo WHERE address = ?", (address,)).fetchone()
+        return row is not None
+
+    assert not in_store_file("after@example.test")
     store.checkpoint()
+    assert in_store_file("after@example.test")
     store.close_all()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from collections.abc import Callable
-from typing import Any
 
 import click
 
@@ -52,11 +50,11 @@ def proxy_command(
       replytrack --domain mail.example.com proxy --listen 127.0.0.1:10025 \\
           --upstream 127.0.0.1:10026
     """
-    # Until the daemon takes SIGTERM over, a stop asked for while starting is a clean exit.
-    signal.signal(signal.SIGTERM, _stop_while_starting)
+    from replytrack.proxy import daemon
+
+    daemon.exit_if_stopped_while_starting(signal.SIGTERM)
     config = state.config(proxy_listen=listen, proxy_upstream=upstream, proxy_workers=workers)
     setup_logging(config.log_level)
-    from replytrack.proxy import daemon
     from replytrack.proxy.server import ProxyServer, check_bind
 
     try:
@@ -117,11 +115,6 @@ def proxy_command(
             daemon.cleanup_metrics(directory)
     if status:
         raise SystemExit(status)
-
-
-def _stop_while_starting(signum: int, frame: Any) -> None:
-    log.info("stopped while starting")
-    sys.exit(0)
 
 
 def _serve_metrics(start: Callable[[], None], config: Config) -> None:

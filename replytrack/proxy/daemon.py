@@ -354,15 +354,20 @@ def _die_with_supervisor(supervisor: int) -> None:
 
 
 def _exit_while_starting(signum: int, frame: Any) -> None:
+    log.info("stopped while starting")
     sys.exit(0)
+
+
+def exit_if_stopped_while_starting(*signals: signal.Signals) -> None:
+    """Until the event loop or the supervisor takes these signals over, one of them means
+    a stop asked for while starting: nothing is open yet, so the process exits 0."""
+    for signum in signals:
+        signal.signal(signum, _exit_while_starting)
 
 
 def worker_main() -> int:
     """Entry point of a worker process (``python -m replytrack.proxy.daemon``)."""
-    # Until the event loop takes SIGTERM over, a stop asked for while starting is a quiet
-    # exit: nothing has been accepted yet.
-    signal.signal(signal.SIGTERM, _exit_while_starting)
-    signal.signal(signal.SIGINT, _exit_while_starting)
+    exit_if_stopped_while_starting(signal.SIGTERM, signal.SIGINT)
     spec = json.loads(sys.stdin.buffer.read())
     _die_with_supervisor(spec["supervisor"])
     from replytrack import notify

@@ -1096,11 +1096,11 @@ class ProxyServer:
         )
 
     async def _checkpoint_every(self, seconds: float) -> None:
-        store = self.handler.store
+        store, loop = self.handler.store, asyncio.get_running_loop()
         while True:
             await asyncio.sleep(seconds)
             try:
-                await self.handler._in_thread(store.checkpoint)
+                await loop.run_in_executor(self.executor, store.checkpoint)
             except Exception as exc:
                 log.warning("store checkpoint failed: %s", exc)
 

@@ -525,8 +525,7 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            if getattr(self._local, "nonblocking", False) and _is_locked(exc):
-                raise StoreLocked(f"store busy: {exc}") from exc
+            self._raise_if_locked(exc)
             self._drop_if_broken(exc)
             raise StoreError(f"store busy or not writable: {exc}") from exc
         try:
@@ -539,6 +538,11 @@ class SQLiteStore(Store):
                 self._drop_if_broken(exc)
                 raise StoreError(f"store write failed: {exc}") from exc
             raise
+
+    def _raise_if_locked(self, exc: sqlite3.Error) -> None:
+        """StoreLocked for a lock met on a connection that must not wait for one."""
+        if getattr(self._local, "nonblocking", False) and _is_locked(exc):
+            raise StoreLocked(f"store busy: {exc}") from exc
 
     def nonblocking(self) -> None:
         self._local.nonblocking = True
@@ -564,7 +568,7 @@ class SQLiteStore(Store):
         connection sound.
         """
         text = str(exc).lower()
-        if isinstance(exc, sqlite3.IntegrityError) or "locked" in text or "busy" in text:
+        if isinstance(exc, sqlite3.IntegrityError) or _is_locked(exc):
             return
         if "interrupted" in text:
             return  # a session's deadline passed: the connection is sound
@@ -579,8 +583,7 @@ class SQLiteStore(Store):
         try:
             return self.conn.execute(sql, [_text(p) for p in params]).fetchall()
         except sqlite3.Error as exc:
-            if getattr(self._local, "nonblocking", False) and _is_locked(exc):
-                raise StoreLocked(f"store busy: {exc}") from exc
+            self._raise_if_locked(exc)
             raise StoreError(f"store read failed: {exc}") from exc
 
     def schema_version(self) -> int:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses, parseaddr
+from urllib.parse import quote
 
 # Bounds against hostile input: a References header of a real thread has tens of IDs,
 # never thousands, and no legitimate header value is megabytes long.
@@ -252,6 +253,60 @@ def _parse_addresses(values: Iterable[str]) -> Iterator[tuple[str, str]]:
         except (RecursionError, ValueError, IndexError):
             pairs = [("", m.group(1)) for m in _BARE_ADDRESS.finditer(value)]
         yield from pairs
+
+
+# --- sender metadata and the header values we write ------------------------------------------
+
+# The one rule for campaign ids, wherever one comes in (the proxy's X-ReplyTrack-Campaign,
+# the CLI's --campaign, import): 1 to 200 characters, each an ASCII letter or digit or one
+# of . _ : - / + @ . Such an id needs no quoting anywhere it goes (an SMTP reply, a header
+# parameter, a log line, a shell), and no id can carry a ";", "=", a quote, white space or
+# a line end into a header we add.
+MAX_CAMPAIGN_CHARS = 200
+CAMPAIGN_ID_RULE = "1 to 200 characters: ASCII letters, digits and . _ : - / + @"
+_CAMPAIGN_ID = re.compile(r"[A-Za-z0-9._:/+@-]{1,200}")
+# A step is a count written in ASCII digits: str.isdigit() and \d also take other scripts'
+# digits ("٣" is 3), which no sending engine means.
+_STEP = re.compile(r"[0-9]{1,9}")
+
+
+class InvalidMetadata(ValueError):
+    """A campaign id or step that breaks the rule; the message says which rule."""
+
+
+def check_campaign_id(value: str) -> str:
+    """``value`` when it is a valid campaign id (see CAMPAIGN_ID_RULE), else InvalidMetadata.
+
+    Nothing is stripped or changed: an id is stored and compared exactly as given.
+    """
+    if not value.strip():
+        raise InvalidMetadata("the campaign id is empty")
+    if not _CAMPAIGN_ID.fullmatch(value):
+        if len(value) > MAX_CAMPAIGN_CHARS:
+            raise InvalidMetadata(f"the campaign id is longer than {MAX_CAMPAIGN_CHARS} characters")
+        raise InvalidMetadata(f"the campaign id must be {CAMPAIGN_ID_RULE}")
+    return value
+
+
+def parse_step(value: str) -> int:
+    """A campaign step: a non-negative integer in ASCII digits (at most 9), else InvalidMetadata."""
+    if not _STEP.fullmatch(value):
+        raise InvalidMetadata("the step must be a non-negative integer in ASCII digits 0-9")
+    return int(value)
+
+
+def header_parameter(name: str, value: str) -> str:
+    """``name=value`` for a ``;``-separated header we add, safe whatever ``value`` holds.
+
+    A valid campaign id is written bare (it holds nothing a reader splits on). Anything else,
+    such as a campaign id recorded before the rule above, is written RFC 2231 style,
+    ``name*=utf-8''`` and its UTF-8 bytes percent-encoded: no ";", "=", quote, white space or
+    line end of it reaches the header, so it cannot add a parameter or a line, even for a
+    reader that just splits at ";".
+    """
+    if _CAMPAIGN_ID.fullmatch(value):
+        return f"{name}={value}"
+    return f"{name}*=utf-8''" + quote(value.encode("utf-8", "surrogateescape"), safe="")
 
 
 def address_domain(address: str) -> str:

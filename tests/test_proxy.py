@@ -361,7 +361,7 @@ def test_suppression_is_per_campaign(
     ("header", "why"),
     [
         ("X-ReplyTrack-Campaign: " + "c" * 201, "longer than 200"),
-        ("X-ReplyTrack-Campaign: bad\x01id", "not printable"),
+        ("X-ReplyTrack-Campaign: bad\x01id", "ASCII letters, digits"),
         ("X-ReplyTrack-Step: two", "integer"),
     ],
 )

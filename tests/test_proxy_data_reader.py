@@ -9,7 +9,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replytrack.proxy.server import read_data
+from replytrack.proxy.server import S554_NUL, read_data
 
 TOO_BIG = "552 Error: Too much mail data"
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
@@ -22,7 +22,7 @@ def by_lines(
 
     None when the stream ends before the end of the mail.
     """
-    pos, received, long_line = 0, 0, False
+    pos, received, long_line, nul = 0, 0, False, False
     mail = bytearray()
     while True:
         end = stream.find(b"\r\n", pos)
@@ -33,10 +33,13 @@ def by_lines(
             break
         received += len(line)
         long_line = long_line or len(line) > line_limit
+        nul = nul or b"\x00" in line
         mail += line[1:] if line.startswith(b".") else line
-    # A mail both too big and with a long line is refused as too big.
+    # Too big outranks a NUL byte, which outranks a long line.
     if size_limit and received > size_limit:
         return b"", TOO_BIG, pos
+    if nul:
+        return b"", S554_NUL, pos
     if long_line:
         return b"", TOO_LONG, pos
     return bytes(mail), None, pos
@@ -65,7 +68,10 @@ async def via_reader(
 
 
 pieces = st.sampled_from(
-    [b"\r\n", b"\r", b"\n", b".", b"..", b"x", b"ab", b"\r\n.\r\n", b".\r\n", b"\r\n.", b"QUIT"]
+    [
+        *(b"\r\n", b"\r", b"\n", b".", b"..", b"x", b"ab", b"\r\n.\r\n", b".\r\n", b"\r\n."),
+        *(b"QUIT", b"\x00", b"\r\n\x00.\r\n"),
+    ]
 )
 
 
@@ -98,3 +104,16 @@ def test_long_mail_of_short_lines_and_long_lines() -> None:
     assert got == (body, None) and left == b"QUIT\r\n"
     got, left = asyncio.run(via_reader(stream, [7, 4096, 65536], None, 200))
     assert got == (b"", TOO_LONG) and left == b"QUIT\r\n"
+
+
+def test_nul_anywhere_refuses_the_mail_and_reads_to_its_end() -> None:
+    """Issue 13 item 10: "<CR><LF><NUL>.<CR><LF>" is no end of data here, and the mail that
+    holds it is refused whole (a NUL in its first, middle or last block alike)."""
+    body = b"".join(b"line %d\r\n" % i for i in range(5000))
+    for at in (0, 3, len(body) // 2, len(body) - 2):
+        mail = body[:at] + b"\r\n\x00.\r\n" + body[at:]
+        got, left = asyncio.run(via_reader(mail + b".\r\nQUIT\r\n", [5, 4096], None, 1000))
+        assert got == (b"", S554_NUL) and left == b"QUIT\r\n"
+    # The size limit still comes first (the client learns what to fix first).
+    got, _ = asyncio.run(via_reader(body + b"\x00\r\n.\r\n", [], 100, 1000))
+    assert got == (b"", TOO_BIG)

@@ -91,6 +91,23 @@ def test_folded_message_id_is_read() -> None:
         b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: 1.5",
         b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: 9999999999",
         b"X-ReplyTrack-Step: 2",
+        # Issue 13 item 7: a campaign header that is present but blank is a template gone
+        # wrong, not one-to-one mail; ids outside the rule; steps in other scripts' digits.
+        b"X-ReplyTrack-Campaign:",
+        b"X-ReplyTrack-Campaign:    ",
+        b"X-ReplyTrack-Campaign: \t",
+        b"X-ReplyTrack-Campaign: spring\r\nX-ReplyTrack-Campaign:  ",
+        b"X-ReplyTrack-Campaign: a;b",
+        b"X-ReplyTrack-Campaign: a; match=in-reply-to",
+        b"X-ReplyTrack-Campaign: a=b",
+        b'X-ReplyTrack-Campaign: "a"',
+        b"X-ReplyTrack-Campaign: spring 2026",
+        "X-ReplyTrack-Campaign: fr\u00fchling".encode(),
+        "X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: \u0663".encode(),
+        "X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: \uff13".encode(),
+        "X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: \u00b2".encode(),
+        b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step:",
+        b"X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: +3",
         # A bare CR would be a line end upstream: a field hidden from us behind it.
         b"X-Foo: 1\rMessage-ID: <evil@x>\rX-ReplyTrack-Campaign: leaked",
         b"Subject: a\rb",
@@ -105,9 +122,26 @@ def test_bad_metadata_raises(headers: bytes) -> None:
 
 
 def test_repeated_equal_campaign_is_fine_and_200_chars_is_the_limit() -> None:
-    campaign = "é" * 200
+    campaign = "c" * 200
     data = f"X-ReplyTrack-Campaign: {campaign}\r\nX-ReplyTrack-Campaign: {campaign}\r\n\r\n"
     assert stamp(data.encode(), OURS).campaign == campaign
+
+
+def test_every_character_of_the_campaign_rule_is_taken() -> None:
+    """The rule README states: ASCII letters, digits and . _ : - / + @ ; steps in 0-9."""
+    campaign = "AZaz09._:-/+@"
+    data = f"X-ReplyTrack-Campaign: {campaign}\r\nX-ReplyTrack-Step: 007\r\n\r\n".encode()
+    out = stamp(data, OURS)
+    assert (out.campaign, out.step) == (campaign, 7)
+
+
+def test_blank_campaign_error_says_why() -> None:
+    with pytest.raises(MetadataError, match=r"X-ReplyTrack-Campaign: the campaign id is empty"):
+        stamp(b"X-ReplyTrack-Campaign:   \r\n\r\nbody\r\n", OURS)
+    with pytest.raises(MetadataError, match=r"ASCII letters, digits and \. _ : - / \+ @"):
+        stamp(b"X-ReplyTrack-Campaign: a;b\r\n\r\nbody\r\n", OURS)
+    with pytest.raises(MetadataError, match=r"X-ReplyTrack-Step: .*ASCII digits"):
+        stamp("X-ReplyTrack-Campaign: a\r\nX-ReplyTrack-Step: \u0663\r\n\r\n".encode(), OURS)
 
 
 # --- properties -------------------------------------------------------------------------------

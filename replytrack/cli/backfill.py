@@ -12,7 +12,15 @@ from pathlib import Path
 import click
 
 from replytrack.cli.common import State, cli, pass_state
-from replytrack.headers import extract_addresses, extract_msgids, header_values, split_message
+from replytrack.headers import (
+    InvalidMetadata,
+    check_campaign_id,
+    extract_addresses,
+    extract_msgids,
+    header_values,
+    parse_step,
+    split_message,
+)
 from replytrack.store import OutboundRecipient, OutboundRecord
 from replytrack.tokens import load_keyring, mint
 
@@ -62,9 +70,14 @@ def _sent_at(header: bytes) -> float:
     return time.time()
 
 
-def _step(header: bytes) -> int | None:
-    value = _first(header, "X-ReplyTrack-Step")
-    return int(value) if value and value.strip().isdigit() else None
+def _metadata(header: bytes, default: str | None) -> tuple[str | None, int | None]:
+    """(campaign, step) of a sent mail, read as the proxy reads them; InvalidMetadata when
+    they break the rule (``check_campaign_id``, ``parse_step``)."""
+    campaign = _first(header, "X-ReplyTrack-Campaign")
+    step = _first(header, "X-ReplyTrack-Step")
+    if campaign is not None:
+        check_campaign_id(campaign)
+    return campaign if campaign is not None else default, None if step is None else parse_step(step)
 
 
 @cli.command("import")
@@ -92,10 +105,16 @@ def import_command(state: State, path: Path, campaign: str | None, fmt: str, dry
       replytrack import ~/Mail/Sent --campaign spring-2026
       replytrack import sent.mbox --dry-run
     """
+    if campaign is not None:
+        # Import writes this id into every record: it must be one the proxy would accept.
+        try:
+            check_campaign_id(campaign)
+        except InvalidMetadata as exc:
+            raise click.BadParameter(f"{campaign!r}: {exc}", param_hint="'--campaign'") from None
     config = state.config()
     store = state.store()
-    keyring = load_keyring(config.secret_path, create=True)
-    imported = already = skipped = 0
+    keyring = load_keyring(config.secret_path)
+    imported = already = skipped = bad = 0
     seen: set[str] = set()
     for data in _messages(path, fmt):
         header, _ = split_message(data)
@@ -106,6 +125,12 @@ def import_command(state: State, path: Path, campaign: str | None, fmt: str, dry
         original = ids[0]
         if original in seen or store.find_sent([original]):
             already += 1
+            continue
+        try:
+            mail_campaign, step = _metadata(header, campaign)
+        except InvalidMetadata as exc:
+            click.echo(f"skipped <{original}>: X-ReplyTrack metadata: {exc}", err=True)
+            bad += 1
             continue
         seen.add(original)
         recipients: list[OutboundRecipient] = []
@@ -119,8 +144,8 @@ def import_command(state: State, path: Path, campaign: str | None, fmt: str, dry
             # the mail's real Message-ID is what replies will reference.
             message_id=mint(keyring, config.domain),
             original_message_id=original,
-            campaign=(_first(header, "X-ReplyTrack-Campaign") or campaign or "").strip() or None,
-            step=_step(header),
+            campaign=mail_campaign,
+            step=step,
             sender=senders[0] if senders else "",
             from_address=senders[0] if senders else None,
             subject=_decoded(_first(header, "Subject")),
@@ -136,4 +161,5 @@ def import_command(state: State, path: Path, campaign: str | None, fmt: str, dry
     click.echo(
         f"{verb} {imported} message(s); {already} already recorded;"
         f" {skipped} skipped (no Message-ID)"
+        + (f"; {bad} skipped (bad X-ReplyTrack metadata)" if bad else "")
     )

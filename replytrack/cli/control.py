@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import click
 
 from replytrack.cli.common import State, cli, pass_state
-from replytrack.headers import normalize_address
+from replytrack.headers import InvalidMetadata, check_campaign_id, normalize_address
 from replytrack.store import ACTIVE, BOUNCED, PAUSED, STOPPED, Enrollment, Event, Store
 
 # How many addresses an event's detail lists; a campaign-wide stop may touch thousands.
@@ -35,6 +35,27 @@ def _replied(enrollment: Enrollment) -> bool:
     return enrollment.status == STOPPED and (
         enrollment.updated_by == "reply" or (enrollment.reason or "").startswith("reply")
     )
+
+
+def campaign_option(state: State, value: str | None, *, known_ok: bool = True) -> str | None:
+    """A ``--campaign`` value checked against the campaign id rule (``check_campaign_id``).
+
+    An empty or blank id is always refused: it names no campaign, and a store call taking
+    "" as "no filter" would act on every campaign. With ``known_ok`` an id that breaks the
+    rule is still taken when the store already holds that campaign: one recorded before
+    the rule existed must stay reachable (to list, stop, resume). A usage error, exit 2,
+    otherwise.
+    """
+    if value is None:
+        return None
+    try:
+        return check_campaign_id(value)
+    except InvalidMetadata as exc:
+        if known_ok and value.strip():
+            store = state.store()
+            if store.campaign_stats(value) or store.enrollments(campaign=value, limit=1):
+                return value
+        raise click.BadParameter(f"{value!r}: {exc}", param_hint="'--campaign'") from None
 
 
 def _select(store: Store, campaign: str | None, recipient: str | None) -> list[Enrollment]:
@@ -119,6 +140,8 @@ def stop_command(state: State, campaign: str | None, recipient: str | None, reas
       replytrack stop --campaign spring-2026 --reason "pricing changed"
     """
     address = _normalize(recipient)
+    # An id the store does not hold yet (a stop in advance) must be one the proxy accepts.
+    campaign = campaign_option(state, campaign)
     store = state.store()
     enrollments = _select(store, campaign, address)
     if campaign is not None and address is None:
@@ -175,6 +198,7 @@ def resume_command(
       replytrack resume --campaign spring-2026 --reason "pricing fixed"
     """
     address = _normalize(recipient)
+    campaign = campaign_option(state, campaign)
     store = state.store()
     enrollments = _select(store, campaign, address)
     whole = None

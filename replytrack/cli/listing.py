@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from replytrack.cli.common import State, cli, emit, iso, output_options, parse_since, pass_state
+from replytrack.cli.control import campaign_option
 from replytrack.store import CampaignStats, Enrollment, Event
 from replytrack.store.base import ENROLLMENT_STATES, EVENT_KINDS
 
@@ -67,6 +68,7 @@ def events_command(
       replytrack events --kind reply --since 24h
       replytrack events --campaign spring-2026 --json | jq '.[].evidence'
     """
+    campaign = campaign_option(state, campaign)
     rows = [
         event_row(e)
         for e in state.store().events(
@@ -93,6 +95,7 @@ def campaigns_command(state: State, campaign: str | None, fmt: str) -> None:
       replytrack campaigns
       replytrack campaigns --campaign spring-2026 --json
     """
+    campaign = campaign_option(state, campaign)
     rows = [campaign_row(s) for s in state.store().campaign_stats(campaign)]
     emit(
         rows,
@@ -137,6 +140,7 @@ def enrollments_command(
       replytrack enrollments --campaign spring-2026 --status stopped
       replytrack enrollments --recipient ann@example.org --json
     """
+    campaign = campaign_option(state, campaign)
     rows = [
         enrollment_row(e)
         for e in state.store().enrollments(

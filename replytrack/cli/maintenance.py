@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import click
 
 from replytrack.cli.common import State, cli, iso, parse_since, pass_state
+from replytrack.cli.control import campaign_option
 from replytrack.cli.listing import enrollment_row, event_row
 from replytrack.cli.messages import message_row
 
@@ -98,6 +99,7 @@ def export_command(
       replytrack export events --since 30d > events.jsonl
       replytrack export enrollments --format csv -o enrollments.csv
     """
+    campaign = campaign_option(state, campaign)
     store = state.store()
     start = parse_since(since)
     rows: Iterable[dict[str, Any]]

@@ -18,10 +18,13 @@ not copied to be stamped. ``Stamped.data`` joins the two for callers that want o
 A header block that cannot be read the way the upstream will read it (a bare CR, a first
 line starting with white space) raises :class:`MetadataError` too.
 
-Bad metadata (a campaign id that is empty, too long or not printable, a step that is not a
-non-negative integer, conflicting repeated values) raises :class:`MetadataError`; the proxy
-rejects such mail with ``550 5.6.0`` so the sending engine learns at once that its campaign
-mail would not be tracked, rather than having it silently recorded as one-to-one mail.
+Bad metadata (a campaign id that is empty or blank or breaks the rule of
+``replytrack.headers.check_campaign_id``, a step that is not a non-negative integer in ASCII
+digits, conflicting repeated values) raises :class:`MetadataError`; the proxy rejects such
+mail with ``550 5.6.0`` so the sending engine learns at once that its campaign mail would
+not be tracked, rather than having it silently recorded as one-to-one mail. A header that is
+present counts, even with an empty value: a blank campaign is a campaign id gone missing in
+the engine's template, not one-to-one mail.
 """
 
 from __future__ import annotations
@@ -32,18 +35,19 @@ from email.header import decode_header, make_header
 
 from replytrack.headers import (
     Field,
+    InvalidMetadata,
+    check_campaign_id,
     edit_header,
     extract_addresses,
     extract_msgids,
     parse_fields,
+    parse_step,
 )
 
 CAMPAIGN_HEADER = "X-ReplyTrack-Campaign"
 STEP_HEADER = "X-ReplyTrack-Step"
 ORIGINAL_HEADER = "X-Original-Message-ID"
 META_PREFIX = "X-ReplyTrack"
-MAX_CAMPAIGN_CHARS = 200
-_STEP = re.compile(r"\d{1,9}")
 # The end of the header block, as replytrack.headers.split_message finds it: the line end
 # followed by the empty line.
 _HEADER_END = re.compile(rb"\r?\n(?=\r?\n)")
@@ -111,23 +115,28 @@ def header_end(data: bytes | bytearray) -> tuple[int, int]:
 
 
 def _single(fields: list[Field], name: str) -> str | None:
-    """The value of ``name``; repeated fields must agree, an empty value counts as absent."""
+    """The value of ``name`` (None when there is no such field); repeated fields must agree."""
     wanted = name.lower()
     values = {f.value for f in fields if f.name.lower() == wanted}
-    values.discard("")
     if len(values) > 1:
         raise MetadataError(f"{name} given more than once with different values")
     return values.pop() if values else None
 
 
 def validate_campaign(value: str) -> str:
-    """A campaign id as sent in ``X-ReplyTrack-Campaign``: printable, 1 to 200 characters."""
-    if len(value) > MAX_CAMPAIGN_CHARS:
-        raise MetadataError(f"{CAMPAIGN_HEADER} is longer than {MAX_CAMPAIGN_CHARS} characters")
-    # Undecodable bytes arrive as surrogate escapes, which are not printable either.
-    if not value.isprintable():
-        raise MetadataError(f"{CAMPAIGN_HEADER} holds characters that are not printable")
-    return value
+    """A campaign id as sent in ``X-ReplyTrack-Campaign`` (``check_campaign_id``'s rule)."""
+    try:
+        return check_campaign_id(value)
+    except InvalidMetadata as exc:
+        raise MetadataError(f"{CAMPAIGN_HEADER}: {exc}") from None
+
+
+def validate_step(value: str) -> int:
+    """A step as sent in ``X-ReplyTrack-Step``: ASCII digits only (``parse_step``)."""
+    try:
+        return parse_step(value)
+    except InvalidMetadata as exc:
+        raise MetadataError(f"{STEP_HEADER}: {exc}") from None
 
 
 def _decode_subject(value: str) -> str:
@@ -162,11 +171,9 @@ def stamp(data: bytes | bytearray, message_id: str) -> Stamped:
     campaign = validate_campaign(campaign_text) if campaign_text is not None else None
     step: int | None = None
     if step_text is not None:
-        if not _STEP.fullmatch(step_text):
-            raise MetadataError(f"{STEP_HEADER} must be a non-negative integer, got {step_text!r}")
+        step = validate_step(step_text)
         if campaign is None:
             raise MetadataError(f"{STEP_HEADER} given without {CAMPAIGN_HEADER}")
-        step = int(step_text)
 
     original: str | None = None
     for f in fields:

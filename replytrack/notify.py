@@ -14,10 +14,16 @@ Each request carries
     X-ReplyTrack-Event-Id: <event id>
     X-ReplyTrack-Timestamp: <UNIX seconds>
     X-ReplyTrack-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with notify.secret>
+
+A sender refuses to start without a secret unless ``notify.allow_unsigned`` says otherwise
+(and then warns), and refuses a URL that could never be posted to; see
+:func:`replytrack.config.notify_problems`. A URL may carry ``user:password@`` for HTTP Basic
+authentication; the credentials go in the Authorization header and never into a log line.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replytrack import __version__, metrics
-from replytrack.config import Config
+from replytrack.config import Config, check_notify
 from replytrack.store import Event, Store, StoreError
 from replytrack.store.base import OutboxItem
 
@@ -99,9 +105,26 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect())
 
 
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without ``user:password@``, and the Authorization header they stand for.
+
+    urllib does not use credentials written in a URL: it would look up "user:password@host"
+    as a host name and fail on every attempt.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return bare, {"Authorization": f"Basic {token}"}
+
+
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> PostResult:
     """POST ``body`` to ``url``; any 2xx is success, everything else is a retryable failure."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    url, auth = split_credentials(url)
+    request = urllib.request.Request(url, data=body, headers={**headers, **auth}, method="POST")
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             response.read(65536)
@@ -122,6 +145,10 @@ class Sender:
 
     ``run`` loops until ``stop`` is called; ``deliver_due`` does one pass (for ``--once``
     and tests). Retries use ``retry_base`` doubling up to ``retry_cap`` seconds.
+
+    Raises :class:`~replytrack.config.ConfigError` when the webhook settings cannot be used
+    (a bad URL, no secret and unsigned delivery not allowed): better no sender than one
+    that fails on every event, or one that posts events a receiver cannot authenticate.
     """
 
     def __init__(
@@ -134,9 +161,17 @@ class Sender:
         poll_interval: float = 2.0,
         owner: str | None = None,
     ) -> None:
+        check_notify(config)
         self.config = config
         self.store = store
         self.urls = list(config.notify_webhooks)
+        self.signed = bool(config.notify_secret.strip())
+        if self.urls and not self.signed:
+            log.warning(
+                "notify: notify.secret is empty and notify.allow_unsigned is set: webhooks to"
+                " %s go out UNSIGNED; receivers cannot tell them from forged requests",
+                ", ".join(url_host(url) for url in self.urls),
+            )
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.poll_interval = poll_interval
@@ -166,7 +201,7 @@ class Sender:
             EVENT_ID_HEADER: str(item.event.id),
             TIMESTAMP_HEADER: timestamp,
         }
-        if self.config.notify_secret:
+        if self.signed:
             headers[SIGNATURE_HEADER] = sign(self.config.notify_secret, timestamp, body)
         return headers
 
@@ -248,9 +283,10 @@ class Sender:
     def run(self) -> None:
         """Deliver until stopped; store errors are logged and retried, never fatal."""
         log.info(
-            "notify sender %s started: %d webhook(s), max %d attempts",
+            "notify sender %s started: %d webhook(s), %s, max %d attempts",
             self.owner,
             len(self.urls),
+            "signed" if self.signed else "UNSIGNED",
             self.config.notify_max_attempts,
         )
         while not self._stop.is_set():
@@ -272,7 +308,8 @@ def start_sender_thread(config: Config, store: Store, **options: Any) -> Sender 
     """Run a sender in a daemon thread beside a daemon (milter, proxy); None if no webhooks.
 
     Several senders on one store are safe: rows are leased. Call ``stop()`` on the result
-    at shutdown.
+    at shutdown. Raises ``ConfigError`` as :class:`Sender` does; a daemon checks the same
+    with :func:`~replytrack.config.check_notify` before it opens anything.
     """
     if not config.notify_webhooks:
         log.info("notify: no webhooks configured; events stay in the outbox")

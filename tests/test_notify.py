@@ -37,6 +37,7 @@ class Received:
     signature: str
     body: bytes
     status: int
+    authorization: str = ""
 
 
 @dataclass
@@ -75,6 +76,7 @@ def receiver() -> Iterator[Receiver]:
                         self.headers.get("X-ReplyTrack-Signature", ""),
                         body,
                         status,
+                        self.headers.get("Authorization", ""),
                     )
                 )
             if index == rec.hang_on:

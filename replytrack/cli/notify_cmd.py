@@ -9,6 +9,7 @@ from types import FrameType
 import click
 
 from replytrack.cli.common import State, cli, pass_state, setup_logging
+from replytrack.config import ConfigError, check_notify
 from replytrack.notify import Sender
 
 
@@ -50,7 +51,8 @@ def notify_command(
     """POST recorded events (replies, stops, bounces...) to the configured webhooks.
 
     Each event is signed (X-ReplyTrack-Signature: sha256=HMAC of "<timestamp>.<body>" with
-    notify.secret) and retried with backoff until every URL answered 2xx or
+    notify.secret; without one the sender refuses to start unless notify.allow_unsigned is
+    true) and retried with backoff until every URL answered 2xx or
     notify.max_attempts is reached. Several senders may share one store (the milter and the
     proxy run one in-process too): rows are leased, never posted twice at once.
 
@@ -66,6 +68,12 @@ def notify_command(
             "no webhooks configured: set notify.webhooks in the config file"
             " or REPLYTRACK_NOTIFY_WEBHOOKS"
         )
+    try:
+        # Before the store is opened: a setting that can never work is one line, not a
+        # sender that fails (or posts unsigned) on every event.
+        check_notify(config)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
     setup_logging(config.log_level)
     store = state.store()
     if retry_dead:

@@ -1,7 +1,9 @@
 """The milter fails open in a real Postfix: killed while Postfix delivers, mail is still
 delivered (``default_action=accept``); a verdict the store could not take is journaled and,
-after the milter is killed and restarted, replayed; spoofed ``X-ReplyTrack`` headers from
-outside never reach the mailbox.
+after the milter is killed and restarted, replayed; when the store's filesystem turns
+read-only under it, the reply is still flagged and its verdict kept in the second journal
+location, or in the log when no location is writable, and replayed from there; spoofed
+``X-ReplyTrack`` headers from outside never reach the mailbox.
 
 Each test runs ``replytrack milter`` as a subprocess (so SIGKILL is a real crash) beside a
 private loopback Postfix delivering to a Maildir.
@@ -9,6 +11,7 @@ private loopback Postfix delivering to a Maildir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import smtplib
@@ -23,9 +26,10 @@ from pathlib import Path
 import pytest
 
 from replytrack import tokens
+from replytrack.milter.journal import LOG_MARKER
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
-from tests.support.faults import free_port, hold_exclusive_lock, wait_port
+from tests.support.faults import free_port, hold_exclusive_lock, set_immutable, wait_port
 from tests.support.milter_records import record_sent
 from tests.support.postfix import PostfixLab
 
@@ -40,25 +44,34 @@ class MilterProcess:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
-        self.db = workdir / "rt.db"
-        self.journal = workdir / "rt.journal"
+        # The journal beside the store, as it once was by default: one filesystem for both.
+        self.store_dir = workdir / "store"
+        self.store_dir.mkdir(exist_ok=True)
+        self.db = self.store_dir / "rt.db"
+        self.journal = self.store_dir / "rt.journal"
+        self.fallback = workdir / "run" / "journal"
         self.secret = workdir / "rt.secret"
         self.log = workdir / "milter.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> MilterProcess:
+    def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
         env.update(
+            REPLYTRACK_CONFIG="/dev/null",
             REPLYTRACK_DB=str(self.db),
             REPLYTRACK_DOMAIN=DOMAIN,
             REPLYTRACK_SECRET_FILE=str(self.secret),
             REPLYTRACK_MILTER_JOURNAL=str(self.journal),
+            REPLYTRACK_MILTER_JOURNAL_FALLBACK=str(self.fallback),
         )
+        return env
+
+    def start(self) -> MilterProcess:
         cmd = [sys.executable, "-m", "replytrack", "milter"]
         cmd += ["--socket", f"inet:{self.port}@127.0.0.1"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=log, env=env, start_new_session=True
+                cmd, stdout=log, stderr=log, env=self.env(), start_new_session=True
             )
         assert wait_port(self.port, timeout=30), self.log_tail()
         return self
@@ -232,3 +245,82 @@ def test_spoofed_x_replytrack_never_reaches_the_mailbox(
     assert got["unrelated-spoof"] == [], got
     [flag] = got["reply-spoof"]
     assert "campaign=camp-1" in flag and "evil" not in flag, got
+
+
+@contextlib.contextmanager
+def read_only_store(proc: MilterProcess, *more: Path) -> Iterator[None]:
+    """The store's directory and files immutable (``chattr +i``: root cannot write them
+    either), with ``more`` paths; skips where the filesystem does not support it.
+
+    The ``-shm`` file stays writable: SQLite writes it through a shared mapping, and an
+    immutable one kills the writing process with SIGBUS (a crash, not the fault we test).
+    """
+    paths = [proc.store_dir, proc.db, proc.db.with_name("rt.db-wal"), proc.journal, *more]
+    if not set_immutable(paths, True):
+        set_immutable(paths, False)
+        pytest.skip("chattr +i is not supported on this filesystem")
+    try:
+        yield
+    finally:
+        set_immutable(paths, False)
+
+
+def flags(lab: PostfixLab, marker: str) -> list[str]:
+    parser = BytesHeaderParser()
+    return parser.parsebytes(delivered(lab)[marker]).get_all("X-ReplyTrack") or []
+
+
+def stopped(db: Path) -> bool:
+    store = SQLiteStore(db)
+    try:
+        [enrollment] = store.enrollments(campaign="camp-1")
+        return enrollment.status == "stopped"
+    finally:
+        store.close_all()
+
+
+def test_read_only_store_filesystem_journals_elsewhere_then_replays(
+    lab: PostfixLab, milter: tuple[MilterProcess, str]
+) -> None:
+    proc, ours = milter
+    # A first mail: the milter's store connection is open before the filesystem turns.
+    assert send(lab, mail("warm-up", sender=STRANGER), sender=STRANGER) == 250
+    lab.wait_for_mail(1, timeout=40)
+    with read_only_store(proc):
+        assert send(lab, mail("ro-reply", in_reply_to=ours)) == 250
+        lab.wait_for_mail(2, timeout=40)
+        # The match was read: the reply is flagged although it could not be recorded.
+        assert flags(lab, "ro-reply") == ["reply; campaign=camp-1; match=in-reply-to"]
+        assert wait_until(lambda: proc.fallback.exists(), 10), proc.log_tail()
+        assert not proc.journal.exists()
+        assert "journaled for replay in " + str(proc.fallback) in proc.log.read_text()
+    # Access is back: the milter replays the second location by itself.
+    assert wait_until(lambda: len(reply_events(proc.db)) == 1, 30), proc.log_tail()
+    assert stopped(proc.db)
+    assert wait_until(lambda: not proc.fallback.exists(), 10)
+    assert "verdict lost" not in proc.log.read_text()
+
+
+def test_no_journal_location_writable_log_line_replayed_by_hand(
+    lab: PostfixLab, milter: tuple[MilterProcess, str]
+) -> None:
+    proc, ours = milter
+    assert send(lab, mail("warm-up", sender=STRANGER), sender=STRANGER) == 250
+    lab.wait_for_mail(1, timeout=40)
+    proc.fallback.parent.mkdir()
+    with read_only_store(proc, proc.fallback.parent):
+        assert send(lab, mail("logged-reply", in_reply_to=ours)) == 250
+        lab.wait_for_mail(2, timeout=40)
+        assert flags(lab, "logged-reply") == ["reply; campaign=camp-1; match=in-reply-to"]
+        assert wait_until(lambda: LOG_MARKER in proc.log.read_text(), 10), proc.log_tail()
+    proc.stop()
+    assert not proc.journal.exists() and not proc.fallback.exists()
+    assert reply_events(proc.db) == [] and not stopped(proc.db)
+    replay = [sys.executable, "-m", "replytrack", "journal", "replay", "--from-log", str(proc.log)]
+    for _ in range(2):  # twice is once
+        done = subprocess.run(replay, env=proc.env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "already recorded" in done.stdout
+    assert stopped(proc.db)
+    [event] = reply_events(proc.db)
+    assert event.message_id == ours  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "replytrack.cli.maintenance",
     "replytrack.cli.notify_cmd",
     "replytrack.cli.milter_cmd",
+    "replytrack.cli.journal_cmd",
     "replytrack.cli.proxy_cmd",
 ]
 

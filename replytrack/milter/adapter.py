@@ -48,8 +48,9 @@ from replytrack.milter.engine import (
     Engine,
     Inbound,
     Screening,
+    Verdict,
 )
-from replytrack.milter.journal import Journal
+from replytrack.milter.journal import Journal, JournalChain
 from replytrack.store.base import StoreError
 
 log = logging.getLogger("replytrack.milter")
@@ -139,7 +140,7 @@ class ReplyTrackMilter(Milter.Base):
     """
 
     engine: Engine
-    journal: Journal
+    journal: JournalChain
 
     def __init__(self) -> None:
         self.msg: Inbound | None = None
@@ -281,7 +282,9 @@ class ReplyTrackMilter(Milter.Base):
             self._journal(msg, "store unavailable at end of headers")
             return Milter.ACCEPT
         try:
-            verdict, recorded = _with_store(self.engine, self._decide_and_record, msg, screening)
+            verdict, recorded, write_error = _with_store(
+                self.engine, self._decide_and_record, msg, screening
+            )
         except (StoreError, StoreBusy) as exc:
             self._journal(msg, str(exc))
             return Milter.ACCEPT
@@ -290,8 +293,12 @@ class ReplyTrackMilter(Milter.Base):
             log.exception("qid=%s deciding failed; journaling the mail", qid)
             self._journal(msg, f"{type(exc).__name__}: {exc}")
             return Milter.ACCEPT
+        # The verdict rests on reads that worked: the reply is flagged even when recording
+        # it failed (the record follows from the journal).
         if verdict.add_header:
             self.addheader(HEADER, verdict.add_header)
+        if write_error is not None:
+            self._journal(msg, write_error, verdict)
         metrics.MILTER_VERDICTS.labels(verdict.kind).inc()
         if recorded and verdict.kind == "reply" and verdict.stopped:
             metrics.MILTER_STOPS.labels("reply").inc(len(verdict.stopped))
@@ -307,22 +314,36 @@ class ReplyTrackMilter(Milter.Base):
             verdict.method,
             verdict.relation,
             len(verdict.stopped),
-            "" if recorded or verdict.event is None else " (already recorded)",
+            _record_note(recorded, verdict, write_error),
         )
         return Milter.ACCEPT
 
-    def _decide_and_record(self, msg: Inbound, screening: Screening) -> tuple[Any, bool]:
-        verdict = self.engine.decide(msg, screening)
-        return verdict, self.engine.apply(verdict)
+    def _decide_and_record(
+        self, msg: Inbound, screening: Screening
+    ) -> tuple[Verdict, bool, str | None]:
+        """The verdict, whether it was recorded, and why recording failed (None if it did not).
 
-    def _journal(self, msg: Inbound, reason: str) -> None:
-        metrics.STORE_ERRORS.labels("milter").inc()
+        A failed write is returned, not raised: the verdict still decides the header.
+        """
+        verdict = self.engine.decide(msg, screening)
         try:
-            self.journal.append(msg, reason)
-            log.warning("qid=%s store unavailable (%s); journaled for replay", msg.queue_id, reason)
-        except OSError:
-            log.exception(
-                "qid=%s store unavailable and journal not writable; verdict lost", msg.queue_id
+            return verdict, self.engine.apply(verdict), None
+        except StoreError as exc:
+            return verdict, False, str(exc)
+        except Exception as exc:
+            log.exception("qid=%s recording the verdict failed", msg.queue_id)
+            return verdict, False, f"{type(exc).__name__}: {exc}"
+
+    def _journal(self, msg: Inbound, reason: str, verdict: Verdict | None = None) -> None:
+        metrics.STORE_ERRORS.labels("milter").inc()
+        # The chain never raises: what no journal location takes goes whole to the log.
+        where = self.journal.append(msg, reason, verdict)
+        if where is not None:
+            log.warning(
+                "qid=%s store unavailable (%s); journaled for replay in %s",
+                msg.queue_id,
+                reason,
+                where,
             )
 
     @_fail_open(Milter.CONTINUE)
@@ -331,6 +352,15 @@ class ReplyTrackMilter(Milter.Base):
         self.screening = None
         self.body_parts = []
         return Milter.CONTINUE
+
+
+def _record_note(recorded: bool, verdict: Verdict, write_error: str | None) -> str:
+    """What the verdict's log line says about its record."""
+    if write_error is not None:
+        return " (not recorded: journaled)"
+    if recorded or verdict.event is None:
+        return ""
+    return " (already recorded)"
 
 
 class ReplyTrackMilterTCP(ReplyTrackMilter):
@@ -359,12 +389,16 @@ ReplyTrackMilterTCP.protocol_mask()
 ReplyTrackMilter.protocol_mask()
 
 
-def install(engine: Engine, journal: Journal, *, tcp: bool = False) -> None:
+def install(engine: Engine, journal: Journal | JournalChain, *, tcp: bool = False) -> None:
     """Wire the engine into pymilter: factory, flags, fail-open exception policy.
 
-    ``tcp`` picks the class for inet sockets (see :class:`ReplyTrackMilterTCP`).
+    ``journal`` is the chain of journal locations (a single journal becomes a chain of
+    one, ending in the log). ``tcp`` picks the class for inet sockets (see
+    :class:`ReplyTrackMilterTCP`).
     """
     ReplyTrackMilter.engine = engine
+    if not isinstance(journal, JournalChain):
+        journal = JournalChain([journal])
     ReplyTrackMilter.journal = journal
     Milter.factory = ReplyTrackMilterTCP if tcp else ReplyTrackMilter
     Milter.set_flags(FLAGS)

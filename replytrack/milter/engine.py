@@ -24,7 +24,12 @@ from typing import Any
 
 from replytrack import classify as classifier
 from replytrack.config import Config
-from replytrack.headers import extract_addresses, extract_msgids, normalize_address
+from replytrack.headers import (
+    extract_addresses,
+    extract_msgids,
+    header_parameter,
+    normalize_address,
+)
 from replytrack.milter import match as matching
 from replytrack.milter import policy
 from replytrack.store.base import (
@@ -442,7 +447,10 @@ class Engine:
     ) -> None:
         verdict.notify = True
         primary = found.primary
-        verdict.add_header = f"reply; campaign={primary.campaign or 'none'}; match={found.method}"
+        # The campaign id comes from the store, where one recorded before ids were checked
+        # may hold ";" or a line end: header_parameter writes it so it adds nothing.
+        campaign = header_parameter("campaign", primary.campaign or "none")
+        verdict.add_header = f"reply; {campaign}; match={found.method}"
         # Threading names the one mail answered. Weak evidence names the person, who is
         # stopped in every campaign they are enrolled in (one mail per campaign).
         answered = [primary]
@@ -569,11 +577,11 @@ class Engine:
             set_status=verdict.set_status,
             notify=verdict.notify or verdict.kind == "bounce",
         )
-        if event_id is None:
-            return False
         if verdict.ooo is not None:
+            # Also for an event already recorded: a replay after the event was written but
+            # this was not must still remember the absence (an upsert, so twice is once).
             self.store.remember_ooo(*verdict.ooo)
-        return True
+        return event_id is not None
 
     def process(self, msg: Inbound) -> Verdict:
         """Screen, decide and record in one go (journal replay, tests)."""

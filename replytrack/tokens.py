@@ -58,7 +58,7 @@ class Keyring:
 
     @classmethod
     def generate(cls) -> Keyring:
-        """A keyring with one fresh random key (for tests and first start)."""
+        """A keyring with one fresh random key (for tests and ``replytrack init``)."""
         return cls(keys=(_new_key(),))
 
 
@@ -117,16 +117,19 @@ def verify(keyring: Keyring, message_id: str) -> bool:
     return hmac.compare_digest(tag, _tag(key, kid, random_part, domain))
 
 
-def load_keyring(path: str | os.PathLike[str], *, create: bool = True) -> Keyring:
-    """Read the key file (``kid:hexkey`` per line, newest first), creating it when absent.
+def load_keyring(path: str | os.PathLike[str], *, create: bool = False) -> Keyring:
+    """Read the key file (``kid:hexkey`` per line, newest first).
 
-    A new file is created with mode 0600 and one random key. An existing file readable by
-    group or others is refused: whoever reads it can forge our Message-IDs.
+    A missing file is an error unless ``create`` (only ``replytrack init`` passes it): a
+    daemon that made itself a new key would mint IDs nobody else verifies and take every
+    reply to earlier mail for a forgery. A new file gets mode 0600 and one random key. An
+    existing file readable by group or others is refused: whoever reads it can forge our
+    Message-IDs.
     """
     file = Path(path)
     if not file.exists():
         if not create:
-            raise KeyFileError(f"key file {file} does not exist (run `replytrack init`)")
+            raise KeyFileError(f"key file {file} does not exist; run `replytrack init`")
         _create_keyring(file)
     try:
         mode = file.stat().st_mode
@@ -173,8 +176,9 @@ def _write_temp(file: Path, keyring: Keyring) -> Path:
 def _create_keyring(file: Path) -> None:
     """Create the key file unless another process just did; never replace an existing one.
 
-    Proxy and milter often start together on a fresh install. If both wrote a key and the
-    second replaced the first, one of them would mint IDs that nobody can verify.
+    Two ``replytrack init`` runs may race (a provisioning script on several hosts sharing
+    one directory, say). If both wrote a key and the second replaced the first, the hosts
+    that read the first would mint IDs that nobody can verify.
     """
     try:
         tmp = _write_temp(file, Keyring.generate())
@@ -198,7 +202,7 @@ def write_keyring(path: str | os.PathLike[str], keyring: Keyring) -> None:
 
 def rotate(path: str | os.PathLike[str]) -> Keyring:
     """Add a new signing key in front; older keys keep verifying replies to older mail."""
-    old = load_keyring(path, create=True)
+    old = load_keyring(path)
     new_kid, new_key = _new_key()
     while old.key_for(new_kid) is not None:
         new_kid, new_key = _new_key()

@@ -267,6 +267,7 @@ def test_import_backfills_sent_mail_once(
     box.add(_mail(None, "dan@z.org"))
     box.close()
 
+    run("init")
     result = run("import", str(path), "--campaign", "spring")
     assert "imported 2 message(s); 0 already recorded; 1 skipped" in result.output
     (first,) = store.find_sent(["old-1@client.example.com"])
@@ -365,6 +366,7 @@ def test_notify_command(run: Invoke, store: SQLiteStore, monkeypatch: pytest.Mon
     store.record_event(Event(kind="stopped", created_at=time.time(), campaign="c"))
     # Nothing listens on this URL: the event stays queued for a retry.
     monkeypatch.setenv("REPLYTRACK_NOTIFY_WEBHOOKS", f"http://127.0.0.1:{free_port()}/x")
+    monkeypatch.setenv("REPLYTRACK_NOTIFY_SECRET", "cli-test-secret")
     assert "tried 1; pending 1, dead 0" in run("notify", "--once").output
 
 
@@ -403,3 +405,117 @@ def test_campaign_stop_is_a_campaign_status(
     assert set(store.blocked_enrollments("autumn", ["new@y.org"])) == {"new@y.org"}
     run("resume", "--campaign", "autumn")
     run("resume", "--campaign", "autumn", code=1)  # nothing left to resume
+
+
+# --- only init creates a store or a key ------------------------------------------------------
+
+# Every command that opens the store, with arguments that would otherwise run.
+STORE_COMMANDS = [
+    ["messages"],
+    ["events", "--json"],
+    ["campaigns"],
+    ["enrollments", "--csv"],
+    ["stop", "--campaign", "spring"],
+    ["resume", "--campaign", "spring"],
+    ["prune", "--dry-run"],
+    ["export", "events"],
+]
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("args", STORE_COMMANDS, ids=lambda a: a[0])
+def test_commands_refuse_a_missing_store_and_create_nothing(
+    db: Path, tmp_path: Path, args: list[str]
+) -> None:
+    wrong = tmp_path / "wrong" / "path.db"
+    result = CliRunner().invoke(cli, ["--db", str(wrong), *args])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: store {wrong} does not exist; run `replytrack init`\n"
+    assert _files(tmp_path) == []
+
+
+def _daemon(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A daemon as a process: with the fix it exits at once; the timeout only guards a run
+    that (wrongly) starts serving."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+    # Webhooks set, so that `notify` gets as far as the store.
+    env.update(
+        REPLYTRACK_NOTIFY_WEBHOOKS=f"http://127.0.0.1:{free_port()}/x",
+        REPLYTRACK_NOTIFY_SECRET="cli-test-secret",
+    )
+    return subprocess.run(
+        [str(REPLYTRACK), "--db", str(db), "--domain", "mail.example.com", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        # No ./replytrack.toml: the directory above the store's (which may not exist).
+        cwd=db.parent.parent,
+        timeout=60,
+    )
+
+
+def _daemons() -> list[list[str]]:
+    return [
+        ["proxy", "--listen", f"127.0.0.1:{free_port()}", "--upstream", "127.0.0.1:1"],
+        ["milter", "--socket", f"inet:{free_port()}@127.0.0.1"],
+        ["notify", "--once"],
+    ]
+
+
+def test_daemons_refuse_a_wrong_db_path_in_one_line(tmp_path: Path) -> None:
+    # `milter --db /wrong/path.db` once made itself a new empty store and key there.
+    wrong = tmp_path / "wrong" / "path.db"
+    for args in _daemons():
+        done = _daemon(wrong, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        [line] = done.stderr.splitlines()
+        assert line.startswith("Error: ") and "run `replytrack init`" in line, args
+        assert str(wrong.parent) in line, args
+    assert not wrong.parent.exists()
+
+
+def test_daemons_refuse_a_lost_key_file_and_keep_recorded_ids(tmp_path: Path) -> None:
+    # A lost key once became a new key, silently: every Message-ID sent before turned into
+    # a "forged token" for the milter.
+    db = tmp_path / "replytrack.db"
+    key = tmp_path / "replytrack.secret"
+    _daemon(db, "init")
+    store = SQLiteStore(db)
+    _sent(store, "1ab@mail.example.com", "spring", "ann@x.org", at=time.time())
+    store.close_all()
+    key.unlink()
+    for args in _daemons()[:2]:
+        done = _daemon(db, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr == f"Error: key file {key} does not exist; run `replytrack init`\n"
+    assert not key.exists()
+    # Nor does init paper over it: the store holds mail signed with the lost key.
+    done = _daemon(db, "init")
+    assert done.returncode == 1
+    assert "restore the key file from a backup" in done.stderr and "--new-key" in done.stderr
+    assert not key.exists()
+    done = _daemon(db, "init", "--new-key")
+    assert done.returncode == 0, done.stderr
+    assert f"created key file {key}" in done.stdout
+
+
+def test_a_truncated_store_is_refused_by_daemons_commands_and_init(tmp_path: Path) -> None:
+    db = tmp_path / "replytrack.db"
+    _daemon(db, "init")
+    db.write_bytes(b"")  # truncated to 0 bytes
+    for args in [*_daemons(), ["campaigns"], ["init"]]:
+        done = _daemon(db, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        [line] = done.stderr.splitlines()[-1:]
+        assert f"store {db} is empty (0 bytes" in line, args
+    assert db.stat().st_size == 0
+
+
+def test_migrate_upgrades_an_existing_store_only(run: Invoke, db: Path) -> None:
+    out = run("migrate", code=1).output
+    assert "does not exist; run `replytrack init`" in out and not db.exists()
+    run("init")
+    assert "is at the current schema" in run("migrate").output

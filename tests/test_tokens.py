@@ -158,22 +158,25 @@ def test_no_campaign_recipient_host_time_or_pid_in_the_token(ring: Keyring) -> N
 
 def test_key_file_is_created_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "replytrack.secret"
-    first = load_keyring(path)
+    first = load_keyring(path, create=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = load_keyring(path)
     assert again == first
     assert verify(again, mint(first, DOMAIN))
 
 
-def test_missing_key_file_without_create_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(KeyFileError, match="does not exist"):
-        load_keyring(tmp_path / "absent", create=False)
+def test_missing_key_file_is_an_error_and_nothing_is_created(tmp_path: Path) -> None:
+    # Only `replytrack init` creates a key: everyone else is told to run it.
+    absent = tmp_path / "absent"
+    with pytest.raises(KeyFileError, match=r"does not exist; run `replytrack init`"):
+        load_keyring(absent)
+    assert not absent.exists()
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
 def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "replytrack.secret"
-    load_keyring(path)
+    load_keyring(path, create=True)
     path.chmod(mode)
     with pytest.raises(KeyFileError, match="chmod 600"):
         load_keyring(path)
@@ -211,7 +214,7 @@ def test_key_file_without_keys_and_binary_key_file(tmp_path: Path) -> None:
 
 def test_rotation_keeps_old_ids_verifying_and_mints_with_the_new_key(tmp_path: Path) -> None:
     path = tmp_path / "replytrack.secret"
-    old = load_keyring(path)
+    old = load_keyring(path, create=True)
     old_id = mint(old, DOMAIN)
     new = rotate(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -228,8 +231,8 @@ def test_rotation_keeps_old_ids_verifying_and_mints_with_the_new_key(tmp_path: P
 
 
 def test_concurrent_first_start_keeps_one_key(tmp_path: Path) -> None:
-    # Proxy and milter started together both find no key file: whichever key reaches the
-    # disk, both processes must end up with it, or replies to one side's IDs never match.
+    # Two `replytrack init` runs racing on one key file: whichever key reaches the disk,
+    # both must end up with it, or replies to one side's IDs never match.
     path = tmp_path / "replytrack.secret"
     rings = []
     import threading
@@ -238,7 +241,7 @@ def test_concurrent_first_start_keeps_one_key(tmp_path: Path) -> None:
 
     def start() -> None:
         barrier.wait()
-        rings.append(load_keyring(path))
+        rings.append(load_keyring(path, create=True))
 
     threads = [threading.Thread(target=start) for _ in range(8)]
     for thread in threads:

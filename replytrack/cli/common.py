@@ -47,7 +47,12 @@ class State:
         return self._config
 
     def store(self, *, create: bool = False, readonly: bool = False) -> Store:
-        """The store named by the configuration (must exist unless ``create``)."""
+        """The store named by the configuration.
+
+        Only ``init`` and ``migrate`` pass ``create`` (make the store or upgrade its schema).
+        For every other command a missing, empty, foreign or older store is a one-line
+        error naming the file and the command that fixes it.
+        """
         if self._store is None:
             try:
                 self._store = open_store(self.config().db, create=create, readonly=readonly)
@@ -69,6 +74,12 @@ class Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}") from None
+        finally:
+            # Closed when the command ends, not at exit: the last connection to close
+            # removes the -wal and -shm files, also when the command ran in-process.
+            state = ctx.find_object(State)
+            if state is not None and state._store is not None:
+                state._store.close_all()
 
 
 @click.group(cls=Group, context_settings=CONTEXT_SETTINGS)

@@ -78,10 +78,19 @@ max_attempts = {config.notify_max_attempts}
     is_flag=True,
     help="Add a new Message-ID signing key; old keys still verify replies to older mail.",
 )
+@click.option(
+    "--new-key",
+    is_flag=True,
+    help="Create a key file although the store already holds mail signed with a lost one.",
+)
 @pass_state
-def init_command(state: State, write_config: str | None, force: bool, rotate_key: bool) -> None:
-    """Set up an installation: the Message-ID key file (mode 0600), the store, and
-    optionally a commented config file. Safe to run again: nothing existing is replaced.
+def init_command(
+    state: State, write_config: str | None, force: bool, rotate_key: bool, new_key: bool
+) -> None:
+    """Set up an installation: the store (mode 0660), the Message-ID key file (mode 0600),
+    and optionally a commented config file. Safe to run again: nothing existing is replaced,
+    and an older store schema is upgraded. The only command that creates a store or a key:
+    the daemons and the other commands refuse to start without them.
 
     \b
     Example:
@@ -106,13 +115,45 @@ def init_command(state: State, write_config: str | None, force: bool, rotate_key
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(config_text(config))
         click.echo(f"wrote config {target}")
-    key_path = config.secret_path
-    existed = key_path.exists()
-    keyring = rotate(key_path) if rotate_key else load_keyring(key_path, create=True)
-    if rotate_key:
-        click.echo(f"new signing key {keyring.current[0]} in {key_path} ({len(keyring.keys)} keys)")
-    else:
-        click.echo(f"{'key file ok' if existed else 'created key file'} {key_path}")
+    # The store first: an existing store with mail in it says whether a missing key file
+    # is a first start or a lost key.
     db_existed = Path(config.db).exists()
-    state.store(create=True)
+    store = state.store(create=True)
     click.echo(f"{'store ok' if db_existed else 'created store'} {config.db}")
+    key_path = config.secret_path
+    if key_path.exists():
+        click.echo(f"key file ok {key_path}")
+    else:
+        if db_existed and not new_key and store.messages(limit=1):
+            raise click.ClickException(
+                f"key file {key_path} is missing but store {config.db} holds mail signed with"
+                " it: restore the key file from a backup, or add --new-key to start a new"
+                " key (replies to mail sent so far then no longer match by Message-ID)"
+            )
+        load_keyring(key_path, create=True)
+        click.echo(f"created key file {key_path}")
+    if rotate_key:
+        keyring = rotate(key_path)
+        click.echo(f"new signing key {keyring.current[0]} in {key_path} ({len(keyring.keys)} keys)")
+
+
+@cli.command("migrate")
+@pass_state
+def migrate_command(state: State) -> None:
+    """Upgrade the store's schema to this replytrack's version.
+
+    The daemons never change the schema when they start: after installing a new
+    replytrack they refuse an older store and name this command. Stop the proxy and the
+    milter, run it, start them again. A missing store is created by `replytrack init` only.
+
+    \b
+    Example:
+      systemctl stop replytrack-proxy replytrack-milter
+      replytrack --config /etc/replytrack/replytrack.toml migrate
+      systemctl start replytrack-milter replytrack-proxy
+    """
+    config = state.config()
+    if not Path(config.db).exists():
+        raise click.ClickException(f"store {config.db} does not exist; run `replytrack init`")
+    state.store(create=True)
+    click.echo(f"store {config.db} is at the current schema")

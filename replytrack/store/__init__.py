@@ -39,11 +39,26 @@ __all__ = [
 
 
 def open_store(
-    db: str, *, busy_timeout_ms: int = 5000, create: bool = True, readonly: bool = False
+    db: str, *, busy_timeout_ms: int = 5000, create: bool = False, readonly: bool = False
 ) -> Store:
-    """Open the store named by ``db``: a SQLite file path (a PostgreSQL URL later)."""
+    """Open the store named by ``db``: a SQLite file path (a PostgreSQL URL later).
+
+    Without ``create`` (which only ``replytrack init`` and ``migrate`` pass) the store must
+    exist and hold this version's schema: a missing, empty or foreign file, or an older
+    schema, raises StoreError, and nothing is created or upgraded.
+    """
     if db.startswith(("postgres://", "postgresql://")):
-        raise StoreError("the PostgreSQL backend is not available in this version")
+        try:
+            from replytrack.store.postgresql import PostgreSQLStore
+        except ImportError as exc:
+            raise StoreError(
+                f"a PostgreSQL store needs psycopg ({exc.name} is missing):"
+                " pip install 'replytrack[postgresql]'"
+            ) from None
+        # The busy timeout's job (bound every call) is statement_timeout's there.
+        return PostgreSQLStore(
+            db, statement_timeout_ms=busy_timeout_ms, create=create, readonly=readonly
+        )
     from replytrack.store.sqlite import SQLiteStore
 
     return SQLiteStore(db, busy_timeout_ms=busy_timeout_ms, create=create, readonly=readonly)

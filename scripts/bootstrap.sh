@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Install what replytrack needs on a fresh Debian machine: Debian packages
-# (Postfix for the end-to-end tests, libmilter-dev to build pymilter, swaks)
+# (Postfix and PostgreSQL for the tests, libmilter-dev to build pymilter, swaks)
 # and a virtual environment in .venv with the project and its test tools.
 # Idempotent: a second run only checks. Never configures or starts the
-# system Postfix ("No configuration" is preseeded, policy-rc.d blocks starts).
+# system Postfix ("No configuration" is preseeded) or the system PostgreSQL
+# cluster (policy-rc.d blocks starts while the packages install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(postfix swaks libmilter-dev sqlite3 iproute2 gcc libc6-dev python3-dev python3-venv)
+# postgresql: the tests start a private server of their own from its binaries; the
+# system cluster that Debian creates is never started (policy-rc.d, below).
+PKGS=(postfix swaks libmilter-dev sqlite3 postgresql iproute2 gcc libc6-dev python3-dev python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

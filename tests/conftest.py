@@ -11,6 +11,7 @@ import pytest
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
 from tests.support.net import free_port  # noqa: F401 (re-exported for tests)
+from tests.support.pg import any_store, pg_server, pg_store, pg_url  # noqa: F401 (fixtures)
 from tests.support.postfix import postfix_lab  # noqa: F401 (fixture)
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

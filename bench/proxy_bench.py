@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import smtp_load  # noqa: E402 (bench/ is the script's own directory)
 
+from tests.support.install import replytrack_init  # noqa: E402
 from tests.support.postfix import PostfixLab, free_port, make_base_dir, port_open  # noqa: E402
 from tests.support.upstream import SmtpSink  # noqa: E402
 
@@ -91,6 +92,7 @@ def start_proxy(work: Path, sink_port: int) -> tuple[subprocess.Popen[bytes], in
         "REPLYTRACK_DOMAIN": "track.bench.example",
         "REPLYTRACK_PROXY_POOL_SIZE": "64",
     }
+    replytrack_init(env=env, cwd=work)
     log = open(work / "proxy.log", "ab")  # noqa: SIM115 (kept open for the child)
     proc = subprocess.Popen(
         [

@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from soak import ProxyProcess, Sink, free_port, machine_busy, wait_port  # noqa: E402
 
+from tests.support.install import replytrack_init  # noqa: E402
+
 OUT = HERE / "out"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 
@@ -349,6 +351,8 @@ def inbound_targets(lab: Lab, store_db: Path | None) -> dict[str, Target]:
         REPLYTRACK_DOMAIN="mail.bench.test",
         REPLYTRACK_SECRET_FILE=str(milter_dir / "replytrack.secret"),
     )
+    # A copied store holds mail signed with another key: the bench starts a new one.
+    replytrack_init("--new-key", env=env, cwd=milter_dir)
     lab.process(
         [sys.executable, "-m", "replytrack", "milter", "--socket", f"inet:{port}@127.0.0.1"],
         env=env,

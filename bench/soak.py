@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support.install import replytrack_init  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402
 
 MARKER = "X-Test-Marker"
@@ -207,6 +208,8 @@ class ProxyProcess:
             f"127.0.0.1:{self.upstream_port}",
             *self.extra_args,
         ]
+        # Only init creates the store and the key; the proxy refuses to start without them.
+        replytrack_init(env=self.env(), cwd=self.workdir)
         log = open(self.log, "ab")  # noqa: SIM115 - the child keeps it open
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=log, env=self.env(), cwd=self.workdir, start_new_session=True
@@ -459,7 +462,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--per-connection", type=int, default=100)
     parser.add_argument("--size", type=int, default=4096)
+    faults = parser.add_argument_group("fault mode (bench/soak_faults.py)")
+    faults.add_argument(
+        "--faults",
+        action="store_true",
+        help="lock the store, fill its disk, pin its log at random moments; --count is unused",
+    )
+    faults.add_argument("--duration", type=float, default=45.0, help="seconds of load")
+    faults.add_argument("--seed", type=int, help="fault schedule seed (default: random)")
+    faults.add_argument("--tmpfs-size", default="256m", help="size of the store's tmpfs")
     args = parser.parse_args(argv)
+    if args.faults:
+        from soak_faults import run_fault_soak
+
+        return run_fault_soak(
+            duration=args.duration,
+            sessions=args.sessions,
+            per_connection=args.per_connection,
+            size=args.size,
+            seed=args.seed,
+            tmpfs_size=args.tmpfs_size,
+        )
     return soak(args.count, args.sessions, args.per_connection, args.size)
 
 

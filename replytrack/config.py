@@ -13,11 +13,13 @@ to ``REPLYTRACK_DB`` and ``REPLYTRACK_DOMAIN``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,10 @@ from typing import Any
 ENV_PREFIX = "REPLYTRACK_"
 DEFAULT_CONFIG_PATHS = (Path("replytrack.toml"), Path("/etc/replytrack/replytrack.toml"))
 
+
+# The milter's journal: a spool of its own, so a filesystem that fails under the store does
+# not take the verdicts it could not write with it.
+DEFAULT_JOURNAL = "/var/spool/replytrack/journal"
 
 # More proxy processes than this only add SQLite write contention.
 MAX_PROXY_WORKERS = 64
@@ -39,7 +45,7 @@ class ConfigError(Exception):
 class Config:
     """Every setting of replytrack, with the embedded defaults (SQLite, loopback ports)."""
 
-    # The SQLite store. Everything else (secret, journal) defaults to live beside it.
+    # The SQLite store. The secret defaults to live beside it (the journal does not).
     db: str = "replytrack.db"
     # The domain part of every Message-ID we mint.
     domain: str = "replytrack.invalid"
@@ -70,6 +76,13 @@ class Config:
     proxy_auth_file: str = ""
     proxy_tls_cert: str = ""
     proxy_tls_key: str = ""
+    # AUTH failures per client address (IPv6: per /64), across connections: this many
+    # within auth_window seconds lock the address out for auth_lockout seconds, doubling
+    # with each lockout up to auth_lockout_max. Counted in each worker process.
+    proxy_auth_max_failures: int = 5
+    proxy_auth_window: float = 600.0
+    proxy_auth_lockout: float = 60.0
+    proxy_auth_lockout_max: float = 3600.0
     proxy_metrics_listen: str = ""
     # Proxy processes sharing the listening socket; 0 = one per CPU this process may use.
     # Each is one event loop (one core at most), so one per CPU uses the machine.
@@ -80,6 +93,11 @@ class Config:
     # store sends them to a thread): no hand-off per mail. Off: always in a thread, so a
     # store on a disk that hangs (NFS) stalls only the mails that wait for it.
     proxy_store_inline: bool = True
+    # A mail still "relaying" this many seconds after it was recorded lost its proxy (killed,
+    # or the store failed when the upstream answered): the sweep marks it "unconfirmed"
+    # (possibly sent). Far above any transaction's length, so a live one is never touched,
+    # also on another host sharing the store.
+    proxy_unconfirmed_after: float = 900.0
 
     # Inbound milter.
     milter_socket: str = "inet:8894@127.0.0.1"
@@ -91,7 +109,12 @@ class Config:
     milter_weak_match: bool = True
     milter_internal_domains: list[str] = field(default_factory=list)
     milter_freemail_domains: list[str] = field(default_factory=list)
+    # Verdicts the store could not take wait here for replay: on another directory than the
+    # store's (empty: DEFAULT_JOURNAL). When it is not writable either, the fallback takes
+    # them (empty: $RUNTIME_DIRECTORY/journal, else a private directory in the system's
+    # temporary directory), then the log.
     milter_journal: str = ""
+    milter_journal_fallback: str = ""
     milter_metrics_listen: str = ""
     # Out-of-office pauses: default when no date can be read, and the longest we accept.
     milter_ooo_default_days: int = 7
@@ -99,7 +122,11 @@ class Config:
 
     # Notifications.
     notify_webhooks: list[str] = field(default_factory=list)
-    notify_secret: str = ""
+    # Kept out of repr() so that no log line or traceback that shows a Config shows it.
+    notify_secret: str = field(default="", repr=False)
+    # Webhooks without notify.secret are a start-up error unless this says they may go out
+    # unsigned (receivers then cannot tell our events from forged ones).
+    notify_allow_unsigned: bool = False
     notify_timeout: float = 10.0
     notify_max_attempts: int = 12
 
@@ -111,7 +138,7 @@ class Config:
 
     @property
     def db_dir(self) -> Path:
-        """The directory holding the store; secret and journal default to it."""
+        """The directory holding the store; the secret defaults to it."""
         return Path(self.db).resolve().parent
 
     @property
@@ -124,7 +151,7 @@ class Config:
         """The milter's journal of inbound verdicts that could not be written to the store."""
         if self.milter_journal:
             return Path(self.milter_journal)
-        return self.db_dir / "replytrack.journal"
+        return Path(DEFAULT_JOURNAL)
 
 
 def _field_types() -> dict[str, Any]:
@@ -262,6 +289,111 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"proxy.event_loop: {config.proxy_event_loop!r} is not one of auto, asyncio, uvloop"
         )
+    if config.proxy_auth_max_failures < 1:
+        raise ConfigError(
+            f"proxy.auth_max_failures: {config.proxy_auth_max_failures} is not 1 or more"
+        )
+    if not config.proxy_auth_window > 0:
+        raise ConfigError(f"proxy.auth_window: {config.proxy_auth_window:g} is not positive")
+    if not 0 < config.proxy_auth_lockout <= config.proxy_auth_lockout_max:
+        raise ConfigError(
+            f"proxy.auth_lockout ({config.proxy_auth_lockout:g}) must be positive and at most"
+            f" proxy.auth_lockout_max ({config.proxy_auth_lockout_max:g})"
+        )
+    if config.proxy_unconfirmed_after < 4 * config.proxy_timeout:
+        raise ConfigError(
+            f"proxy.unconfirmed_after: {config.proxy_unconfirmed_after:g} s is shorter than four"
+            f" times proxy.timeout ({config.proxy_timeout:g} s): a mail still being relayed"
+            " would be marked unconfirmed"
+        )
+
+
+# --- notifications (checked by the processes that send webhooks, and by doctor) -------------
+
+# A host name label as resolvers take it: underscores occur in internal names.
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def redact_url(url: str) -> str:
+    """A webhook URL fit for logs and messages: user and password, query and fragment hidden.
+
+    Works on the text, not on a parse, so that a URL too broken to parse is still shown
+    without the credentials it may carry.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    tail = tail.partition("#")[0]
+    path, qmark, _ = tail.partition("?")
+    return f"{scheme}{sep}{authority}{path}{qmark and '?***'}"
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be posted to, or None when it can.
+
+    These are the URLs that urllib would only refuse when the first event is sent, which
+    may be days after a deployment; a daemon refuses them at start instead.
+    """
+    if not url.isascii() or any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "has spaces, control or non-ASCII characters (percent-encode them)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        return f"cannot be read as a URL ({exc})"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        return "names no host"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")) or len(host) > 253:
+            return f"has an invalid host {host!r}"
+    if port == 0:
+        return "has an invalid port (1 to 65535)"
+    return None
+
+
+def notify_problems(config: Config) -> list[str]:
+    """What stops webhooks from being sent as configured, one line each; empty when fine.
+
+    Settings that only a sender uses are checked by senders (``milter``, ``proxy``,
+    ``notify``) and reported by ``doctor``, not by every command that reads the config.
+    No line shows the secret, nor credentials carried in a URL.
+    """
+    problems = []
+    for url in config.notify_webhooks:
+        why = webhook_url_problem(url)
+        if why:
+            problems.append(f"notify.webhooks: {redact_url(url)!r} {why}")
+    unsigned = config.notify_webhooks and not config.notify_secret.strip()
+    if unsigned and not config.notify_allow_unsigned:
+        problems.append(
+            "notify.secret is not set, so webhooks would go out unsigned: set notify.secret"
+            " (or REPLYTRACK_NOTIFY_SECRET), or notify.allow_unsigned = true to send"
+            " them unsigned anyway"
+        )
+    if not config.notify_timeout > 0:
+        problems.append(f"notify.timeout: {config.notify_timeout} is not a positive number")
+    if config.notify_max_attempts < 1:
+        problems.append(f"notify.max_attempts: {config.notify_max_attempts} is not 1 or more")
+    return problems
+
+
+def check_notify(config: Config) -> None:
+    """Raise :class:`ConfigError` with the first of :func:`notify_problems`, if any."""
+    problems = notify_problems(config)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def parse_hostport(value: str, *, setting: str = "address") -> tuple[str, int]:

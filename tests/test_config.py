@@ -25,7 +25,8 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert cfg == Config()
     assert cfg.source == ""
     assert cfg.secret_path == tmp_path / "replytrack.secret"
-    assert cfg.journal_path == tmp_path / "replytrack.journal"
+    # The journal is not beside the store: one failing filesystem must not take both.
+    assert cfg.journal_path == Path("/var/spool/replytrack/journal")
 
 
 def test_tables_flatten_to_setting_names(tmp_path: Path) -> None:

@@ -90,7 +90,10 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
         f'db = "{tmp_path / "replytrack.db"}"\ndomain = "mail.example.com"\n'
         f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nupstream = "127.0.0.1:{upstream_port}"\n'
         f'[milter]\nsocket = "inet:{milter_port}@127.0.0.1"\n'
+        f'journal = "{tmp_path / "spool" / "journal"}"\n'
+        f'journal_fallback = "{tmp_path / "run" / "journal"}"\n'
     )
+    (tmp_path / "spool").mkdir()
     result = CliRunner().invoke(cli, ["-c", str(config), "init"])
     assert result.exit_code == 0, result.output
     postfix = tmp_path / "postfix"
@@ -197,7 +200,7 @@ def test_dead_sockets_fail(site: Site, tmp_path: Path) -> None:
 def test_secret_store_journal_and_outbox(site: Site) -> None:
     secret = site.root / "replytrack.secret"
     secret.chmod(0o644)
-    (site.root / "replytrack.journal").write_text('{"a": 1}\n{"a": 2}\n')
+    (site.root / "spool" / "journal").write_text('{"a": 1}\n{"a": 2}\n')
     store = SQLiteStore(site.root / "replytrack.db")
     store.record_event(Event(kind="stopped", created_at=time.time() - 3600, campaign="c"))
     store.close_all()
@@ -210,7 +213,9 @@ def test_secret_store_journal_and_outbox(site: Site) -> None:
     assert "1 event(s) queued but no webhook" in warns["outbox"]
 
     secret.chmod(0o600)
-    config = site.config.read_text() + '[notify]\nwebhooks = ["http://127.0.0.1:1/x"]\n'
+    config = site.config.read_text() + (
+        '[notify]\nwebhooks = ["http://127.0.0.1:1/x"]\nsecret = "doctor-test-secret"\n'
+    )
     site.config.write_text(config)
     result, findings = site.doctor()
     assert result.exit_code == 0

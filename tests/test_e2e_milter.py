@@ -165,6 +165,8 @@ def new_site(**env: str) -> Site:
         "REPLYTRACK_SECRET_FILE": str(secret),
         "REPLYTRACK_CONFIG": "/dev/null",
         "REPLYTRACK_LOG_LEVEL": "info",
+        "REPLYTRACK_MILTER_JOURNAL": str(base / "spool" / "journal"),
+        "REPLYTRACK_MILTER_JOURNAL_FALLBACK": str(base / "run" / "journal"),
         **env,
     }
     return Site(base, db, secret, keyring, store, full_env, free_port())
@@ -314,10 +316,11 @@ def test_locked_store_delivers_and_journal_replays(site):
             sender="ivy@acme.example",
         )
         msg = site.delivered("while-locked")
-        # Delivered without waiting for the lock; the verdict waits in the journal.
-        assert msg["X-ReplyTrack"] is None
-        journal = site.db.parent / "replytrack.journal"
-        assert journal.exists() or (site.db.parent / "replytrack.journal.replay").exists()
+        # Delivered without waiting for the lock and flagged (the match is a read, which the
+        # lock does not block); the record waits in the journal.
+        assert msg["X-ReplyTrack"] == "reply; campaign=c-lock; match=in-reply-to"
+        journal = site.base / "spool" / "journal"
+        assert journal.exists() or journal.with_name("journal.replay").exists()
     finally:
         locker.rollback()
         locker.close()

@@ -123,9 +123,11 @@ def assert_promise(
     accepted = [m for m, (code, _) in replies.items() if code == 250]
     lost = [m for m in accepted if m not in arrived]
     # A 250 needs the record committed; its status says "relayed" unless the store failed
-    # between the upstream's answer and the status update (then "relaying": still a record,
-    # never "failed").
-    unrecorded = [m for m in accepted if records.get(m) not in ("relayed", "relaying")]
+    # between the upstream's answer and the status update (then "relaying", later
+    # "unconfirmed": still a record, never "failed").
+    unrecorded = [
+        m for m in accepted if records.get(m) not in ("relayed", "relaying", "unconfirmed")
+    ]
     untracked = [m for m in arrived if m not in records]
     assert not lost, f"250 but never arrived upstream: {lost}"
     assert not unrecorded, f"250 but not recorded as relayed: {unrecorded} ({records})"

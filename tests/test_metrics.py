@@ -35,7 +35,9 @@ def test_endpoint_serves_every_metric_and_the_outbox_backlog(
         store.record_event(Event(kind="stopped", created_at=1_790_000_000.0 + n, campaign="c"))
     # No webhook answers (nothing listens): the backlog stays and is reported.
     dead_url = f"http://127.0.0.1:{free_port()}/hook"
-    config = Config(db=str(tmp_path / "replytrack.db"), notify_webhooks=[dead_url])
+    config = Config(
+        db=str(tmp_path / "replytrack.db"), notify_webhooks=[dead_url], notify_secret="metrics"
+    )
     sender = Sender(config, store, retry_base=60, retry_cap=60)
     sender.deliver_due()
 

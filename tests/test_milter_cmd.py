@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.install import replytrack_init
+
 REPLYTRACK = Path(sys.executable).with_name("replytrack")
 
 
@@ -20,6 +22,7 @@ def run_milter(tmp_path: Path, spec: str) -> subprocess.CompletedProcess[str]:
         "REPLYTRACK_SECRET_FILE": str(tmp_path / "rt.secret"),
         "REPLYTRACK_DOMAIN": "track.example.com",
     }
+    replytrack_init(env=env, cwd=tmp_path)
     return subprocess.run(
         [str(REPLYTRACK), "milter", "--socket", spec],
         capture_output=True,

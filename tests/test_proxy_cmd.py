@@ -20,6 +20,7 @@ from replytrack.notify import verify_signature
 from replytrack.store import Event
 from replytrack.store.sqlite import SQLiteStore
 from tests.conftest import free_port
+from tests.support.install import replytrack_init
 from tests.support.upstream import RecordingUpstream, upstream  # noqa: F401  (fixture)
 from tests.test_notify import SECRET, Receiver, receiver  # noqa: F401  (fixture)
 
@@ -39,13 +40,17 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError("proxy did not start")
 
 
-def run_proxy(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+def run_proxy(
+    tmp_path: Path, *args: str, init: bool = True, **env: str
+) -> subprocess.Popen[bytes]:
     environ = {
         **os.environ,
         "REPLYTRACK_DB": str(tmp_path / "replytrack.db"),
         "REPLYTRACK_DOMAIN": "track.example.com",
         **env,
     }
+    if init:
+        replytrack_init(env=environ, cwd=tmp_path)
     return subprocess.Popen(
         [sys.executable, "-m", "replytrack", "proxy", *args],
         cwd=tmp_path,
@@ -95,7 +100,7 @@ def test_proxy_command_relays_counts_and_stops_on_sigterm(
 
 
 def test_proxy_command_refuses_an_open_relay(tmp_path: Path) -> None:
-    process = run_proxy(tmp_path, "--listen", "0.0.0.0:0")
+    process = run_proxy(tmp_path, "--listen", "0.0.0.0:0", init=False)
     _, err = process.communicate(timeout=30)
     assert process.returncode != 0
     assert "open relay" in err.decode() and "Traceback" not in err.decode()

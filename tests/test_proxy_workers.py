@@ -24,6 +24,7 @@ from replytrack.config import Config
 from replytrack.proxy import daemon
 from replytrack.store.sqlite import SQLiteStore
 from tests.conftest import free_port
+from tests.support.install import replytrack_init
 from tests.support.upstream import RecordingUpstream, upstream  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,6 +39,7 @@ class ProxyRun:
         self.db = tmp_path / "replytrack.db"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
         environ.update(REPLYTRACK_DB=str(self.db), REPLYTRACK_DOMAIN="track.example.com", **env)
+        replytrack_init(env=environ, cwd=tmp_path)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [

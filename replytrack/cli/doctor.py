@@ -7,6 +7,7 @@ with ``postconf`` only; nothing is changed. The parsing helpers are pure and tes
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -19,12 +20,23 @@ from pathlib import Path
 import click
 
 from replytrack.cli.common import State, cli, emit, output_options, pass_state
-from replytrack.config import Config, ConfigError, parse_hostport
+from replytrack.config import Config, ConfigError, notify_problems, parse_hostport
 from replytrack.store import StoreError, open_store
+from replytrack.store import probe as store_probe
 from replytrack.tokens import KeyFileError, load_keyring
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-CHECKS = ("config", "secret", "store", "journal", "outbox", "proxy", "milter", "postfix")
+CHECKS = (
+    "config",
+    "secret",
+    "store",
+    "journal",
+    "outbox",
+    "relaying",
+    "proxy",
+    "milter",
+    "postfix",
+)
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "localhost.localdomain"}
 _ANY = {"", "0.0.0.0", "::", "*"}
 
@@ -366,7 +378,15 @@ def check_config(config: Config) -> list[Finding]:
 def check_secret(config: Config) -> list[Finding]:
     path = config.secret_path
     if not path.exists():
-        return [Finding(FAIL, "secret", f"key file {path} does not exist", "replytrack init")]
+        return [
+            Finding(
+                FAIL,
+                "secret",
+                f"key file {path} does not exist: the proxy and the milter refuse to start",
+                "restore it from a backup (replies to mail already sent are matched with it);"
+                " on a new installation: replytrack init",
+            )
+        ]
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         return [
@@ -381,56 +401,149 @@ def check_secret(config: Config) -> list[Finding]:
         keyring = load_keyring(path, create=False)
     except KeyFileError as exc:
         return [Finding(FAIL, "secret", str(exc), "restore the key file from backup")]
-    return [Finding(OK, "secret", f"key file {path} mode 600, {len(keyring.keys)} key(s)")]
+    count = len(keyring.keys)
+    return [Finding(OK, "secret", f"key file {path} mode {mode:o}, {count} key(s)")]
 
 
-def check_store(config: Config) -> list[Finding]:
-    if not Path(config.db).exists():
-        return [Finding(FAIL, "store", f"store {config.db} does not exist", "replytrack init")]
+def check_store(config: Config, service_user: str = store_probe.SERVICE_USER) -> list[Finding]:
+    """The store opens as the daemons open it and takes a real write (a probe row written
+    and deleted, a file created in its directory), by the service user when run as root."""
     try:
-        store = open_store(config.db, create=False)
-        try:
-            store.check_writable()
-        finally:
-            store.close()
+        open_store(config.db).close_all()
+        unusable = ""
     except StoreError as exc:
-        return [
-            Finding(
-                FAIL,
-                "store",
-                str(exc),
-                f"make {config.db} and its directory writable by the replytrack user",
+        unusable = str(exc)
+    if unusable and ("cannot open" not in unusable and "cannot read" not in unusable):
+        if "replytrack migrate" in unusable:
+            fix = "replytrack migrate"
+        elif "does not exist" in unusable or "no replytrack schema" in unusable:
+            fix = "replytrack init"
+        else:
+            fix = "check db (or --db) names the store; else restore it from a backup"
+        return [Finding(FAIL, "store", unusable, fix)]
+    findings: list[Finding] = []
+    as_root = os.geteuid() == 0
+    if as_root and store_probe.user_exists(service_user):
+        who = service_user
+        found = store_probe.probe_as(service_user, config.db, str(config.secret_path))
+    else:
+        who = pwd.getpwuid(os.geteuid()).pw_name
+        found = store_probe.probe(config.db)
+        if as_root:
+            findings.append(
+                Finding(
+                    WARN,
+                    "store",
+                    f"no user {service_user} here: the store was write-tested as root, whom"
+                    " file modes do not stop",
+                    "give --service-user, the User= of the replytrack units",
+                )
             )
-        ]
-    return [Finding(OK, "store", f"store {config.db} is writable")]
+    if config.db.startswith(("postgres://", "postgresql://")):
+        fix = f"grant the database role of {who} the right to write replytrack's tables"
+    else:
+        directory = Path(config.db).resolve().parent
+        fix = (
+            f"let {who} write {config.db}, its -wal and -shm files and {directory}"
+            " (owner and mode; `lsattr -d` shows an immutable i flag)"
+        )
+    problems = [f"{p} (as user {who})" for p in found["directory"]]
+    if unusable:
+        # Not even opened here (an unreadable file or directory): that, and the reason the
+        # directory gave the probe.
+        problems.append(f"{unusable} (as user {pwd.getpwuid(os.geteuid()).pw_name})")
+    else:
+        problems += [f"{p} (as user {who})" for p in found["store"]]
+    findings += [Finding(FAIL, "store", problem, fix) for problem in problems]
+    for problem in found["secret"]:
+        path = config.secret_path
+        findings.append(
+            Finding(FAIL, "secret", f"{problem} (as user {who})", f"chown {who} {path}")
+        )
+    if not problems:
+        findings.append(Finding(OK, "store", f"store {config.db} takes writes (as user {who})"))
+    return findings
 
 
 def check_journal(config: Config) -> list[Finding]:
+    """The milter's journal locations: each really written to, and what waits in them."""
+    from replytrack.milter.journal import Journal, fallback_path, probe
+
     path = config.journal_path
-    # The milter moves the journal aside to ``<journal>.replay`` while replaying it.
-    files = [p for p in (path, path.with_name(path.name + ".replay")) if p.exists()]
-    backlog = 0
-    for file in files:
-        try:
-            with file.open("rb") as journal:
-                backlog += sum(1 for line in journal if line.strip())
-        except OSError as exc:
-            return [Finding(WARN, "journal", f"cannot read journal {file}: {exc.strerror}", "")]
-    if backlog:
+    second, _ = fallback_path(config)
+    findings: list[Finding] = []
+    problem = probe(path)
+    if problem:
+        findings.append(
+            Finding(
+                FAIL,
+                "journal",
+                f"{problem}: verdicts the store cannot take would go to {second}, then only"
+                " to the log",
+                f"install -d -m 0750 -o replytrack -g replytrack {path.parent}"
+                " (or set milter.journal to a writable place off the store's filesystem)",
+            )
+        )
+    else:
+        findings.append(Finding(OK, "journal", f"journal {path} is writable"))
+    if second.resolve() != path.resolve():
+        problem = probe(second)
+        if problem and second.parent.exists():
+            findings.append(
+                Finding(
+                    WARN,
+                    "journal",
+                    f"fallback {problem}",
+                    "make it writable by the milter, or set milter.journal_fallback",
+                )
+            )
+    # The milter moves a journal aside to ``<journal>.replay`` while replaying it; backlog()
+    # counts both.
+    for location in dict.fromkeys((path, second)):
+        backlog = Journal(location).backlog()
+        if backlog:
+            findings.append(
+                Finding(
+                    WARN,
+                    "journal",
+                    f"{backlog} inbound verdict(s) journaled in {location} not yet written to"
+                    " the store",
+                    "make sure the store is writable and the milter is running (it replays the"
+                    " journal), or run `replytrack journal replay`",
+                )
+            )
+    return findings
+
+
+def check_notify_settings(config: Config) -> list[Finding]:
+    """The webhook settings as the senders (milter, proxy, ``notify``) check them at start.
+
+    No finding shows the secret, nor credentials written in a URL.
+    """
+    problems = notify_problems(config)
+    if problems:
+        fix = "fix the setting: the milter, the proxy and `replytrack notify` refuse to start"
+        return [Finding(FAIL, "outbox", problem, fix) for problem in problems]
+    if not config.notify_webhooks:
+        return []
+    if not config.notify_secret.strip():
         return [
             Finding(
                 WARN,
-                "journal",
-                f"{backlog} inbound verdict(s) journaled in {path} not yet written to the store",
-                "make sure the store is writable and the milter is running: it replays the journal",
+                "outbox",
+                "webhooks go out unsigned (notify.allow_unsigned = true, no notify.secret):"
+                " receivers cannot tell them from forged requests",
+                "set notify.secret and verify X-ReplyTrack-Signature in the receivers",
             )
         ]
-    return [Finding(OK, "journal", "no journal backlog")]
+    count = len(config.notify_webhooks)
+    return [Finding(OK, "outbox", f"{count} webhook URL(s), signed with notify.secret")]
 
 
 def check_outbox(config: Config) -> list[Finding]:
+    settings = check_notify_settings(config)
     if not Path(config.db).exists():
-        return []
+        return settings
     try:
         store = open_store(config.db, create=False)
         try:
@@ -440,8 +553,8 @@ def check_outbox(config: Config) -> list[Finding]:
         finally:
             store.close()
     except StoreError as exc:
-        return [Finding(WARN, "outbox", f"cannot read the outbox: {exc}")]
-    findings = []
+        return [*settings, Finding(WARN, "outbox", f"cannot read the outbox: {exc}")]
+    findings = settings
     if not config.notify_webhooks:
         if counts["pending"]:
             findings.append(
@@ -495,6 +608,49 @@ def check_listener(name: str, spec: str, command: str) -> list[Finding]:
     ]
 
 
+
+def check_relaying(config: Config) -> list[Finding]:
+    """Mails whose upstream answer the proxy never recorded: left ``relaying`` past
+    ``proxy.unconfirmed_after`` (no proxy is sweeping) or marked ``unconfirmed``."""
+    if not Path(config.db).exists():
+        return []
+    cutoff = time.time() - config.proxy_unconfirmed_after
+    try:
+        store = open_store(config.db, create=False)
+        try:
+            stuck = store.count_relaying(cutoff)
+            unconfirmed = len(store.messages(status="unconfirmed", since=time.time() - 86400))
+        finally:
+            store.close()
+    except StoreError as exc:
+        return [Finding(WARN, "relaying", f"cannot read recorded mails: {exc}")]
+    findings = []
+    if stuck:
+        findings.append(
+            Finding(
+                WARN,
+                "relaying",
+                f"{stuck} mail(s) still relaying {config.proxy_unconfirmed_after:g} s or more"
+                " after they were recorded: no proxy has swept them",
+                "start `replytrack proxy` (it marks them unconfirmed at start); they are"
+                " matched and suppressed meanwhile",
+            )
+        )
+    if unconfirmed:
+        findings.append(
+            Finding(
+                WARN,
+                "relaying",
+                f"{unconfirmed} mail(s) in the last 24 h unconfirmed: the proxy never learned"
+                " whether the upstream took them (killed, or the store failed at that moment)",
+                "check the upstream's log for their Message-IDs:"
+                " `replytrack messages --status unconfirmed`",
+            )
+        )
+    if not findings:
+        findings.append(Finding(OK, "relaying", "every recorded mail has its upstream answer"))
+    return findings
+
 @cli.command("doctor")
 @click.option(
     "--postfix-config",
@@ -507,10 +663,21 @@ def check_listener(name: str, spec: str, command: str) -> list[Finding]:
     multiple=True,
     help="Leave out a check (repeatable), e.g. proxy on an inbound-only host.",
 )
+@click.option(
+    "--service-user",
+    metavar="USER",
+    default=store_probe.SERVICE_USER,
+    show_default=True,
+    help="When run as root, test the store's writability as this user (User= of the units).",
+)
 @output_options
 @pass_state
 def doctor_command(
-    state: State, postfix_config: str | None, skip: tuple[str, ...], fmt: str
+    state: State,
+    postfix_config: str | None,
+    skip: tuple[str, ...],
+    service_user: str,
+    fmt: str,
 ) -> None:
     """Check a live installation: Postfix milter settings, the proxy and milter sockets,
     the store, the key file, journal and notification backlog. Each finding says how to
@@ -525,9 +692,10 @@ def doctor_command(
     checks: dict[str, Callable[[], list[Finding]]] = {
         "config": lambda: check_config(config),
         "secret": lambda: check_secret(config),
-        "store": lambda: check_store(config),
+        "store": lambda: check_store(config, service_user),
         "journal": lambda: check_journal(config),
         "outbox": lambda: check_outbox(config),
+        "relaying": lambda: check_relaying(config),
         "proxy": lambda: check_listener(
             "proxy", "inet:" + config.proxy_listen.replace("[", "").replace("]", ""), "proxy"
         ),

@@ -7,7 +7,9 @@ from typing import Any
 import click
 
 from replytrack.cli.common import State, cli, emit, iso, output_options, parse_since, pass_state
+from replytrack.cli.control import campaign_option
 from replytrack.store import SentMessage
+from replytrack.store.base import MESSAGE_STATES
 
 
 def message_row(message: SentMessage) -> dict[str, Any]:
@@ -30,23 +32,37 @@ def message_row(message: SentMessage) -> dict[str, Any]:
 @cli.command("messages")
 @click.option("--campaign", metavar="ID", help="Only this campaign.")
 @click.option("--since", metavar="WHEN", help="Only newer than this (7d, 12h, 2026-11-01).")
+@click.option(
+    "--status",
+    type=click.Choice(MESSAGE_STATES),
+    help="Only mails in this state (unconfirmed: the proxy never learned the upstream's answer).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @output_options
 @pass_state
 def messages_command(
-    state: State, campaign: str | None, since: str | None, limit: int, fmt: str
+    state: State,
+    campaign: str | None,
+    since: str | None,
+    status: str | None,
+    limit: int,
+    fmt: str,
 ) -> None:
     """List recorded outbound mails, newest first.
 
     \b
     Example:
       replytrack messages --campaign spring-2026 --since 7d
+      replytrack messages --status unconfirmed
       replytrack messages --json | jq '.[0].message_id'
     """
+    campaign = campaign_option(state, campaign)
     store = state.store()
     rows = [
         message_row(m)
-        for m in store.messages(campaign=campaign, since=parse_since(since), limit=limit)
+        for m in store.messages(
+            campaign=campaign, since=parse_since(since), limit=limit, status=status
+        )
     ]
     emit(
         rows,

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from replytrack.cli.common import State, cli, emit, pass_state, setup_logging
+from replytrack.config import ConfigError, check_notify
 from replytrack.headers import extract_addresses, normalize_address, parse_fields, split_message
 from replytrack.milter.engine import BODY_LIMIT, Engine, Inbound
 from replytrack.tokens import load_keyring
@@ -113,7 +114,11 @@ def check_command(
     metavar="SPEC",
     help="inet:PORT@HOST or unix:PATH [default: milter.socket, inet:8894@127.0.0.1].",
 )
-@click.option("--journal", metavar="PATH", help="Fail-open journal [default: beside the store].")
+@click.option(
+    "--journal",
+    metavar="PATH",
+    help="Fail-open journal [default: milter.journal, /var/spool/replytrack/journal].",
+)
 @pass_state
 def milter_command(state: State, socket_spec: str | None, journal: str | None) -> None:
     """Serve the inbound milter for Postfix's smtpd_milters.
@@ -130,7 +135,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
 
     from replytrack import metrics, notify
     from replytrack.milter import adapter
-    from replytrack.milter.journal import Journal, Replayer
+    from replytrack.milter.journal import JournalChain, Replayer
     from replytrack.store import open_store
 
     config = state.config(milter_socket=socket_spec, milter_journal=journal)
@@ -138,11 +143,19 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         raise click.ClickException(
             f"--socket {config.milter_socket!r}: expected inet:PORT@HOST or unix:/PATH"
         )
+    try:
+        # The milter sends webhooks itself: refuse unusable webhook settings (a bad URL, no
+        # secret) now, before anything is opened, not at the first reply.
+        check_notify(config)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
     setup_logging(config.log_level)
-    keyring = load_keyring(config.secret_path, create=True)
-    store = open_store(config.db, busy_timeout_ms=MILTER_BUSY_TIMEOUT_MS, create=True)
+    keyring = load_keyring(config.secret_path)
+    store = open_store(config.db, busy_timeout_ms=MILTER_BUSY_TIMEOUT_MS)
     engine = Engine(config, keyring, store)
-    journal_file = Journal(config.journal_path)
+    # The configured journal, then a second location, then the log: verdicts the store
+    # cannot take survive the store's filesystem; the replayer empties every location.
+    journal_file = JournalChain.for_config(config)
     adapter.install(engine, journal_file, tcp=config.milter_socket.startswith("inet"))
     if config.milter_metrics_listen:
         metrics.serve(config.milter_metrics_listen)

@@ -10,7 +10,13 @@ import click
 
 from replytrack import metrics, notify
 from replytrack.cli.common import State, cli, pass_state, setup_logging
-from replytrack.config import MAX_PROXY_WORKERS, Config, ConfigError, parse_hostport
+from replytrack.config import (
+    MAX_PROXY_WORKERS,
+    Config,
+    ConfigError,
+    check_notify,
+    parse_hostport,
+)
 from replytrack.tokens import load_keyring
 
 log = logging.getLogger("replytrack.proxy")
@@ -64,10 +70,12 @@ def proxy_command(
         daemon.loop_factory(config)
         # The settings every worker will use are checked here, once, with a clear message.
         ProxyServer._client_security(config)
+        # The proxy sends webhooks too (one sender, in the first worker).
+        check_notify(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     daemon.quiet_aiosmtpd(config)
-    store = state.store(create=True)
+    store = state.store()
     keyring = load_keyring(config.secret_path)
     count = daemon.worker_count(config)
 

@@ -3,9 +3,13 @@
 One client transaction maps onto one upstream transaction, command by command, as in
 Postfix's before-queue proxy: MAIL FROM opens the upstream transaction, each RCPT TO gets
 the upstream's own reply, and at the end of DATA the mail is stamped, recorded (status
-``relaying``), sent upstream, then settled as ``relayed`` or ``failed``. The client hears
-``250`` only after the upstream took the mail and the record was committed; every failure
-on our side is a ``451`` (the client keeps the mail and retries), never a ``500``.
+``relaying``, recipients enrolled: from here on replies match it and suppression honours
+it), sent upstream, then settled as ``relayed`` or ``failed``. The client hears ``250``
+only after the upstream took the mail and the record was committed; every failure on our
+side before the upstream's answer is a ``451`` (the client keeps the mail and retries),
+never a ``500``. After the upstream's ``250`` the client gets that ``250`` even if settling
+fails (a ``451`` would make it send the mail twice); the sweep marks such a record
+``unconfirmed`` later.
 """
 
 from __future__ import annotations
@@ -31,16 +35,18 @@ from aiosmtpd.smtp import (
     SMTP,
     AuthResult,
     Envelope,
-    LoginPassword,
     Session,
     _AuthMechAttr,
+    syntax,
 )
 
 from replytrack import metrics
 from replytrack.config import Config, ConfigError, parse_hostport
 from replytrack.headers import PLAIN_ADDR_SPEC, normalize_address
-from replytrack.proxy.auth import check_password, load_auth_file
+from replytrack.proxy.auth import ClientAuth, PasswordFile, load_auth_file, settle_auth
+from replytrack.proxy.auth_limit import AuthLimiter
 from replytrack.proxy.relay import RelayError, Upstream, UpstreamPool, UpstreamSettings
+from replytrack.proxy.replies import with_enhanced_code
 from replytrack.proxy.stamp import MetadataError, Stamped, stamp
 from replytrack.store import (
     CAMPAIGN_STOPPED,
@@ -50,6 +56,7 @@ from replytrack.store import (
     Store,
     StoreLocked,
 )
+from replytrack.store.base import FAILED, UNCONFIRMED
 from replytrack.tokens import Keyring, mint
 
 log = logging.getLogger("replytrack.proxy")
@@ -66,47 +73,28 @@ S501_RECIPIENT = "501 5.1.3 bad recipient address syntax (control characters)"
 S501_SENDER_SYNTAX = "501 5.1.7 bad sender address syntax: use MAIL FROM:<address>"
 S501_RECIPIENT_SYNTAX = "501 5.1.3 bad recipient address syntax: use RCPT TO:<address>"
 S553_NEEDS_UTF8 = "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter"
+# Bytes that are not UTF-8 in a path can never be relayed (SMTPUTF8 paths are UTF-8, RFC
+# 6531 3.3): a permanent refusal, not the 451 of an encoding error further on.
+S553_SENDER_UTF8 = "553 5.1.7 bad sender address: not valid UTF-8"
+S553_RECIPIENT_UTF8 = "553 5.1.3 bad recipient address: not valid UTF-8"
+# NUL has no place in mail data: RFC 5322 2.3/3.5 leave it out of message text, and RFC
+# 2045 2.7/2.8 out of 7bit and 8bit data alike (only BINARYMIME, RFC 3030, allows it, and
+# we offer neither it nor CHUNKING). A next server that drops NUL before looking for the
+# end of data would read "<CR><LF><NUL>.<CR><LF>" as one (SMTP smuggling), so such mail is
+# refused, not passed on or altered. 554 is RFC 5321's "transaction failed" after DATA;
+# 5.6.0 is RFC 3463's "other or undefined media error" (the content, not the envelope).
+S554_NUL = "554 5.6.0 mail data contains NUL bytes; the mail was not relayed"
 S421_STOPPING = "421 4.3.2 the proxy is shutting down; try again shortly"
 S554_NOT_ALLOWED = "554 5.7.1 relaying denied: client address not allowed (authenticate first)"
 
-# aiosmtpd answers some conditions itself, without an enhanced status code; these are the
-# replies we say instead (same code, RFC 3463 detail).
-_STOCK_REPLIES = {
-    "552 Error: Too much mail data": "552 5.3.4 message too big for this proxy",
-    "552 Error: message size exceeds fixed maximum message size": (
-        "552 5.3.4 message size exceeds the fixed maximum"
-    ),
-    "503 Error: need MAIL command": "503 5.5.1 need MAIL command first",
-    "503 Error: need RCPT command": "503 5.5.1 need RCPT command first",
-    "503 Error: nested MAIL command": "503 5.5.1 nested MAIL command",
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 line too long (RFC 5321 4.5.3.1.6)",
-    "503 Error: send HELO first": "503 5.5.1 send HELO first",
-    "503 Error: send EHLO first": "503 5.5.1 send EHLO first",
-    "501 Syntax: MAIL FROM: <address>": "501 5.5.4 syntax: MAIL FROM:<address>",
-    "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]": (
-        "501 5.5.4 syntax: MAIL FROM:<address> [SP <mail-parameters>]"
-    ),
-    "501 Syntax: RCPT TO: <address>": "501 5.5.4 syntax: RCPT TO:<address>",
-    "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]": (
-        "501 5.5.4 syntax: RCPT TO:<address> [SP <mail-parameters>]"
-    ),
-    "501 Error: BODY can only be one of 7BIT, 8BITMIME": (
-        "501 5.5.4 BODY can only be one of 7BIT, 8BITMIME"
-    ),
-    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 SMTPUTF8 takes no arguments",
-    "501 Error: SMTPUTF8 disabled": "501 5.5.4 SMTPUTF8 is not offered",
-    "555 MAIL FROM parameters not recognized or not implemented": (
-        "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
-    ),
-    "555 RCPT TO parameters not recognized or not implemented": (
-        "555 5.5.4 RCPT TO parameters not recognized or not implemented"
-    ),
-}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Mail up to this size is stamped on the event loop (cheaper than a hop to a thread); larger
 # mail, whose header block may be large too, is stamped in the executor.
 _STAMP_INLINE_BYTES = 64 * 1024
-# AUTH attempts allowed per client connection (aiosmtpd answers 421 and closes after).
+# How often each proxy process looks for mails left "relaying" (proxy.unconfirmed_after).
+SWEEP_SECONDS = 60.0
+# AUTH attempts allowed per client connection (aiosmtpd answers 421 and closes after);
+# failures per client address across connections are limited by proxy.auth_* settings.
 AUTH_TRIES = 5
 # MAIL FROM:<path> / RCPT TO:<path> with the angle brackets RFC 5321 requires. Requiring
 # them also catches a bare LF inside an address: aiosmtpd ends a command line at LF, so
@@ -270,6 +258,7 @@ class NullSenderSMTP(SMTP):
 
 
 _MARK = b"\r\n.\r\n"  # the end of DATA: a line that is a lone "."
+_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's words, remapped in push
 
 
 async def read_data(
@@ -279,10 +268,12 @@ async def read_data(
 
     RFC 5321 4.1.1.4 / 4.5.2: lines end at CRLF only (a bare LF or CR is data), the mail
     ends at a line that is a lone ".", and one leading "." is removed from every other
-    line. A mail over ``size_limit`` bytes or with a line over ``line_limit`` bytes is still
-    read to its end (RFC 5321 4.2.5: the reply waits for that) but not kept: the refusal is
-    the reply, aiosmtpd's wording (too big, when it is both). None when the connection ended
-    first. Nothing after the end is read from ``reader`` (the client's next command stays).
+    line. A mail over ``size_limit`` bytes, holding a NUL byte or with a line over
+    ``line_limit`` bytes is still read to its end (RFC 5321 4.2.5: the reply waits for that)
+    but not kept: the refusal is the reply (aiosmtpd's wording for size and line length). When
+    more than one applies, too big comes first, then NUL, then the long line. None when the
+    connection ended first. Nothing after the end is read from ``reader`` (the client's
+    next command stays).
 
     The mail is taken in blocks up to its end marker, searched for in C by
     ``StreamReader.readuntil``, not line by line: a line-by-line loop cost ~9 % of the
@@ -322,8 +313,10 @@ async def read_data(
         if size_limit and received > size_limit:
             # Too big outranks a long line seen before: the mail is refused for its size.
             refusal = "552 Error: Too much mail data"
+        elif refusal in (None, _TOO_LONG) and b"\x00" in block:
+            refusal = S554_NUL
         elif refusal is None and too_long(block):
-            refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
+            refusal = _TOO_LONG
         if refusal is None:
             content += block
         elif content:
@@ -484,18 +477,42 @@ class ProxySMTP(NullSenderSMTP):
     # applies its own policy.
     line_length_limit = 64 * 1024
 
+    # True while aiosmtpd answers HELO or EHLO: its 250 lines there are the greeting and the
+    # extension list, which RFC 2034 leaves without enhanced codes (see push).
+    helo_reply = False
+
+    # The overrides keep aiosmtpd's @syntax, which HELP lists and explains.
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        self.helo_reply = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self.helo_reply = False
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.helo_reply = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self.helo_reply = False
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg is not None and not _PATH_ARG.match(arg):
             await self.push(S501_SENDER_SYNTAX)
             return
         await super().smtp_MAIL(arg)
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         if arg is not None and not _PATH_ARG.match(arg):
             await self.push(S501_RECIPIENT_SYNTAX)
             return
         await super().smtp_RCPT(arg)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """DATA, received into one growing buffer instead of a list of lines.
 
@@ -531,8 +548,14 @@ class ProxySMTP(NullSenderSMTP):
             return
         content, refusal = received
         if refusal is not None:
+            assert self.session is not None
+            log.info("[%s] mail refused at the end of DATA: %s", self.session.rt_id, refusal)
+            metrics.PROXY_MAILS.labels("rejected").inc()
             await self.push(refusal)
             self._set_post_data_state()
+            # The upstream transaction opened at MAIL ends too (RSET): nothing of this mail
+            # goes anywhere, and the next MAIL on this connection starts clean.
+            await self.handler.end_transaction(self.session)
             return
         # A bytearray where aiosmtpd puts bytes: ours is the only handler, and it reads the
         # mail through the buffer protocol, so the received mail is never copied to bytes.
@@ -568,8 +591,23 @@ class ProxySMTP(NullSenderSMTP):
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
-            status = _STOCK_REPLIES.get(status, status)
+            exempt = (self.helo_reply and status.startswith("250")) or (
+                status == f"220 {self.hostname} {self.__ident__}"  # the greeting
+            )
+            if not exempt:
+                status = with_enhanced_code(status)
+            # A reply that quotes the client may hold its undecodable bytes (surrogate
+            # escapes), which would fail the encoding mid-session; they go out as "?".
+            status = status.encode("utf-8", "replace")
         await super().push(status)
+
+    # aiosmtpd reads the credentials and hands them to our authenticator, which can only
+    # answer synchronously; the password is checked here, awaiting a thread (ClientAuth).
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await settle_auth(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await settle_auth(await super().auth_LOGIN(_, args))
 
 
 class ProxyHandler:
@@ -628,7 +666,25 @@ class ProxyHandler:
         if upstream is not None:
             await self.pool.end(upstream, reset=reset)
 
+    async def end_transaction(self, session: ProxySession) -> None:
+        """End the client's open transaction: RSET upstream, refused recipients forgotten."""
+        await self._end(session)
+        session.rt_refused = {}
+
     # --- hooks -----------------------------------------------------------------------------
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: ProxySession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd's EHLO reply, also offering ENHANCEDSTATUSCODES (RFC 2034): every
+        reply we send carries one (ProxySMTP.push makes sure)."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's fallback for errors outside our hooks: a 451, never its 500."""
         log.error("unhandled error in the SMTP session: %r", error, exc_info=error)
@@ -655,6 +711,8 @@ class ProxyHandler:
                 return S554_NOT_ALLOWED
             if _CONTROL.search(address):
                 return S501_SENDER
+            if not _is_utf8(address):
+                return S553_SENDER_UTF8
             utf8 = "SMTPUTF8" in mail_options
             if not utf8 and not address.isascii():
                 return S553_NEEDS_UTF8
@@ -687,6 +745,8 @@ class ProxyHandler:
         try:
             if _CONTROL.search(address):
                 return S501_RECIPIENT
+            if not _is_utf8(address):
+                return S553_RECIPIENT_UTF8
             if not envelope.smtp_utf8 and not address.isascii():
                 return S553_NEEDS_UTF8
             upstream = session.rt_upstream
@@ -859,7 +919,11 @@ class ProxyHandler:
                 # itself (before 354, e.g. Postfix's smtpd_data_restrictions) leaves it
                 # open: without RSET the next client's MAIL would get "nested MAIL".
                 await self.pool.end(upstream, reset=True)
-            await self._settle(cid, pk, "failed", exc.reply)
+            # A refusal is an answer: the mail did not go. A lost connection or a timeout is
+            # none: the upstream may have queued the mail before we heard it (RFC 1047), so
+            # the record stays in matching and suppression as "unconfirmed"; the client
+            # still gets a 4xx and sends it again (a duplicate at worst, never a loss).
+            await self._settle(cid, pk, UNCONFIRMED if exc.broken else FAILED, exc.reply)
             result = "tempfail" if exc.broken else "upstream_refused"
             return exc.reply, result
         self.pool.release(upstream)
@@ -955,6 +1019,15 @@ class ProxyHandler:
             metrics.STORE_ERRORS.labels("proxy").inc()
 
 
+def _is_utf8(text: str) -> bool:
+    """False when ``text`` holds bytes that were not UTF-8 (aiosmtpd's surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _EnrollmentsUnreadable(Exception):
     """The store could not say which recipients are blocked (the cause is chained)."""
 
@@ -1001,6 +1074,7 @@ class ProxyServer:
         )
         self._servers: list[asyncio.base_events.Server] = []
         self._checkpoints: asyncio.Future[None] | None = None
+        self._sweeps: asyncio.Future[None] | None = None
 
     @staticmethod
     def _client_security(config: Config) -> dict[str, Any]:
@@ -1021,25 +1095,8 @@ class ProxyServer:
                     "proxy.auth_file needs proxy.tls_cert and proxy.tls_key: AUTH is only"
                     " offered over TLS"
                 )
-            users = load_auth_file(config.proxy_auth_file)
-
-            def authenticate(
-                server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
-            ) -> AuthResult:
-                stored = (
-                    users.get(data.login.decode("utf-8", "replace"))
-                    if isinstance(data, LoginPassword)
-                    else None
-                )
-                # An unknown user is refused here, never compared against a blank secret.
-                ok = (
-                    isinstance(data, LoginPassword)
-                    and stored is not None
-                    and check_password(stored, data.password.decode("utf-8", "replace"))
-                )
-                if not ok:
-                    log.warning("AUTH %s failed from %s", mechanism, session.peer)
-                return AuthResult(success=ok, handled=False, auth_data=data.login if ok else None)
+            users = PasswordFile(load_auth_file(config.proxy_auth_file))
+            authenticate = ClientAuth(users, AuthLimiter.from_config(config))
 
             options.update(
                 authenticator=authenticate,
@@ -1048,9 +1105,9 @@ class ProxyServer:
                 # MAIL unless they authenticated (see ProxyHandler.handle_MAIL).
                 auth_required=False,
                 auth_exclude_mechanism=["CRAM-MD5"],
-                # Each AUTH costs a PBKDF2 computation on the event loop; a client gets a
-                # few tries per connection, not a loop that stalls everyone else. aiosmtpd
-                # counts per connection, so every other command is left unlimited.
+                # A client gets a few tries per connection (and per address, in
+                # ClientAuth). aiosmtpd counts per connection, so every other command is
+                # left unlimited.
                 command_call_limit={"AUTH": AUTH_TRIES, "*": sys.maxsize},
             )
         return options
@@ -1088,6 +1145,7 @@ class ProxyServer:
                 )
             )
         self.port = self._servers[0].sockets[0].getsockname()[1]
+        self._sweeps = asyncio.ensure_future(self._sweep_every(SWEEP_SECONDS))
         log.info(
             "proxy listening on %s:%d, relaying to %s",
             self.host,
@@ -1103,6 +1161,37 @@ class ProxyServer:
                 await loop.run_in_executor(self.executor, store.checkpoint)
             except Exception as exc:
                 log.warning("store checkpoint failed: %s", exc)
+
+    async def sweep_relaying(self) -> int:
+        """Mark mails left ``relaying`` past ``proxy.unconfirmed_after`` as ``unconfirmed``.
+
+        Such a mail lost its proxy between recording and settling (a kill, or the store
+        failing when the upstream answered); it is already enrolled and matched, so this only
+        says honestly that the upstream may have taken it.
+        """
+        cutoff = time.time() - self.config.proxy_unconfirmed_after
+        loop = asyncio.get_running_loop()
+        marked = await loop.run_in_executor(
+            self.executor, self.handler.store.reconcile_relaying, cutoff
+        )
+        if marked:
+            log.warning(
+                "marked %d mail(s) unconfirmed: still relaying %.0f s after they were recorded,"
+                " so the upstream may have taken them (see replytrack messages --status"
+                " unconfirmed)",
+                marked,
+                self.config.proxy_unconfirmed_after,
+            )
+        return marked
+
+    async def _sweep_every(self, seconds: float) -> None:
+        # The first sweep runs at start: what a killed proxy left behind is settled then.
+        while True:
+            try:
+                await self.sweep_relaying()
+            except Exception as exc:
+                log.warning("cannot sweep mails left relaying: %s", exc)
+            await asyncio.sleep(seconds)
 
     def busy(self) -> bool:
         """Whether any client is in the middle of a transaction."""
@@ -1128,11 +1217,15 @@ class ProxyServer:
                 connection.transport.close()
         await asyncio.sleep(0)
         await self.pool.close()
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpoints
+        for task in (self._checkpoints, self._sweeps):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.executor.shutdown(wait=True)
+        auth = self._smtp_options.get("authenticator")
+        if isinstance(auth, ClientAuth):
+            auth.close()
 
 
 async def cancel_other_tasks() -> None:

@@ -26,6 +26,17 @@ ENROLLMENT_STATES = (ACTIVE, STOPPED, PAUSED, BOUNCED)
 CAMPAIGN_STATES = (ACTIVE, STOPPED)
 CAMPAIGN_STOPPED = "campaign stopped"
 
+# States of a recorded outbound mail. "relaying" while the upstream has not answered DATA;
+# "unconfirmed" when the proxy never learned the answer (the connection broke or timed out,
+# the proxy died, the store failed as the answer came), so the mail may have gone out: like
+# "relayed" it counts as sent and keeps its enrollments. "failed": the upstream refused it.
+RELAYING = "relaying"
+RELAYED = "relayed"
+UNCONFIRMED = "unconfirmed"
+FAILED = "failed"
+SUPPRESSED = "suppressed"
+MESSAGE_STATES = (RELAYING, RELAYED, UNCONFIRMED, FAILED, SUPPRESSED)
+
 # Event kinds. The first six are inbound verdicts; the rest are actions on enrollments.
 EVENT_KINDS = (
     "reply",
@@ -207,19 +218,33 @@ class Store(abc.ABC):
         """Record a mail, its recipients, the campaign, new enrollments and suppressions.
 
         One transaction: when this returns the record is committed. Returns the row id.
-        A ``relaying`` record enrolls and suppresses nobody yet: that happens when
-        ``set_message_status`` marks it ``relayed``.
+        A ``relaying`` record (the proxy records before it sends DATA upstream) enrolls its
+        recipients at once, like a settled one: whatever happens after the upstream's
+        answer, the mail is already inside reply matching and suppression. Its suppression
+        events wait for the settling (``relayed``, or ``unconfirmed`` by the sweep), so that
+        a refused attempt the client sends again does not count its suppressions twice.
         """
 
     @abc.abstractmethod
     def set_message_status(self, pk: int, status: str, upstream_reply: str | None) -> None:
-        """Set a recorded mail's status (``relayed``, ``failed``) and the upstream's reply.
+        """Settle a ``relaying`` mail as ``relayed`` or ``failed`` with the upstream's reply.
 
-        The proxy records a mail as ``relaying`` before it sends DATA upstream and settles
-        it here once the upstream answered, so a crash in between leaves a trace, never a
-        relayed mail without a record. Going from ``relaying`` to ``relayed`` enrolls the
-        recipients the mail was sent to and records its suppressions (same transaction).
+        For a relayed mail this is bookkeeping (and its suppression events). A ``failed``
+        one (the upstream refused it; the client keeps it and may send it again) takes back
+        the enrollments it made that are still ``active`` and that no other mail of the
+        campaign, not failed, backs.
         """
+
+    @abc.abstractmethod
+    def reconcile_relaying(self, older_than: float) -> int:
+        """Mark mails still ``relaying`` that were recorded before ``older_than`` as
+        ``unconfirmed``: the proxy died or lost the store mid-transaction, so the upstream
+        may have taken them. They stay in matching and suppression and count as sent.
+        Returns how many were marked."""
+
+    @abc.abstractmethod
+    def count_relaying(self, older_than: float) -> int:
+        """How many mails recorded before ``older_than`` are still ``relaying``."""
 
     # --- inbound --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -286,8 +311,9 @@ class Store(abc.ABC):
         campaign: str | None = None,
         since: float | None = None,
         limit: int | None = None,
+        status: str | None = None,
     ) -> list[SentMessage]:
-        """Recorded mails, newest first, with their recipients."""
+        """Recorded mails, newest first, with their recipients (``status``: one state only)."""
 
     @abc.abstractmethod
     def events(
@@ -345,7 +371,7 @@ class Store(abc.ABC):
     # --- maintenance ---------------------------------------------------------------------
     @abc.abstractmethod
     def check_writable(self) -> None:
-        """Raise StoreError unless a write transaction can be started (and rolls it back)."""
+        """Raise StoreError unless a write really reaches the store (committed, then undone)."""
 
     @abc.abstractmethod
     def prune(self, before: float, *, dry_run: bool = False) -> dict[str, int]:
@@ -357,6 +383,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close this thread's connection (other threads close theirs on exit)."""
+
+    def close_all(self) -> None:
+        """Close every thread's connection (when a command ends, at shutdown)."""
+        self.close()
 
     @contextmanager
     def session(self, *, deadline: float | None = None) -> Iterator[None]:

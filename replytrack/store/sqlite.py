@@ -23,13 +23,18 @@ from urllib.parse import quote
 
 import sqlite_utils
 
+from replytrack.store import files
 from replytrack.store.base import (
     ACTIVE,
     BOUNCED,
     CAMPAIGN_STATES,
     CAMPAIGN_STOPPED,
+    FAILED,
     PAUSED,
+    RELAYED,
+    RELAYING,
     STOPPED,
+    UNCONFIRMED,
     CampaignStats,
     Enrollment,
     Event,
@@ -50,6 +55,8 @@ _CHUNK = 500
 _POOL_IDLE = 32
 # How often the watchdog looks for sessions past their deadline (seconds).
 _WATCHDOG_TICK = 0.05
+# The row check_writable writes and deletes again.
+_PROBE_ADDRESS = "write-probe@doctor.replytrack.invalid"
 
 
 class _Watchdog:
@@ -230,9 +237,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (key, message)
     ) WITHOUT ROWID;
     """,
+    # 4 -> 5: the proxy's sweep and doctor look for mails left "relaying"; a partial index
+    # keeps that a lookup of the few such rows, not a scan of every recorded mail.
+    """
+    CREATE INDEX IF NOT EXISTS messages_relaying ON messages (created_at)
+        WHERE status = 'relaying';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+# Bytes of write-ahead log kept after a checkpoint (PRAGMA journal_size_limit).
+_WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 # Messages per backfill transaction: short enough that a proxy waiting for the write lock
 # stays well inside its busy timeout while an old store upgrades.
@@ -374,11 +389,26 @@ class SQLiteStore(Store):
         self._generation = 0
         # How far the 3 -> 4 backfill of message_keys got (message ids up to this).
         self._backfilled = 0
-        if not self.path.exists() and not create:
-            raise StoreError(f"store {self.path} does not exist (run `replytrack init`)")
-        if create and not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.migrate()
+        # Only an explicit create (``replytrack init``, ``migrate``) makes or upgrades a
+        # store; every other opener is refused a missing, empty or foreign file. The
+        # default here (create) serves tests and tools that build a store directly; the
+        # product opens stores through open_store, whose default is not to create.
+        create = create and not readonly
+        created = create and files.create_store_file(self.path)
+        if not created:
+            state = files.inspect_store_file(self.path, readonly=readonly)
+            files.check_usable(self.path, state, schema_version=SCHEMA_VERSION, create=create)
+        if create:
+            try:
+                self.migrate()
+            except BaseException:
+                if created:
+                    # An empty file left behind would be refused as a truncated store.
+                    self.close_all()
+                    for suffix in ("", "-wal", "-shm"):
+                        with suppress(OSError):
+                            Path(f"{self.path}{suffix}").unlink()
+                raise
 
     # --- connections -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -411,6 +441,10 @@ class SQLiteStore(Store):
                 # WAL with synchronous=NORMAL survives a crash of the process (the promise
                 # behind our 250); only a power cut can lose the last commits.
                 conn.execute("PRAGMA synchronous = NORMAL")
+                # While a reader holds an old snapshot the log cannot restart and grows with
+                # every write; once checkpointed, it is cut back to this size, so a long
+                # ops query on a small disk does not leave the disk full for good.
+                conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
@@ -756,55 +790,55 @@ class SQLiteStore(Store):
                     "INSERT OR IGNORE INTO campaigns (campaign, created_at) VALUES (?, ?)",
                     (record.campaign, record.created_at),
                 )
-                if record.status != "relaying":
-                    # A mail still on its way upstream enrolls and suppresses nobody yet:
-                    # set_message_status does that once the upstream took it.
-                    self._enroll_and_suppress(
-                        conn,
-                        campaign=record.campaign,
-                        message_id=record.message_id,
-                        sender=record.sender,
-                        step=record.step,
-                        created_at=record.created_at,
-                        recipients=[(r.address, r.status, r.reason) for r in record.recipients],
-                    )
+                # Also for a mail still on its way upstream: once DATA is sent, nothing that
+                # fails later (the store, the disk, the proxy itself) may leave a mail that
+                # went out outside matching and suppression.
+                self._enroll(conn, record.campaign, record.created_at, record.recipients)
+                if record.status != RELAYING:
+                    self._record_suppressions(conn, record.message_id, record.recipients)
         return pk
 
-    def _enroll_and_suppress(
+    def _enroll(
         self,
         conn: sqlite3.Connection,
-        *,
         campaign: str,
-        message_id: str,
-        sender: str,
-        step: int | None,
         created_at: float,
-        recipients: Sequence[tuple[str, str, str | None]],
+        recipients: Sequence[OutboundRecipient],
     ) -> None:
-        """Enroll the recipients a campaign mail was sent to and record its suppressions."""
-        # The first campaign mail to an address enrolls it; later steps find it.
+        """The first campaign mail to an address enrolls it; later steps find it."""
         conn.executemany(
             "INSERT OR IGNORE INTO enrollments (campaign, recipient, domain, status,"
             " reason, since, created_at) VALUES (?,?,?,'active',NULL,?,?)",
             [
-                (campaign, address, address.rpartition("@")[2], created_at, created_at)
-                for address, status, _ in recipients
-                if status == "sent"
+                (campaign, r.address, r.address.rpartition("@")[2], created_at, created_at)
+                for r in recipients
+                if r.status == "sent"
             ],
         )
-        for address, status, reason in recipients:
-            if status != "suppressed":
+
+    def _record_suppressions(
+        self, conn: sqlite3.Connection, message_id: str, recipients: Sequence[OutboundRecipient]
+    ) -> None:
+        """Events for the recipients a campaign mail was not sent to. Recorded once the mail
+        is settled (relayed, suppressed or unconfirmed), so that an attempt the upstream
+        refused, which the client sends again, leaves none behind."""
+        row = conn.execute(
+            "SELECT campaign, sender, step, created_at FROM messages WHERE message_id = ?",
+            (message_id,),
+        ).fetchone()
+        for r in recipients:
+            if r.status != "suppressed":
                 continue
             self._insert_event(
                 conn,
                 Event(
                     kind="suppressed",
-                    created_at=created_at,
-                    campaign=campaign,
+                    created_at=row["created_at"],
+                    campaign=row["campaign"],
                     message_id=message_id,
-                    sender=sender,
-                    recipient=address,
-                    detail={"reason": reason, "step": step},
+                    sender=row["sender"],
+                    recipient=r.address,
+                    detail={"reason": r.reason, "step": row["step"]},
                 ),
                 dedupe_key=None,
                 notify=True,
@@ -813,39 +847,71 @@ class SQLiteStore(Store):
     def set_message_status(self, pk: int, status: str, upstream_reply: str | None) -> None:
         with self.write() as conn:
             row = conn.execute(
-                "SELECT status, campaign, message_id, sender, step, created_at FROM messages"
-                " WHERE id = ?",
+                "SELECT status, campaign, message_id, created_at FROM messages WHERE id = ?",
                 (pk,),
             ).fetchone()
             conn.execute(
                 "UPDATE messages SET status = ?, upstream_reply = ? WHERE id = ?",
                 (status, upstream_reply, pk),
             )
+            if row is not None and row["status"] == RELAYING and status == RELAYED:
+                self._record_suppressions(conn, row["message_id"], self._recipients_in(conn, pk))
             if (
                 row is not None
-                and row["status"] == "relaying"
-                and status == "relayed"
+                and row["status"] in (RELAYING, UNCONFIRMED)
+                and status == FAILED
                 and row["campaign"] is not None
             ):
-                # Only now did the upstream take the mail: enroll its recipients and record
-                # its suppressions, in the same transaction as the status. A refused mail
-                # (which the client may send again) leaves neither behind.
-                recipients = [
-                    (r["address"], r["status"], r["reason"])
-                    for r in conn.execute(
-                        "SELECT address, status, reason FROM recipients WHERE message = ?",
-                        (pk,),
-                    )
-                ]
-                self._enroll_and_suppress(
-                    conn,
-                    campaign=row["campaign"],
-                    message_id=row["message_id"],
-                    sender=row["sender"],
-                    step=row["step"],
-                    created_at=row["created_at"],
-                    recipients=recipients,
+                # The upstream refused the mail: the enrollments it made stand for nothing
+                # that went out. Only those still active and made by this mail (same time)
+                # go, and only where no other mail of the campaign that may have gone out
+                # reached the recipient.
+                conn.execute(
+                    "DELETE FROM enrollments WHERE campaign = ? AND status = 'active'"
+                    " AND created_at = ? AND recipient IN"
+                    " (SELECT address FROM recipients WHERE message = ? AND status = 'sent')"
+                    " AND NOT EXISTS (SELECT 1 FROM recipients r JOIN messages m"
+                    "   ON m.id = r.message WHERE m.campaign = enrollments.campaign"
+                    "   AND r.address = enrollments.recipient AND r.status = 'sent'"
+                    "   AND m.id != ? AND m.status != 'failed')",
+                    (row["campaign"], row["created_at"], pk, pk),
                 )
+
+    def reconcile_relaying(self, older_than: float) -> int:
+        with self.write() as conn:
+            # The literal 'relaying' lets SQLite use the partial index messages_relaying.
+            stuck = conn.execute(
+                "SELECT id, message_id FROM messages WHERE status = 'relaying' AND created_at < ?",
+                (older_than,),
+            ).fetchall()
+            for row in stuck:
+                conn.execute(
+                    "UPDATE messages SET status = ? WHERE id = ?", (UNCONFIRMED, row["id"])
+                )
+                self._record_suppressions(
+                    conn, row["message_id"], self._recipients_in(conn, row["id"])
+                )
+            return len(stuck)
+
+    @staticmethod
+    def _recipients_in(conn: sqlite3.Connection, pk: int) -> list[OutboundRecipient]:
+        return [
+            OutboundRecipient(
+                address=r["address"],
+                role=r["role"],
+                envelope=bool(r["envelope"]),
+                status=r["status"],
+                reason=r["reason"],
+            )
+            for r in conn.execute("SELECT * FROM recipients WHERE message = ?", (pk,))
+        ]
+
+    def count_relaying(self, older_than: float) -> int:
+        rows = self._query(
+            "SELECT count(*) AS n FROM messages WHERE status = 'relaying' AND created_at < ?",
+            (older_than,),
+        )
+        return int(rows[0]["n"])
 
     # --- inbound --------------------------------------------------------------------------
     def _recipients_for(self, pks: Sequence[int]) -> dict[int, list[OutboundRecipient]]:
@@ -1085,12 +1151,16 @@ class SQLiteStore(Store):
         campaign: str | None = None,
         since: float | None = None,
         limit: int | None = None,
+        status: str | None = None,
     ) -> list[SentMessage]:
         where: list[str] = []
         params: list[object] = []
         if campaign is not None:
             where.append("campaign = ?")
             params.append(campaign)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
         if since is not None:
             where.append("created_at >= ?")
             params.append(since)
@@ -1227,13 +1297,20 @@ class SQLiteStore(Store):
 
     # --- maintenance ---------------------------------------------------------------------
     def check_writable(self) -> None:
-        conn = self.conn
+        # A probe row, written and deleted, each step committed: in WAL mode a rolled-back
+        # write never reaches the file, so only a commit shows that the store (and its -wal)
+        # can really be written. An address under .invalid never matches real mail.
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path} is not writable: {exc}") from exc
-        with suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
+            with self.write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO ooo (address, until, updated_at) VALUES (?, 0, ?)",
+                    (_PROBE_ADDRESS, time.time()),
+                )
+            with self.write() as conn:
+                conn.execute("DELETE FROM ooo WHERE address = ?", (_PROBE_ADDRESS,))
+        except StoreError as exc:
+            detail = exc.__cause__ or exc
+            raise StoreError(f"store {self.path} is not writable: {detail}") from exc
 
     def prune(self, before: float, *, dry_run: bool = False) -> dict[str, int]:
         pending = "SELECT event FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
@@ -1274,7 +1351,7 @@ class SQLiteStore(Store):
         sql = f"""
             SELECT c.campaign, c.status, c.reason,
               (SELECT count(*) FROM messages m WHERE m.campaign = c.campaign
-                 AND m.status = 'relayed') AS sent,
+                 AND m.status IN ('relayed', 'unconfirmed')) AS sent,
               (SELECT min(created_at) FROM messages m WHERE m.campaign = c.campaign) AS first_sent,
               (SELECT max(created_at) FROM messages m WHERE m.campaign = c.campaign) AS last_sent,
               (SELECT count(*) FROM enrollments e WHERE e.campaign = c.campaign) AS recipients,

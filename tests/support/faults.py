@@ -58,6 +58,12 @@ class _Handler:
         mode = up.mode
         if mode == "slow":
             await asyncio.sleep(up.delay)
+        elif mode == "queued-slow":
+            # The mail is queued at once and only the answer is late, as with an MTA whose
+            # client vanished after the final dot: the mail goes out all the same.
+            up.record(envelope)
+            await asyncio.sleep(up.delay)
+            return "250 2.0.0 Ok: queued"
         elif mode == "drop":
             # Close without an answer, as a crashing or overloaded server does.
             if server.transport is not None:
@@ -67,17 +73,7 @@ class _Handler:
             return "451 4.3.0 upstream says try later"
         elif mode == "reject":
             return "554 5.7.1 upstream refuses this"
-        content = envelope.original_content or envelope.content or b""
-        if isinstance(content, str):
-            content = content.encode("utf-8", "surrogateescape")
-        with up.lock:
-            up.arrivals.append(
-                Arrival(
-                    mail_from=envelope.mail_from or "",
-                    rcpt_tos=tuple(envelope.rcpt_tos),
-                    data=bytes(content),
-                )
-            )
+        up.record(envelope)
         return "250 2.0.0 Ok: queued"
 
 
@@ -85,6 +81,7 @@ class FaultUpstream:
     """A recording SMTP upstream on loopback whose behaviour a test switches.
 
     ``mode`` is ``accept`` (record, 250), ``slow`` (sleep ``delay`` s, then record, 250),
+    ``queued-slow`` (record, then sleep ``delay`` s before the 250),
     ``drop`` (abort the connection after the message, record nothing), ``tempfail`` (451)
     or ``reject`` (554).
     """
@@ -125,6 +122,20 @@ class FaultUpstream:
         self.mode = mode
         self.delay = delay
         self.data_started.clear()
+
+    def record(self, envelope: Envelope) -> None:
+        """Keep a mail as arrived."""
+        content = envelope.original_content or envelope.content or b""
+        if isinstance(content, str):
+            content = content.encode("utf-8", "surrogateescape")
+        with self.lock:
+            self.arrivals.append(
+                Arrival(
+                    mail_from=envelope.mail_from or "",
+                    rcpt_tos=tuple(envelope.rcpt_tos),
+                    data=bytes(content),
+                )
+            )
 
     def received(self) -> list[Arrival]:
         """A copy of what arrived so far."""

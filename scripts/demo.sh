@@ -143,6 +143,10 @@ trap 'exit 130' INT TERM
 
 rm -rf "$RUN"
 mkdir -p "$RUN"
+# The milter's journals stay in this run's directory, not the deployment's /var/spool.
+export REPLYTRACK_MILTER_JOURNAL="$RUN/journal/journal"
+export REPLYTRACK_MILTER_JOURNAL_FALLBACK="$RUN/journal-fallback/journal"
+mkdir -p "$RUN/journal" "$RUN/journal-fallback"
 chmod 755 "$ROOT/run" "$RUN"
 # Postfix's daemons run as user postfix and must reach their queue directory; a checkout
 # under a private home directory would not let them, so fall back to /tmp then.

@@ -21,6 +21,9 @@ def run_milter(tmp_path: Path, spec: str) -> subprocess.CompletedProcess[str]:
         "REPLYTRACK_DB": str(tmp_path / "rt.db"),
         "REPLYTRACK_SECRET_FILE": str(tmp_path / "rt.secret"),
         "REPLYTRACK_DOMAIN": "track.example.com",
+        # Never the deployment's /var/spool/replytrack.
+        "REPLYTRACK_MILTER_JOURNAL": str(tmp_path / "journal"),
+        "REPLYTRACK_MILTER_JOURNAL_FALLBACK": str(tmp_path / "journal-fallback"),
     }
     replytrack_init(env=env, cwd=tmp_path)
     return subprocess.run(

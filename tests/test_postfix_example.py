@@ -113,7 +113,11 @@ class Replytrack:
         )
 
     def milter(self, port: int) -> Daemon:
-        return self.start("milter", ["milter", "--socket", f"inet:{port}@127.0.0.1"], port)
+        # Its journals stay in the work directory, never the deployment's /var/spool.
+        journal = ["--journal", str(self.workdir / "journal")]
+        return self.start(
+            "milter", ["milter", "--socket", f"inet:{port}@127.0.0.1", *journal], port
+        )
 
     def json(self, *args: str) -> list[dict[str, object]]:
         """Run a listing command with ``--json`` and parse its output."""

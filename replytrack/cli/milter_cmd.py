@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from replytrack.cli.common import State, cli, emit, pass_state, setup_logging
-from replytrack.config import ConfigError, check_notify
+from replytrack.config import ConfigError, check_notify, shown_db
 from replytrack.headers import extract_addresses, normalize_address, parse_fields, split_message
 from replytrack.milter.engine import BODY_LIMIT, Engine, Inbound
 from replytrack.tokens import load_keyring
@@ -136,6 +136,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
     from replytrack import metrics, notify
     from replytrack.milter import adapter
     from replytrack.milter.journal import JournalChain, Replayer
+    from replytrack.milter.journal import probe as journal_probe
     from replytrack.store import open_store
 
     config = state.config(milter_socket=socket_spec, milter_journal=journal)
@@ -151,11 +152,17 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         raise click.ClickException(f"configuration: {exc}") from None
     setup_logging(config.log_level)
     keyring = load_keyring(config.secret_path)
-    store = open_store(config.db, busy_timeout_ms=MILTER_BUSY_TIMEOUT_MS)
+    timeout_ms = min(MILTER_BUSY_TIMEOUT_MS, round(config.db_timeout * 1000))
+    store = open_store(config.db, busy_timeout_ms=timeout_ms)
     engine = Engine(config, keyring, store)
     # The configured journal, then a second location, then the log: verdicts the store
     # cannot take survive the store's filesystem; the replayer empties every location.
     journal_file = JournalChain.for_config(config)
+    problem = journal_probe(config.journal_path)
+    if problem:
+        # Not fatal (mail must flow: inbound fails open), but said at once, not at the first
+        # store failure: until fixed, the fallback location and then the log take the entries.
+        log.warning("%s; journal entries go to the fallback location, then the log", problem)
     adapter.install(engine, journal_file, tcp=config.milter_socket.startswith("inet"))
     if config.milter_metrics_listen:
         metrics.serve(config.milter_metrics_listen)
@@ -178,7 +185,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         threading.Thread(
             target=_open_socket_to_postfix, args=(path,), name="replytrack-socket", daemon=True
         ).start()
-    log.info("milter listening on %s (store %s)", config.milter_socket, config.db)
+    log.info("milter listening on %s (store %s)", config.milter_socket, shown_db(config.db))
     try:
         adapter.run(config.milter_socket, timeout=config.milter_timeout)
     except Milter.milter.error as exc:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from replytrack.store import open_store
-from replytrack.store.base import (
+from replytrack.store import StatusChange, StoreError, StoreWouldWait, open_store
+from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
     PAUSED,
@@ -26,9 +26,9 @@ from replytrack.store.base import (
     Event,
     OutboundRecipient,
     OutboundRecord,
-    StoreError,
 )
-from replytrack.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from replytrack.store.sqlite import SCHEMA_VERSION, SQLiteStore, schema
+from tests.support.sqlite_legacy import legacy_store
 
 NOW = 1_760_000_000.0
 
@@ -85,16 +85,12 @@ def test_new_store_has_current_schema_and_reopening_is_a_no_op(tmp_path: Path) -
 def test_store_of_schema_2_gains_campaign_status(tmp_path: Path) -> None:
     # A store written before campaign-wide stops existed keeps its data; its campaigns are
     # active, and a campaign can then be stopped as a whole.
-    from replytrack.store.sqlite import MIGRATIONS
-
     path = tmp_path / "rt.db"
+    legacy_store(path, 2)
     with sqlite3.connect(path) as conn:
-        for migration in MIGRATIONS[:2]:
-            conn.executescript(migration)
         conn.execute(
             "INSERT INTO campaigns (campaign, created_at) VALUES ('old', 1.0)",
         )
-        conn.execute("PRAGMA user_version = 2")
     store = SQLiteStore(path)
     assert store.schema_version() == SCHEMA_VERSION
     (stats,) = store.campaign_stats("old")
@@ -189,7 +185,7 @@ def test_session_deadline_interrupts_a_runaway_statement(store: SQLiteStore) -> 
         pytest.raises(StoreError, match="interrupted"),
         store.session(deadline=time.monotonic() + 0.2),
     ):
-        store._query(endless)
+        store.query(endless)
     assert time.monotonic() - started < 5
     # The connection is sound and no longer bounded after the session.
     store.record_outbound(outbound("after@x"))
@@ -390,11 +386,11 @@ def test_blocked_enrollments(store: SQLiteStore) -> None:
     store.record_event(
         Event(kind="reply", created_at=now, actor="test"),
         set_status=[
-            ("spring", "stopped@example.com", STOPPED, "replied", None),
-            ("spring", "bounced@example.com", BOUNCED, "5.1.1", None),
-            ("spring", "future@example.com", PAUSED, "ooo", now + 3600),
-            ("spring", "past@example.com", PAUSED, "ooo", now - 3600),
-            ("spring", "open@example.com", PAUSED, "by hand", None),
+            StatusChange("spring", "stopped@example.com", STOPPED, "replied"),
+            StatusChange("spring", "bounced@example.com", BOUNCED, "5.1.1"),
+            StatusChange("spring", "future@example.com", PAUSED, "ooo", now + 3600),
+            StatusChange("spring", "past@example.com", PAUSED, "ooo", now - 3600),
+            StatusChange("spring", "open@example.com", PAUSED, "by hand"),
         ],
     )
     everyone = [
@@ -450,7 +446,7 @@ def test_text_that_is_not_utf8_is_recorded_not_refused(store: SQLiteStore) -> No
 def test_record_event_with_dedupe_key_records_once(store: SQLiteStore) -> None:
     store.record_outbound(outbound("m@x"))
     event = Event(kind="reply", created_at=NOW, campaign="spring", sender="ann@example.com")
-    change = [("spring", "ann@example.com", STOPPED, "replied", None)]
+    change = [StatusChange("spring", "ann@example.com", STOPPED, "replied")]
     first = store.record_event(event, dedupe_key="queue-1", set_status=change)
     assert first is not None
     [enrollment] = store.enrollments()
@@ -458,7 +454,7 @@ def test_record_event_with_dedupe_key_records_once(store: SQLiteStore) -> None:
     # Someone resumes by hand; a replay of the same verdict must not stop again.
     store.record_event(
         Event(kind="resumed", created_at=NOW + 10, actor="ops"),
-        set_status=[("spring", "ann@example.com", ACTIVE, "by hand", None)],
+        set_status=[StatusChange("spring", "ann@example.com", ACTIVE, "by hand")],
         notify=False,
     )
     again = store.record_event(event, dedupe_key="queue-1", set_status=change)
@@ -475,7 +471,7 @@ def test_record_event_with_dedupe_key_records_once(store: SQLiteStore) -> None:
 def test_set_status_upserts_enrollments(store: SQLiteStore) -> None:
     store.record_event(
         Event(kind="stopped", created_at=NOW, actor="ops"),
-        set_status=[("never-mailed", "x@example.com", STOPPED, "by hand", None)],
+        set_status=[StatusChange("never-mailed", "x@example.com", STOPPED, "by hand")],
     )
     [enrollment] = store.enrollments_of("x@example.com")
     assert (enrollment.campaign, enrollment.status, enrollment.updated_by) == (
@@ -485,7 +481,7 @@ def test_set_status_upserts_enrollments(store: SQLiteStore) -> None:
     )
     store.record_event(
         Event(kind="paused", created_at=NOW + 5),
-        set_status=[("never-mailed", "x@example.com", PAUSED, "ooo", NOW + 99)],
+        set_status=[StatusChange("never-mailed", "x@example.com", PAUSED, "ooo", NOW + 99)],
     )
     [enrollment] = store.enrollments_of("x@example.com")
     assert (enrollment.status, enrollment.until, enrollment.since) == (PAUSED, NOW + 99, NOW + 5)
@@ -495,10 +491,10 @@ def test_reactivate_due(store: SQLiteStore) -> None:
     store.record_event(
         Event(kind="paused", created_at=NOW),
         set_status=[
-            ("c", "due@example.com", PAUSED, "ooo", NOW + 10),
-            ("c", "later@example.com", PAUSED, "ooo", NOW + 1000),
-            ("c", "open@example.com", PAUSED, "by hand", None),
-            ("c", "stopped@example.com", STOPPED, "replied", None),
+            StatusChange("c", "due@example.com", PAUSED, "ooo", NOW + 10),
+            StatusChange("c", "later@example.com", PAUSED, "ooo", NOW + 1000),
+            StatusChange("c", "open@example.com", PAUSED, "by hand"),
+            StatusChange("c", "stopped@example.com", STOPPED, "replied"),
         ],
     )
     assert store.reactivate_due(NOW + 10) == 1
@@ -528,11 +524,11 @@ def test_campaign_stats(store: SQLiteStore) -> None:
     for sender in ("p0@example.com", "p0@example.com", "p1@example.com"):
         store.record_event(
             Event(kind="reply", created_at=NOW + 90, campaign="spring", sender=sender),
-            set_status=[("spring", sender, STOPPED, "replied", None)],
+            set_status=[StatusChange("spring", sender, STOPPED, "replied")],
         )
     store.record_event(
         Event(kind="bounce", created_at=NOW + 95, campaign="spring"),
-        set_status=[("spring", "p2@example.com", BOUNCED, "5.1.1", None)],
+        set_status=[StatusChange("spring", "p2@example.com", BOUNCED, "5.1.1")],
     )
     [spring] = store.campaign_stats("spring")
     assert (spring.sent, spring.recipients, spring.replied, spring.stopped) == (2, 5, 2, 2)
@@ -641,14 +637,9 @@ def test_store_of_schema_3_gains_lookup_keys_for_its_mails(
 ) -> None:
     # A store recorded before message_keys existed upgrades in several short batches, and
     # replies to its old mails (stamped or client ID) still match afterwards.
-    from replytrack.store import sqlite as sqlite_store
-
-    monkeypatch.setattr(sqlite_store, "_BACKFILL_BATCH", 7)
+    monkeypatch.setattr(schema, "_BACKFILL_BATCH", 7)
     path = tmp_path / "rt.db"
-    with sqlite3.connect(path) as conn:
-        for migration in sqlite_store.MIGRATIONS[:3]:
-            conn.executescript(migration)
-        conn.execute("PRAGMA user_version = 3")
+    legacy_store(path, 3)
     # Rows written as schema 3 wrote them: no keys. Ids have a gap, as after a prune.
     with sqlite3.connect(path) as conn:
         for i in [*range(1, 20), *range(40, 50)]:
@@ -671,9 +662,7 @@ def test_lookup_keys_that_collide_never_match_the_wrong_mail(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every ID hashed to the same key: the lookup must still compare the real IDs.
-    from replytrack.store import sqlite as sqlite_store
-
-    monkeypatch.setattr(sqlite_store, "message_key", lambda message_id: 42)
+    monkeypatch.setattr(schema, "message_key", lambda message_id: 42)
     store.record_outbound(outbound("a@ours", original="a@client"))
     store.record_outbound(outbound("b@ours", original="b@client"))
     assert [m.message_id for m in store.find_sent(["b@client"])] == ["b@ours"]
@@ -698,14 +687,15 @@ def test_prune_drops_the_lookup_keys_of_pruned_mails(store: SQLiteStore) -> None
     assert store.find_sent(["old@ours", "old@client"]) == []
 
 
-def test_a_nonblocking_thread_is_refused_at_once_while_others_wait(tmp_path: Path) -> None:
-    """Store.nonblocking: this thread's write finds the store held and raises StoreLocked
-    without waiting or writing; another thread of the same store still waits its turn."""
-    from replytrack.store import StoreLocked
+def test_an_event_loop_thread_is_refused_at_once_while_others_wait(tmp_path: Path) -> None:
+    """Store.prepare_for_event_loop: this thread's write finds the store held and raises
+    StoreWouldWait without waiting or writing; another thread of the same store still waits
+    its turn."""
     from tests.support.faults import hold_exclusive_lock
 
     store = SQLiteStore(tmp_path / "s.db", busy_timeout_ms=5000)
-    store.nonblocking()
+    assert store.prepare_for_event_loop() is True
+    assert store.upkeep_interval is not None
     waited: list[float] = []
 
     def waiting_write() -> None:
@@ -715,7 +705,7 @@ def test_a_nonblocking_thread_is_refused_at_once_while_others_wait(tmp_path: Pat
 
     with hold_exclusive_lock(store.path):
         started = time.monotonic()
-        with pytest.raises(StoreLocked):
+        with pytest.raises(StoreWouldWait):
             store.remember_ooo("refused@example.test", 2e9)
         refused_after = time.monotonic() - started
         waiter = threading.Thread(target=waiting_write)
@@ -740,6 +730,6 @@ def test_a_nonblocking_thread_is_refused_at_once_while_others_wait(tmp_path: Pat
         return row is not None
 
     assert not in_store_file("after@example.test")
-    store.checkpoint()
+    store.upkeep()
     assert in_store_file("after@example.test")
     store.close_all()

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from replytrack.store.base import (
+from replytrack.store import StatusChange, StoreError
+from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
     CAMPAIGN_STOPPED,
@@ -18,7 +19,6 @@ from replytrack.store.base import (
     Event,
     OutboundRecipient,
     OutboundRecord,
-    StoreError,
 )
 
 NOW = 1_760_000_000.0
@@ -129,11 +129,11 @@ def test_blocked_enrollments(any_store: Any) -> None:
     any_store.record_event(
         Event(kind="reply", created_at=now, actor="test"),
         set_status=[
-            ("spring", "stopped@example.com", STOPPED, "replied", None),
-            ("spring", "bounced@example.com", BOUNCED, "5.1.1", None),
-            ("spring", "future@example.com", PAUSED, "ooo", now + 3600),
-            ("spring", "past@example.com", PAUSED, "ooo", now - 3600),
-            ("spring", "open@example.com", PAUSED, "by hand", None),
+            StatusChange("spring", "stopped@example.com", STOPPED, "replied"),
+            StatusChange("spring", "bounced@example.com", BOUNCED, "5.1.1"),
+            StatusChange("spring", "future@example.com", PAUSED, "ooo", now + 3600),
+            StatusChange("spring", "past@example.com", PAUSED, "ooo", now - 3600),
+            StatusChange("spring", "open@example.com", PAUSED, "by hand"),
         ],
     )
     everyone = [f"{n}@example.com" for n in (*names, "stranger")]
@@ -258,7 +258,7 @@ def test_a_refused_mail_keeps_an_enrollment_that_changed_since(any_store: Any) -
     pk = any_store.record_outbound(outbound("m@x", status="relaying", recipients=to("ann")))
     any_store.record_event(
         Event(kind="reply", created_at=NOW + 5, campaign="spring"),
-        set_status=[("spring", "ann@example.com", STOPPED, "replied", None)],
+        set_status=[StatusChange("spring", "ann@example.com", STOPPED, "replied")],
     )
     any_store.set_message_status(pk, "failed", "554 5.7.1 no")
     assert [(e.recipient, e.status) for e in any_store.enrollments()] == [
@@ -292,14 +292,14 @@ def test_mails_left_relaying_become_unconfirmed_and_count_as_sent(any_store: Any
 def test_record_event_with_dedupe_key_records_once(any_store: Any) -> None:
     any_store.record_outbound(outbound("m@x"))
     event = Event(kind="reply", created_at=NOW, campaign="spring", sender="ann@example.com")
-    change = [("spring", "ann@example.com", STOPPED, "replied", None)]
+    change = [StatusChange("spring", "ann@example.com", STOPPED, "replied")]
     assert any_store.record_event(event, dedupe_key="queue-1", set_status=change) is not None
     [enrollment] = any_store.enrollments()
     assert enrollment.status == STOPPED and enrollment.updated_by == "reply"
     # Someone resumes by hand; a replay of the same verdict must not stop again.
     any_store.record_event(
         Event(kind="resumed", created_at=NOW + 10, actor="ops"),
-        set_status=[("spring", "ann@example.com", ACTIVE, "by hand", None)],
+        set_status=[StatusChange("spring", "ann@example.com", ACTIVE, "by hand")],
         notify=False,
     )
     assert any_store.record_event(event, dedupe_key="queue-1", set_status=change) is None
@@ -315,7 +315,7 @@ def test_record_event_with_dedupe_key_records_once(any_store: Any) -> None:
 def test_set_status_upserts_enrollments(any_store: Any) -> None:
     any_store.record_event(
         Event(kind="stopped", created_at=NOW, actor="ops"),
-        set_status=[("never-mailed", "x@example.com", STOPPED, "by hand", None)],
+        set_status=[StatusChange("never-mailed", "x@example.com", STOPPED, "by hand")],
     )
     [enrollment] = any_store.enrollments_of("x@example.com")
     assert (enrollment.campaign, enrollment.status, enrollment.updated_by) == (
@@ -325,7 +325,7 @@ def test_set_status_upserts_enrollments(any_store: Any) -> None:
     )
     any_store.record_event(
         Event(kind="paused", created_at=NOW + 5),
-        set_status=[("never-mailed", "x@example.com", PAUSED, "ooo", NOW + 99)],
+        set_status=[StatusChange("never-mailed", "x@example.com", PAUSED, "ooo", NOW + 99)],
     )
     [enrollment] = any_store.enrollments_of("x@example.com")
     assert (enrollment.status, enrollment.until, enrollment.since) == (PAUSED, NOW + 99, NOW + 5)
@@ -336,7 +336,7 @@ def test_enrollment_filters_and_order(any_store: Any) -> None:
     any_store.record_outbound(outbound("b@x", campaign="autumn", recipients=to("amy")))
     any_store.record_event(
         Event(kind="reply", created_at=NOW),
-        set_status=[("spring", "bob@example.com", STOPPED, "replied", None)],
+        set_status=[StatusChange("spring", "bob@example.com", STOPPED, "replied")],
     )
     listed = [(e.campaign, e.recipient) for e in any_store.enrollments()]
     # Bytewise order, as SQLite sorts: upper case first.
@@ -360,10 +360,10 @@ def test_reactivate_due(any_store: Any) -> None:
     any_store.record_event(
         Event(kind="paused", created_at=NOW),
         set_status=[
-            ("c", "due@example.com", PAUSED, "ooo", NOW + 10),
-            ("c", "later@example.com", PAUSED, "ooo", NOW + 1000),
-            ("c", "open@example.com", PAUSED, "by hand", None),
-            ("c", "stopped@example.com", STOPPED, "replied", None),
+            StatusChange("c", "due@example.com", PAUSED, "ooo", NOW + 10),
+            StatusChange("c", "later@example.com", PAUSED, "ooo", NOW + 1000),
+            StatusChange("c", "open@example.com", PAUSED, "by hand"),
+            StatusChange("c", "stopped@example.com", STOPPED, "replied"),
         ],
     )
     assert any_store.reactivate_due(NOW + 10) == 1
@@ -393,11 +393,11 @@ def test_campaign_stats(any_store: Any) -> None:
     for sender in ("p0@example.com", "p0@example.com", "p1@example.com"):
         any_store.record_event(
             Event(kind="reply", created_at=NOW + 90, campaign="spring", sender=sender),
-            set_status=[("spring", sender, STOPPED, "replied", None)],
+            set_status=[StatusChange("spring", sender, STOPPED, "replied")],
         )
     any_store.record_event(
         Event(kind="bounce", created_at=NOW + 95, campaign="spring"),
-        set_status=[("spring", "p2@example.com", BOUNCED, "5.1.1", None)],
+        set_status=[StatusChange("spring", "p2@example.com", BOUNCED, "5.1.1")],
     )
     [spring] = any_store.campaign_stats("spring")
     assert (spring.sent, spring.recipients, spring.replied, spring.stopped) == (2, 5, 2, 2)
@@ -516,3 +516,69 @@ def test_prune_drops_old_rows_and_keeps_pending_events(any_store: Any) -> None:
 def test_check_writable_passes_and_leaves_nothing(any_store: Any) -> None:
     any_store.check_writable()
     assert any_store.ooo_until("write-probe@doctor.replytrack.invalid") is None
+
+
+def test_a_bounce_after_a_reply_keeps_the_reply_stop_and_records_the_bounce(
+    any_store: Any,
+) -> None:
+    # The milter decides outside the write (on another MX host, or from its journal later),
+    # so a bounce decided while the enrollment was active can land after the reply's stop.
+    any_store.record_outbound(outbound("m@x", recipients=to("ann", "bob")))
+    reply = "reply from ann@example.com"
+    any_store.record_event(
+        Event(kind="reply", created_at=NOW + 1, campaign="spring", sender="ann@example.com"),
+        set_status=[StatusChange("spring", "ann@example.com", STOPPED, reply)],
+    )
+    bounce = any_store.record_event(
+        Event(kind="bounce", created_at=NOW + 2, campaign="spring", recipient="ann@example.com"),
+        set_status=[
+            StatusChange("spring", "ann@example.com", BOUNCED, "bounced permanently"),
+            StatusChange("spring", "bob@example.com", BOUNCED, "bounced permanently"),
+        ],
+    )
+    assert bounce is not None
+    held = {e.recipient: e for e in any_store.enrollments(campaign="spring")}
+    assert (held["ann@example.com"].status, held["ann@example.com"].reason) == (STOPPED, reply)
+    assert held["ann@example.com"].since == NOW + 1
+    assert held["bob@example.com"].status == BOUNCED
+    assert [e.recipient for e in any_store.events(kind="bounce")] == ["ann@example.com"]
+    # A person may still undo it by hand.
+    any_store.record_event(
+        Event(kind="resumed", created_at=NOW + 3, campaign="spring", actor="ops"),
+        set_status=[StatusChange("spring", "ann@example.com", ACTIVE, "by hand")],
+    )
+    assert any_store.enrollments(recipient="ann@example.com")[0].status == ACTIVE
+
+
+def test_export_gives_every_row_in_listing_order(
+    any_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pages of three rows (SQLite reads a page at a time): times tie across page ends.
+    monkeypatch.setattr("replytrack.store.sqlite.listing.EXPORT_PAGE", 3)
+    for i in range(8):
+        campaign = "spring" if i % 3 else "autumn"
+        any_store.record_outbound(
+            outbound(f"m{i}@x", campaign=campaign, recipients=to(f"p{i}"), created_at=NOW + i // 2)
+        )
+        any_store.record_event(
+            Event(kind="reply", created_at=NOW + i // 2, campaign=campaign, sender=f"p{i}@x")
+        )
+
+    def ids(items: Any) -> list[Any]:
+        return [getattr(item, "message_id", None) or getattr(item, "id", None) for item in items]
+
+    assert ids(any_store.export_messages()) == ids(any_store.messages())
+    assert len(ids(any_store.export_messages())) == 8
+    assert ids(any_store.export_messages(campaign="spring", since=NOW + 2)) == ids(
+        any_store.messages(campaign="spring", since=NOW + 2)
+    )
+    assert [m.recipients for m in any_store.export_messages()] == [
+        m.recipients for m in any_store.messages()
+    ]
+    assert ids(any_store.export_events()) == ids(any_store.events())
+    assert len(ids(any_store.export_events(campaign="autumn"))) == 3
+    exported = list(any_store.export_enrollments())
+    assert exported == any_store.enrollments() and len(exported) == 8
+    assert [
+        e.recipient for e in any_store.export_enrollments(campaign="autumn", since=NOW + 3)
+    ] == ["p6@example.com"]

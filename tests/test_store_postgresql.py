@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from replytrack.store import open_store
+from replytrack.store import StatusChange, StoreError, open_store
 from replytrack.store import sqlite as sqlite_store
-from replytrack.store.base import STOPPED, Event, OutboundRecipient, OutboundRecord, StoreError
-from replytrack.store.pg_schema import MIGRATIONS, SCHEMA_VERSION
 from replytrack.store.postgresql import PostgreSQLStore, safe_url
+from replytrack.store.postgresql.schema import MIGRATIONS, SCHEMA_VERSION
+from replytrack.store.records import STOPPED, Event, OutboundRecipient, OutboundRecord
 from tests.support.pg import PgServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,7 +162,7 @@ def _record_inbound(url: str, barrier: Any) -> list[int | None]:
             store.record_event(
                 Event(kind="reply", created_at=NOW + n, campaign="spring", sender=sender),
                 dedupe_key=f"inbound-{n}@mua",
-                set_status=[("spring", sender, STOPPED, "replied", None)],
+                set_status=[StatusChange("spring", sender, STOPPED, "replied")],
             )
         )
         store.record_outbound(outbound(f"own-{n}-{id(barrier)}-{time.monotonic_ns()}@x"))
@@ -194,7 +194,7 @@ def test_the_same_inbound_mail_at_two_hosts_gives_one_event(pg_url: str) -> None
 def test_a_statement_is_bounded_by_statement_timeout(pg_url: str) -> None:
     store = PostgreSQLStore(pg_url, statement_timeout_ms=200)
     with pytest.raises(StoreError, match="timed out"):
-        store._read(lambda conn: conn.execute("SELECT pg_sleep(30)"))
+        store.read(lambda conn: conn.execute("SELECT pg_sleep(30)"))
     # A write that waits for a row another host holds ends the same way, writing nothing.
     store.record_outbound(outbound("m@x"))
     with psycopg.connect(pg_url) as other:
@@ -202,7 +202,7 @@ def test_a_statement_is_bounded_by_statement_timeout(pg_url: str) -> None:
         with pytest.raises(StoreError, match="timed out"):
             store.record_event(
                 Event(kind="reply", created_at=NOW),
-                set_status=[("spring", "ann@example.com", STOPPED, "replied", None)],
+                set_status=[StatusChange("spring", "ann@example.com", STOPPED, "replied")],
             )
     assert store.events() == []
     assert store.enrollments()[0].status == "active"
@@ -304,18 +304,11 @@ def test_nul_in_header_text_is_recorded(pg_store: PostgreSQLStore) -> None:
     assert msg.subject == "Hello\\x00there"
 
 
-def test_an_event_loop_thread_is_sent_to_a_thread(pg_store: PostgreSQLStore) -> None:
-    # Store.nonblocking: every PostgreSQL call waits for the network, so the proxy's loop
-    # gets StoreLocked at once and runs the call in its executor; other threads are served.
-    import threading
-
-    from replytrack.store.base import StoreLocked
-
-    pg_store.nonblocking()
-    with pytest.raises(StoreLocked):
-        pg_store.find_sent(["m@x"])
-    found: list[object] = []
-    worker = threading.Thread(target=lambda: found.append(pg_store.find_sent(["m@x"])))
-    worker.start()
-    worker.join()
-    assert found == [[]]
+def test_an_event_loop_runs_every_call_in_a_thread(pg_store: PostgreSQLStore) -> None:
+    # Store.prepare_for_event_loop: every PostgreSQL call waits for the network, so the
+    # store says False and the proxy's loop runs each call in its executor. Nothing on the
+    # loop's thread changes (no call raises), and no periodic upkeep is asked for.
+    assert pg_store.prepare_for_event_loop() is False
+    assert pg_store.upkeep_interval is None
+    pg_store.record_outbound(outbound("m@x"))
+    assert [m.message_id for m in pg_store.find_sent(["m@x"])] == ["m@x"]

@@ -1,39 +1,60 @@
-"""The store behind proxy, milter and CLI. ``open_store`` picks the backend."""
+"""The store behind proxy, milter and CLI. ``open_store`` picks the backend.
+
+- :mod:`~replytrack.store.records`: the domain records and states everyone speaks in;
+- :mod:`~replytrack.store.errors`: what a store call raises;
+- :mod:`~replytrack.store.base`: the interface, :class:`Store`;
+- :mod:`~replytrack.store.rules`: the business rules both backends follow;
+- :mod:`~replytrack.store.rows`: rows to records, shared by both backends;
+- :mod:`~replytrack.store.sqlite` and :mod:`~replytrack.store.postgresql`: the engines.
+"""
 
 from __future__ import annotations
 
-from replytrack.store.base import (
+from replytrack.store.base import Store
+from replytrack.store.errors import StoreError, StoreWouldWait
+from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
     CAMPAIGN_STOPPED,
+    FAILED,
     PAUSED,
+    RELAYED,
+    RELAYING,
     STOPPED,
+    UNCONFIRMED,
     CampaignStats,
     Enrollment,
     Event,
     OutboundRecipient,
     OutboundRecord,
+    OutboxItem,
     SentMessage,
-    Store,
-    StoreError,
-    StoreLocked,
+    StatusChange,
+    iso_time,
 )
 
 __all__ = [
     "ACTIVE",
     "BOUNCED",
     "CAMPAIGN_STOPPED",
+    "FAILED",
     "PAUSED",
+    "RELAYED",
+    "RELAYING",
     "STOPPED",
+    "UNCONFIRMED",
     "CampaignStats",
     "Enrollment",
     "Event",
     "OutboundRecipient",
     "OutboundRecord",
+    "OutboxItem",
     "SentMessage",
+    "StatusChange",
     "Store",
     "StoreError",
-    "StoreLocked",
+    "StoreWouldWait",
+    "iso_time",
     "open_store",
 ]
 
@@ -41,7 +62,7 @@ __all__ = [
 def open_store(
     db: str, *, busy_timeout_ms: int = 5000, create: bool = False, readonly: bool = False
 ) -> Store:
-    """Open the store named by ``db``: a SQLite file path (a PostgreSQL URL later).
+    """Open the store named by ``db``: a SQLite file path or a ``postgresql://`` URL.
 
     Without ``create`` (which only ``replytrack init`` and ``migrate`` pass) the store must
     exist and hold this version's schema: a missing, empty or foreign file, or an older

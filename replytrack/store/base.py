@@ -1,213 +1,41 @@
-"""What the proxy, the milter and the CLI need from a store, independent of the backend.
+"""What the proxy, the milter and the CLI need from a store, whatever the backend.
 
-The embedded backend is SQLite (``replytrack.store.sqlite``); a PostgreSQL backend for
-multi-host sites implements the same interface. Records are plain dataclasses; times are
-UNIX seconds (float, UTC); addresses are lowercase; Message-IDs carry no angle brackets.
+One interface, two engines: ``replytrack.store.sqlite`` (the embedded default, one file)
+and ``replytrack.store.postgresql`` (one database shared by several hosts). The records it
+speaks in live in :mod:`replytrack.store.records`, the rules both engines follow in
+:mod:`replytrack.store.rules`, the errors in :mod:`replytrack.store.errors`.
 """
 
 from __future__ import annotations
 
 import abc
-import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
-# Enrollment states. Only "active" (and "paused" once its date has passed) lets mail through.
-ACTIVE = "active"
-STOPPED = "stopped"
-PAUSED = "paused"
-BOUNCED = "bounced"
-ENROLLMENT_STATES = (ACTIVE, STOPPED, PAUSED, BOUNCED)
-# A campaign is "active" or, once stopped as a whole, "stopped": then none of its mail goes
-# out, to enrolled recipients or new ones. blocked_enrollments reports such a stop as a
-# stopped enrollment whose reason starts with CAMPAIGN_STOPPED.
-CAMPAIGN_STATES = (ACTIVE, STOPPED)
-CAMPAIGN_STOPPED = "campaign stopped"
-
-# States of a recorded outbound mail. "relaying" while the upstream has not answered DATA;
-# "unconfirmed" when the proxy never learned the answer (the connection broke or timed out,
-# the proxy died, the store failed as the answer came), so the mail may have gone out: like
-# "relayed" it counts as sent and keeps its enrollments. "failed": the upstream refused it.
-RELAYING = "relaying"
-RELAYED = "relayed"
-UNCONFIRMED = "unconfirmed"
-FAILED = "failed"
-SUPPRESSED = "suppressed"
-MESSAGE_STATES = (RELAYING, RELAYED, UNCONFIRMED, FAILED, SUPPRESSED)
-
-# Event kinds. The first six are inbound verdicts; the rest are actions on enrollments.
-EVENT_KINDS = (
-    "reply",
-    "auto_reply",
-    "bounce",
-    "receipt",
-    "feedback",
-    "unrelated",
-    "stopped",
-    "resumed",
-    "paused",
-    "suppressed",
+from replytrack.store.records import (
+    CampaignStats,
+    Enrollment,
+    Event,
+    OutboundRecord,
+    OutboxItem,
+    SentMessage,
+    StatusChange,
 )
 
 
-def iso_time(ts: float | None) -> str | None:
-    """A UNIX time as ISO 8601 UTC with seconds precision (``2026-11-25T20:06:17Z``)."""
-    if ts is None:
-        return None
-    stamp = dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
-    return stamp.replace("+00:00", "Z")
-
-
-class StoreError(Exception):
-    """The store could not do what was asked (locked, read-only, full, corrupt)."""
-
-
-class StoreLocked(StoreError):
-    """Another writer holds the store and this caller asked not to wait; nothing was written."""
-
-
-@dataclass(frozen=True)
-class OutboundRecipient:
-    """One recipient of an outbound mail and how it was addressed."""
-
-    address: str
-    role: str  # "to", "cc" or "bcc" (envelope only)
-    envelope: bool  # named in RCPT TO
-    status: str = "sent"  # "sent", "suppressed", "refused" (upstream refused it)
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class OutboundRecord:
-    """Everything the proxy records about one relayed (or fully suppressed) mail."""
-
-    message_id: str
-    original_message_id: str | None
-    campaign: str | None
-    step: int | None
-    sender: str
-    from_address: str | None
-    subject: str | None
-    size: int
-    status: str  # "relayed" or "suppressed"
-    recipients: tuple[OutboundRecipient, ...]
-    created_at: float
-    upstream_reply: str | None = None
-
-
-@dataclass(frozen=True)
-class SentMessage:
-    """A recorded outbound mail, as the milter and the CLI read it."""
-
-    id: int
-    message_id: str
-    original_message_id: str | None
-    campaign: str | None
-    step: int | None
-    sender: str
-    from_address: str | None
-    subject: str | None
-    created_at: float
-    status: str
-    recipients: tuple[OutboundRecipient, ...] = ()
-
-
-@dataclass(frozen=True)
-class Enrollment:
-    """A recipient's place in a campaign."""
-
-    campaign: str
-    recipient: str
-    status: str
-    reason: str | None
-    since: float
-    until: float | None = None
-    updated_by: str | None = None
-
-    def blocks_sending(self, now: float) -> bool:
-        """True when the next campaign mail must not go to this recipient."""
-        if self.status == PAUSED:
-            return self.until is None or self.until > now
-        return self.status in (STOPPED, BOUNCED)
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something that happened: an inbound verdict or an action on enrollments."""
-
-    kind: str
-    created_at: float
-    campaign: str | None = None
-    message_id: str | None = None  # the outbound mail it concerns (stamped ID)
-    inbound_message_id: str | None = None
-    sender: str | None = None
-    recipient: str | None = None
-    relation: str | None = None  # original_recipient | cc | other_address | same_domain | other
-    evidence: tuple[str, ...] = ()
-    detail: dict[str, Any] = field(default_factory=dict)
-    queue_id: str | None = None
-    actor: str | None = None
-    id: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The event as ``replytrack events --json`` prints it and webhooks receive it (the
-        keys are part of both contracts)."""
-        return {
-            "id": self.id,
-            "created_at": iso_time(self.created_at),
-            "kind": self.kind,
-            "campaign": self.campaign,
-            "message_id": self.message_id,
-            "inbound_message_id": self.inbound_message_id,
-            "sender": self.sender,
-            "recipient": self.recipient,
-            "relation": self.relation,
-            "evidence": list(self.evidence),
-            "detail": self.detail,
-            "queue_id": self.queue_id,
-            "actor": self.actor,
-        }
-
-
-@dataclass(frozen=True)
-class CampaignStats:
-    """Per-campaign counts for ``replytrack campaigns``."""
-
-    campaign: str
-    sent: int
-    recipients: int
-    replied: int
-    stopped: int
-    bounced: int
-    paused: int
-    active: int
-    suppressed: int
-    first_sent: float | None
-    last_sent: float | None
-    status: str = ACTIVE  # the campaign's own state (CAMPAIGN_STATES)
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    """A queued notification claimed by a sender: the event and what was delivered so far."""
-
-    id: int
-    event: Event
-    attempts: int
-    created_at: float
-    delivered_urls: frozenset[str] = frozenset()
-
-
 class Store(abc.ABC):
-    """The store interface. Writes are short transactions; every method is thread-safe."""
+    """The store interface. Writes are short transactions; every method is thread-safe and
+    bounded in time; failures raise :class:`~replytrack.store.errors.StoreError`."""
+
+    #: How often (seconds) :meth:`upkeep` wants to run while a daemon serves mail; None:
+    #: never.
+    upkeep_interval: float | None = None
 
     # --- outbound -------------------------------------------------------------------------
     @abc.abstractmethod
     def blocked_enrollments(self, campaign: str, addresses: Iterable[str]) -> dict[str, Enrollment]:
-        """Enrollments of these addresses in ``campaign`` that block the next mail.
+        """Enrollments of these addresses in ``campaign`` that block the next mail
+        (:func:`replytrack.store.rules.blocked_recipients`).
 
         When the whole campaign is stopped, every address is blocked: each gets a
         ``stopped`` enrollment (enrolled or not) whose reason starts with CAMPAIGN_STOPPED.
@@ -278,13 +106,16 @@ class Store(abc.ABC):
         event: Event,
         *,
         dedupe_key: str | None = None,
-        set_status: Sequence[tuple[str, str, str, str | None, float | None]] = (),
+        set_status: Sequence[StatusChange] = (),
         notify: bool = True,
         campaign_status: str | None = None,
     ) -> int | None:
         """Record an event and change enrollments in one transaction.
 
-        ``set_status`` holds ``(campaign, recipient, status, reason, until)`` changes.
+        Each of ``set_status`` is applied as :func:`replytrack.store.rules.settle_status`
+        decides against the enrollment's state in that transaction: by hand it always
+        applies; the milter's own changes never weaken a stronger state (a bounce after a
+        reply leaves the enrollment stopped; the bounce event is recorded all the same).
         ``campaign_status`` (one of CAMPAIGN_STATES) sets the state of the event's campaign
         as a whole, with the event's ``detail["reason"]``, time and actor.
         With ``dedupe_key`` an event already recorded under that key is not recorded again
@@ -330,6 +161,30 @@ class Store(abc.ABC):
     def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
         """Counts per campaign."""
 
+    # --- export ----------------------------------------------------------------------------
+    # Every row, for ``replytrack export``: an iterator, so that a backend can stream. The
+    # default reads through the listing calls.
+    def export_messages(
+        self, *, campaign: str | None = None, since: float | None = None
+    ) -> Iterator[SentMessage]:
+        """Every recorded mail (in ``campaign``, recorded since ``since``), newest first."""
+        yield from self.messages(campaign=campaign, since=since)
+
+    def export_events(
+        self, *, campaign: str | None = None, since: float | None = None
+    ) -> Iterator[Event]:
+        """Every event (of ``campaign``, since ``since``), newest first."""
+        yield from self.events(campaign=campaign, since=since)
+
+    def export_enrollments(
+        self, *, campaign: str | None = None, since: float | None = None
+    ) -> Iterator[Enrollment]:
+        """Every enrollment (in ``campaign``, in its state since ``since``), by campaign and
+        recipient."""
+        for enrollment in self.enrollments(campaign=campaign):
+            if since is None or enrollment.since >= since:
+                yield enrollment
+
     # --- notify outbox -----------------------------------------------------------------------
     @abc.abstractmethod
     def claim_outbox(
@@ -370,6 +225,10 @@ class Store(abc.ABC):
 
     # --- maintenance ---------------------------------------------------------------------
     @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The schema version the store holds (0: none yet)."""
+
+    @abc.abstractmethod
     def check_writable(self) -> None:
         """Raise StoreError unless a write really reaches the store (committed, then undone)."""
 
@@ -388,26 +247,27 @@ class Store(abc.ABC):
         """Close every thread's connection (when a command ends, at shutdown)."""
         self.close()
 
+    # --- how callers with special needs call -------------------------------------------------
     @contextmanager
     def session(self, *, deadline: float | None = None) -> Iterator[None]:
-        """Run the block's calls on one connection, given back at the end, within ``deadline``.
+        """Run the block's calls as one piece of bounded work, finished by ``deadline``.
 
-        For callers on libmilter's C threads, where pymilter gives each milter connection a
-        Python thread state of its own, so per-thread connections would be opened for every
-        SMTP connection. ``deadline`` is a ``time.monotonic()`` value; a
-        backend that can interrupt a statement still running then raises StoreError. The
-        default does nothing special.
+        For the milter, whose callbacks run on libmilter's threads: the store work for one
+        mail must end in time whatever the store does (past the deadline a call raises
+        StoreError and the mail is journaled), and the block's calls share what the backend
+        lends them (a connection) instead of keeping one per milter connection. ``deadline``
+        is a ``time.monotonic()`` value. The default does nothing special.
         """
         yield
 
-    def nonblocking(self) -> None:
-        """From now on, this thread's writes never wait: one that finds another writer
-        holding the store raises StoreLocked at once, and this thread's commits leave the
-        write-ahead log to :meth:`checkpoint`. For an event loop that tries its store calls
-        inline and hands them to a thread only when they would wait. Default: no change
-        (writes wait as usual)."""
-        return None
+    def prepare_for_event_loop(self) -> bool:
+        """Prepare this thread to call the store from an event loop; True when its calls
+        from now on never wait (one that would, raises StoreWouldWait having done nothing),
+        so the loop may call inline and hand only those to a thread. False: every call may
+        wait, the loop must run each in a thread. Default: False."""
+        return False
 
-    def checkpoint(self) -> None:
-        """Fold the write-ahead log into the store file (nothing where there is none)."""
+    def upkeep(self) -> None:
+        """Periodic housekeeping, every :attr:`upkeep_interval` seconds, off the event loop.
+        Default: nothing."""
         return None

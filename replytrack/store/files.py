@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from replytrack.store.base import StoreError
+from replytrack.store.errors import StoreError
 
 # Store files (and the -wal and -shm files SQLite gives the same mode) are read and written
 # by the service user and its group: the ops CLI runs as members of the group, and in WAL

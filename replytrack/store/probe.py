@@ -20,7 +20,7 @@ import signal
 import time
 from pathlib import Path
 
-from replytrack.store.base import StoreError
+from replytrack.store.errors import StoreError
 
 # The unprivileged account of the systemd units (User= and Group= in postfix-example/).
 SERVICE_USER = "replytrack"

@@ -1,0 +1,273 @@
+"""PostgreSQL connections: a thread-safe psycopg pool, and the bounds on every call.
+
+libmilter's threads and the proxy's executor share one ``psycopg_pool.ConnectionPool``; a
+call borrows a connection for the duration of one read or one short write transaction.
+Every call is bounded: the wait for a connection by the pool's timeout (or a session's
+deadline), each statement by ``statement_timeout``, a new connection by libpq's
+``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from replytrack.store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[DictRow]
+T = TypeVar("T")
+
+
+def safe_url(url: str) -> str:
+    """``url`` fit for logs and ``doctor``: the password (in the URL or a parameter) left out."""
+    if "://" in url:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hosts = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}@{hosts}"
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "(a PostgreSQL connection string that does not parse)"
+    params.pop("password", None)
+    return make_conninfo("", **params)
+
+
+def _conninfo(url: str, connect_timeout: int) -> str:
+    """libpq parameters for ``url``; what the URL says wins over our defaults."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise StoreError(f"not a PostgreSQL URL: {safe_url(url)}: {exc}") from None
+    extra: dict[str, Any] = {}
+    if "connect_timeout" not in given:
+        extra["connect_timeout"] = connect_timeout
+    if "application_name" not in given:
+        extra["application_name"] = "replytrack"
+    return make_conninfo(url, **extra)
+
+
+def text(value: Any) -> Any:
+    """A string PostgreSQL can store: lone surrogates (undecodable header bytes) and NUL
+    escaped. Deterministic, so a lookup finds what was recorded."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\\x00")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def texts(values: Iterable[Any]) -> list[Any]:
+    return [text(v) for v in values]
+
+
+class PgConnections:
+    """The connection pool of one PostgreSQL store, safe to share between threads."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        statement_timeout_ms: int,
+        pool_timeout: float,
+        connect_timeout: int,
+        pool_max_size: int,
+        reconnect_timeout: float | None,
+        readonly: bool,
+    ) -> None:
+        self.url = url
+        self.safe_url = safe_url(url)
+        self.readonly = readonly
+        self.statement_timeout_ms = int(statement_timeout_ms)
+        self.pool_timeout = pool_timeout
+        self.pool_max_size = pool_max_size
+        # The pool retries a lost server with a growing back-off; past reconnect_timeout it
+        # gives up and the next call starts again at once. As long as a call waits for a
+        # connection, the gap between two tries stays shorter than that wait, so the first
+        # call after the server is back gets a connection.
+        self.reconnect_timeout = pool_timeout if reconnect_timeout is None else reconnect_timeout
+        self._conninfo = _conninfo(url, connect_timeout)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Conn] | None = None
+        self._pool_pid = 0
+
+    def _configure(self, conn: Conn) -> None:
+        # Per session, so that every statement of every call is bounded, and a transaction
+        # left open by a crashed caller cannot hold row locks for long.
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false),"
+            " set_config('idle_in_transaction_session_timeout', %s, false),"
+            " set_config('default_transaction_read_only', %s, false)",
+            (
+                str(self.statement_timeout_ms),
+                str(max(self.statement_timeout_ms * 4, 10_000)),
+                "on" if self.readonly else "off",
+            ),
+        )
+
+    def _get_pool(self) -> ConnectionPool[Conn]:
+        pool = self._pool
+        if pool is not None and self._pool_pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                # A forked child must not use (or close) its parent's sockets: it opens its own.
+                self._pool = ConnectionPool(
+                    self._conninfo,
+                    connection_class=Conn,
+                    kwargs={"autocommit": True, "row_factory": dict_row},
+                    min_size=1,
+                    max_size=max(1, self.pool_max_size),
+                    configure=self._configure,
+                    timeout=self.pool_timeout,
+                    reconnect_timeout=self.reconnect_timeout,
+                    name="replytrack-store",
+                    open=False,
+                )
+                self._pool.open(wait=False)
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def _wait(self) -> float:
+        """How long a call may wait for a connection: the pool timeout, or less in a
+        session whose deadline is nearer."""
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            return self.pool_timeout
+        return max(0.001, min(self.pool_timeout, deadline - time.monotonic()))
+
+    def error(self, exc: BaseException, doing: str) -> StoreError:
+        """A driver error as the StoreError callers see (no password in it)."""
+        if isinstance(exc, PoolTimeout):
+            return StoreError(
+                f"PostgreSQL store {self.safe_url} unreachable: no connection within"
+                f" {self._wait():.1f} s"
+            )
+        if isinstance(exc, pg_errors.QueryCanceled):
+            return StoreError(f"PostgreSQL store {self.safe_url}: {doing} timed out: {exc}")
+        if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+            return StoreError(
+                f"PostgreSQL store {self.safe_url} is read-only (a standby, or opened"
+                f" read-only): {exc}"
+            )
+        return StoreError(f"PostgreSQL store {self.safe_url}: {doing} failed: {exc}")
+
+    def _run(self, work: Callable[[Conn], T], *, write: bool) -> T:
+        """Run ``work`` on a pooled connection: a write in one transaction, a read as is.
+
+        A connection that broke while idle in the pool (the server restarted or failed
+        over) is noticed at its first statement; the call is then tried once more on a
+        fresh connection, and the pool checks its other idle connections. Before COMMIT
+        was sent nothing of a broken transaction can have been committed, so the retry
+        never writes twice.
+        """
+        pool = self._get_pool()
+        doing = "write" if write else "read"
+        for attempt in (1, 2):
+            try:
+                conn = pool.getconn(timeout=self._wait())
+            except psycopg.Error as exc:
+                raise self.error(exc, doing) from exc
+            committing = False
+            try:
+                if write:
+                    conn.execute("BEGIN")
+                    result = work(conn)
+                    committing = True
+                    conn.execute("COMMIT")
+                    return result
+                return work(conn)
+            except psycopg.Error as exc:
+                if conn.broken or conn.closed:
+                    if attempt == 1 and not committing:
+                        log.warning("store connection lost (%s); trying a fresh one", exc)
+                        pool.check()
+                        continue
+                elif write:
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise self.error(exc, doing) from exc
+            except BaseException:
+                if write and not (conn.broken or conn.closed):
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            finally:
+                pool.putconn(conn)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def read(self, work: Callable[[Conn], T]) -> T:
+        """``work`` on a pooled connection, outside a transaction."""
+        return self._run(work, write=False)
+
+    def write(self, work: Callable[[Conn], T]) -> T:
+        """``work`` in one transaction on a pooled connection, committed when it returns."""
+        return self._run(work, write=True)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+        """One read statement's rows."""
+        return self.read(lambda conn: conn.execute(sql, params).fetchall())
+
+    @contextmanager
+    def direct(self, doing: str) -> Iterator[Conn]:
+        """A connection outside the pool (opening checks, migrations); errors as StoreError."""
+        try:
+            with psycopg.connect(self._conninfo, autocommit=True, row_factory=dict_row) as conn:
+                conn.execute(
+                    "SELECT set_config('statement_timeout', %s, false)",
+                    (str(self.statement_timeout_ms),),
+                )
+                yield conn
+        except psycopg.Error as exc:
+            raise self.error(exc, doing) from exc
+
+    @contextmanager
+    def session(self, *, deadline: float | None = None) -> Iterator[None]:
+        """Bound the block's waits for a connection by ``deadline``; each call still
+        borrows a pooled connection (that costs nothing here), and each statement is
+        bounded by ``statement_timeout``."""
+        outer = getattr(self._local, "deadline", None)
+        if deadline is not None and (outer is None or deadline < outer):
+            self._local.deadline = deadline
+        try:
+            yield
+        finally:
+            self._local.deadline = outer
+
+    def prepare_for_event_loop(self) -> bool:
+        """False: every PostgreSQL call waits for the network, so the proxy's event loop
+        runs each one in its executor's threads."""
+        return False
+
+    def close(self) -> None:
+        """Close the pool's connections. A later call opens a new pool (as a SQLite store
+        opens a new connection), so this is safe to call from any thread."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pool_pid == os.getpid():
+            pool.close()
+
+    def close_all(self) -> None:
+        """Close every connection (at shutdown)."""
+        self.close()

@@ -1,0 +1,179 @@
+"""The SQLite store's listings: recorded mails, events, campaign counts, and the export
+that streams them.
+
+The export reads through sqlite-utils (``Table.rows_where``), one page at a time, each page
+its own short read: an export of millions of rows holds no snapshot for minutes, during
+which the write-ahead log could not restart and would grow with every write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlite_utils
+
+from replytrack.store import rows
+from replytrack.store.errors import StoreError
+from replytrack.store.records import (
+    CampaignStats,
+    Enrollment,
+    Event,
+    OutboundRecipient,
+    SentMessage,
+)
+from replytrack.store.sqlite.connection import SQLiteConnections, text
+
+# SQLite allows 32766 host parameters; stay far below so IN (...) lists are cheap.
+_CHUNK = 500
+# Rows per page of an export.
+EXPORT_PAGE = 1000
+
+
+def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SQLiteListing(SQLiteConnections):
+    """What the listing commands and the export read."""
+
+    def _messages_from_rows(self, found: Sequence[rows.Row]) -> list[SentMessage]:
+        pks = [row["id"] for row in found]
+        recipients: dict[int, list[OutboundRecipient]] = {pk: [] for pk in pks}
+        for chunk in chunks(pks):
+            marks = ",".join("?" * len(chunk))
+            for row in self.query(
+                f"SELECT * FROM recipients WHERE message IN ({marks})"
+                " ORDER BY message, role DESC, address",
+                chunk,
+            ):
+                recipients[row["message"]].append(rows.recipient(row))
+        return rows.sent_messages(found, recipients)
+
+    # --- listing ---------------------------------------------------------------------------
+    def messages(
+        self,
+        *,
+        campaign: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+        status: str | None = None,
+    ) -> list[SentMessage]:
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (("campaign", campaign), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        sql = "SELECT * FROM messages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._messages_from_rows(self.query(sql, params))
+
+    def events(
+        self,
+        *,
+        kind: str | None = None,
+        campaign: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (("kind", kind), ("campaign", campaign)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        sql = "SELECT * FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [rows.event(row) for row in self.query(sql, params)]
+
+    def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
+        where, params = ("WHERE c.campaign = ?", [campaign]) if campaign is not None else ("", [])
+        sql = rows.CAMPAIGN_STATS_SQL.format(where=where)
+        return [rows.campaign_stats(row) for row in self.query(sql, params)]
+
+    # --- export ----------------------------------------------------------------------------
+    def _pages(
+        self, table: str, filters: dict[str, Any], *, order: tuple[str, ...], descending: bool
+    ) -> Iterator[dict[str, Any]]:
+        """Every row of ``table`` matching ``filters`` (SQL condition -> parameter) in
+        ``order``, read a page at a time, each page after the last row of the one before."""
+        db = sqlite_utils.Database(self.conn, recursive_triggers=False)
+        after: dict[str, Any] | None = None
+        keys = ", ".join(order)
+        marks = ", ".join("?" * len(order))
+        while True:
+            where = list(filters)
+            params = [text(p) for p in filters.values()]
+            if after is not None:
+                where.append(f"({keys}) {'<' if descending else '>'} ({marks})")
+                params += [after[k] for k in order]
+            try:
+                page = list(
+                    db.table(table).rows_where(
+                        " AND ".join(where) or None,
+                        params,
+                        order_by=", ".join(f"{k} {'DESC' if descending else 'ASC'}" for k in order),
+                        limit=EXPORT_PAGE,
+                    )
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+            yield from page
+            if len(page) < EXPORT_PAGE:
+                return
+            after = page[-1]
+
+    def export_messages(
+        self, *, campaign: str | None = None, since: float | None = None
+    ) -> Iterator[SentMessage]:
+        filters = _filters(campaign=campaign, since=since)
+        page: list[dict[str, Any]] = []
+        for row in self._pages("messages", filters, order=("created_at", "id"), descending=True):
+            page.append(row)
+            if len(page) == EXPORT_PAGE:
+                yield from self._messages_from_rows(page)
+                page = []
+        yield from self._messages_from_rows(page)
+
+    def export_events(
+        self, *, campaign: str | None = None, since: float | None = None
+    ) -> Iterator[Event]:
+        filters = _filters(campaign=campaign, since=since)
+        for row in self._pages("events", filters, order=("created_at", "id"), descending=True):
+            yield rows.event(row)
+
+    def export_enrollments(
+        self, *, campaign: str | None = None, since: float | None = None
+    ) -> Iterator[Enrollment]:
+        filters: dict[str, Any] = {} if campaign is None else {"campaign = ?": campaign}
+        if since is not None:
+            filters["since >= ?"] = since
+        order = ("campaign", "recipient")
+        for row in self._pages("enrollments", filters, order=order, descending=False):
+            yield rows.enrollment(row)
+
+
+def _filters(*, campaign: str | None, since: float | None) -> dict[str, Any]:
+    filters: dict[str, Any] = {}
+    if campaign is not None:
+        filters["campaign = ?"] = campaign
+    if since is not None:
+        filters["created_at >= ?"] = since
+    return filters

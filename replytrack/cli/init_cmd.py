@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from replytrack.cli.common import State, cli, pass_state
-from replytrack.config import Config
+from replytrack.config import Config, is_postgresql_url, shown_db
+from replytrack.store import StoreError
 from replytrack.tokens import load_keyring, rotate
 
 
@@ -18,14 +19,34 @@ def _toml(value: object) -> str:
     return json.dumps(value)
 
 
+def _db_setting(db: str) -> str:
+    # A relative SQLite path is made absolute (the daemons run elsewhere); a URL is kept,
+    # without a password it may hold.
+    return shown_db(db) if is_postgresql_url(db) else str(Path(db).resolve())
+
+
+def _server_schema(config: Config) -> int:
+    """A PostgreSQL store's schema version (0: none yet). Refuses, in one line, a database
+    that does not exist or a read-only standby: the schema is made on the primary."""
+    from replytrack.cli.doctor_pg import writable_server
+
+    try:
+        return writable_server(config).schema_version
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def config_text(config: Config) -> str:
     """A commented replytrack.toml holding this configuration's essential values."""
     return f"""\
 # replytrack configuration. Every setting can be overridden by an environment variable
 # REPLYTRACK_<TABLE>_<KEY> (e.g. REPLYTRACK_PROXY_LISTEN) and by command-line flags.
 
-# The SQLite store; the key file and the milter journal live beside it by default.
-db = {_toml(str(Path(config.db).resolve()))}
+# The store: a SQLite file (the key file lives beside it by default), or a PostgreSQL
+# URL shared by several hosts, e.g.
+#   "postgresql://replytrack@db1,db2/replytrack?target_session_attrs=read-write"
+# whose password comes from db_password_file, PGPASSWORD or ~/.pgpass, never from here.
+db = {_toml(_db_setting(config.db))}
 # The domain part of every Message-ID replytrack mints (a domain you control).
 domain = {_toml(config.domain)}
 # Message-ID signing keys (mode 0600; `replytrack init --rotate-key` adds a new one).
@@ -88,15 +109,17 @@ def init_command(
     state: State, write_config: str | None, force: bool, rotate_key: bool, new_key: bool
 ) -> None:
     """Set up an installation: the store (mode 0660), the Message-ID key file (mode 0600),
-    and optionally a commented config file. Safe to run again: nothing existing is replaced,
-    and an older store schema is upgraded. The only command that creates a store or a key:
-    the daemons and the other commands refuse to start without them.
+    and optionally a commented config file. A PostgreSQL store's database must exist: init
+    creates the schema in it, on the primary. Safe to run again: nothing existing is
+    replaced, and an older store schema is upgraded. The only command that creates a store
+    or a key: the daemons and the other commands refuse to start without them.
 
     \b
     Example:
       replytrack --domain mail.example.com --db /var/lib/replytrack/replytrack.db \\
           init --write-config /etc/replytrack/replytrack.toml
       replytrack init --rotate-key
+      replytrack --db postgresql://replytrack@db1.example.com/replytrack init
     """
     config = state.config()
     if config.domain == "replytrack.invalid":
@@ -117,16 +140,22 @@ def init_command(
         click.echo(f"wrote config {target}")
     # The store first: an existing store with mail in it says whether a missing key file
     # is a first start or a lost key.
-    db_existed = Path(config.db).exists()
-    store = state.store(create=True)
-    click.echo(f"{'store ok' if db_existed else 'created store'} {config.db}")
+    shown = shown_db(config.db)
+    if is_postgresql_url(config.db):
+        db_existed = _server_schema(config) > 0
+        what = "store ok" if db_existed else "created the schema in store"
+    else:
+        db_existed = Path(config.db).exists()
+        what = "store ok" if db_existed else "created store"
     key_path = config.secret_path
+    store = state.store(create=True)
+    click.echo(f"{what} {shown}")
     if key_path.exists():
         click.echo(f"key file ok {key_path}")
     else:
         if db_existed and not new_key and store.messages(limit=1):
             raise click.ClickException(
-                f"key file {key_path} is missing but store {config.db} holds mail signed with"
+                f"key file {key_path} is missing but store {shown} holds mail signed with"
                 " it: restore the key file from a backup, or add --new-key to start a new"
                 " key (replies to mail sent so far then no longer match by Message-ID)"
             )
@@ -145,6 +174,8 @@ def migrate_command(state: State) -> None:
     The daemons never change the schema when they start: after installing a new
     replytrack they refuse an older store and name this command. Stop the proxy and the
     milter, run it, start them again. A missing store is created by `replytrack init` only.
+    On PostgreSQL it runs on the primary (a standby is refused), as a role that may alter
+    the tables; hosts migrating at once take turns (an advisory lock).
 
     \b
     Example:
@@ -153,7 +184,20 @@ def migrate_command(state: State) -> None:
       systemctl start replytrack-milter replytrack-proxy
     """
     config = state.config()
-    if not Path(config.db).exists():
-        raise click.ClickException(f"store {config.db} does not exist; run `replytrack init`")
-    state.store(create=True)
-    click.echo(f"store {config.db} is at the current schema")
+    shown = shown_db(config.db)
+    if is_postgresql_url(config.db):
+        before = _server_schema(config)
+        if before == 0:
+            raise click.ClickException(
+                f"store {shown} holds no replytrack schema; run `replytrack init`"
+            )
+        state.store(create=True)
+        after = _server_schema(config)
+        if after != before:
+            click.echo(f"store {shown} migrated from schema {before} to {after}")
+            return
+    elif not Path(config.db).exists():
+        raise click.ClickException(f"store {shown} does not exist; run `replytrack init`")
+    else:
+        state.store(create=True)
+    click.echo(f"store {shown} is at the current schema")

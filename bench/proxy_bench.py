@@ -88,6 +88,8 @@ def start_proxy(work: Path, sink_port: int) -> tuple[subprocess.Popen[bytes], in
     port = free_port()
     env = {
         **os.environ,
+        # Never an installed /etc/replytrack/replytrack.toml.
+        "REPLYTRACK_CONFIG": "none",
         "REPLYTRACK_DB": str(work / "replytrack.db"),
         "REPLYTRACK_DOMAIN": "track.bench.example",
         "REPLYTRACK_PROXY_POOL_SIZE": "64",

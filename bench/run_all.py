@@ -22,7 +22,11 @@ mail unless ``--reuse``) and ``smtp-sink`` as the final upstream:
 * store lookups and inserts at 10 k, 1 M and 10 M IDs (``store_bench``);
 * proxy memory at 100 sessions and with 25 MB mails (``memory_bench``);
 * the other helpers' benches (``proxy_bench.py``, ``milter_bench.py``) when present, run as
-  they are, their tables appended.
+  they are, their tables appended;
+* with ``--postgresql`` (on by default when PostgreSQL's server binaries and psycopg are
+  here): the store lookups on PostgreSQL too, in the same interleaved rounds as SQLite, and
+  ``pg_bench.py`` (proxy and milter on PostgreSQL against SQLite, two milters on one
+  PostgreSQL, executor against AsyncConnectionPool) on a private server with fsync on.
 
 Goals: proxy >= 1.0x Postfix relay; milter >= 0.9x no milter; lookups flat (<= 1.5x).
 A PNG chart of mails/s against sessions is written to bench/out/throughput.png.
@@ -49,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from soak import ProxyProcess, Sink, free_port, machine_busy, wait_port  # noqa: E402
 
+from tests.support.env import clean_environ  # noqa: E402
 from tests.support.install import replytrack_init  # noqa: E402
 
 OUT = HERE / "out"
@@ -345,7 +350,7 @@ def inbound_targets(lab: Lab, store_db: Path | None) -> dict[str, Target]:
     if store_db is not None and store_db.exists():
         shutil.copyfile(store_db, db)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+    env = clean_environ()
     env.update(
         REPLYTRACK_DB=str(db),
         REPLYTRACK_DOMAIN="mail.bench.test",
@@ -469,6 +474,36 @@ def run_extra(script: str, args: list[str]) -> None:
         print(result.stderr.rstrip()[-1500:])
 
 
+def postgresql_rows(summary: dict[str, float], smallest: int) -> list[tuple[str, str, str, str]]:
+    """The PostgreSQL lines of the ratio table (none when it was not measured)."""
+    rows: list[tuple[str, str, str, str]] = []
+    if "pg_lookup_ratio" in summary:
+        ratio = summary["pg_lookup_ratio"]
+        rows.append(
+            (
+                f"PostgreSQL lookup {smallest:,} -> {int(summary['pg_largest']):,} IDs",
+                f"{ratio:.2f}x",
+                "<= 1.5x",
+                "met" if ratio <= 1.5 else "NOT met",
+            )
+        )
+    # summary key prefix -> (label, goal: least ratio or None)
+    measures = {
+        "proxy_pg_ratio": ("proxy PostgreSQL / SQLite, {} sessions", 0.8),
+        "milter_pg_ratio": ("milter PostgreSQL / SQLite, {} sessions", 0.8),
+        "two_milters_ratio": ("2 milters on one PostgreSQL / 1, {} s.", None),
+        "async_over_executor": ("AsyncConnectionPool / executor, {} tasks", None),
+    }
+    for key, value in sorted(summary.items()):
+        kind, _, sessions = key.rpartition("_")
+        if kind in measures:
+            label, goal = measures[kind]
+            verdict = "" if goal is None else ("met" if value >= goal else "NOT met")
+            goal_text = "-" if goal is None else f">= {goal}x"
+            rows.append((label.format(sessions), f"{value:.2f}x", goal_text, verdict))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -477,7 +512,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer mails, smaller stores")
     parser.add_argument("--skip", default="", help="comma list of: store,memory,milter,extra")
     parser.add_argument("--store-dir", type=Path, default=Path("/tmp/replytrack-store-bench"))
+    parser.add_argument(
+        "--postgresql",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also PostgreSQL (default: when its binaries and psycopg are installed)",
+    )
     args = parser.parse_args(argv)
+    if args.postgresql is None or args.postgresql:
+        import pg_server
+
+        reason = pg_server.available()
+        if reason and args.postgresql:
+            parser.error(f"--postgresql: {reason}")
+        if reason:
+            log(f"PostgreSQL parts left out: {reason}")
+        args.postgresql = reason is None
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     sessions = [int(s) for s in args.sessions.split(",")]
     scale = 0.25 if args.quick else 1.0
@@ -526,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     if inbound:
         print_throughput("inbound", results, inbound, in_sessions)
     if "store" not in skip:
-        summary.update(store_bench.run(store_sizes, args.store_dir, keep=True))
+        backend = "both" if args.postgresql else "sqlite"
+        summary.update(store_bench.run(store_sizes, args.store_dir, backend=backend, keep=True))
     if "memory" not in skip:
         import memory_bench
 
@@ -535,6 +586,20 @@ def main(argv: list[str] | None = None) -> int:
         quick = ["--mails", "300", "--rounds", "1"] if args.quick else []
         run_extra("proxy_bench.py", quick)
         run_extra("milter_bench.py", [*quick, "--ids", "100000"] if args.quick else [])
+
+    if args.postgresql:
+        import pg_bench
+
+        log("running pg_bench (PostgreSQL against SQLite)")
+        summary.update(
+            pg_bench.run(
+                list(pg_bench.PARTS),
+                [s for s in sessions if s > 1] or sessions,
+                args.rounds,
+                250 if args.quick else 1000,
+                100_000 if args.quick else 1_000_000,
+            )
+        )
 
     # --- the table of ratios -----------------------------------------------------------------
     rows: list[tuple[str, str, str, str]] = []
@@ -599,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                 "met" if ratio <= 1.5 else "NOT met",
             )
         )
+    rows += postgresql_rows(summary, min(store_sizes))
     if "copies_per_big_mail" in summary:
         copies = summary["copies_per_big_mail"]
         rows.append(

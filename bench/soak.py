@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support.env import clean_environ  # noqa: E402
 from tests.support.install import replytrack_init  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402
 
@@ -183,7 +184,7 @@ class ProxyProcess:
 
     def env(self) -> dict[str, str]:
         """The environment the proxy runs with."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+        env = clean_environ()
         env.update(
             {
                 "REPLYTRACK_DB": str(self.db),

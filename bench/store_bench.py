@@ -31,10 +31,14 @@ import sqlite3
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from replytrack.store import OutboundRecipient, OutboundRecord
 from replytrack.store.sqlite import SQLiteStore, message_key
@@ -223,48 +227,94 @@ def build_stores(sizes: list[int], workdir: Path) -> dict[int, Path]:
     return paths
 
 
+# What one round times, per store: a reply's lookup by our stamped ID and by the client's
+# own ID (each among foreign IDs), a lookup of foreign IDs only, the proxy's check of
+# who is blocked in a campaign, and the proxy's insert.
+OPS = ("reply", "original", "miss", "blocked", "insert")
+REFS_PER_REPLY = 4
+
+
 @dataclass
 class Samples:
-    """Per-operation times in microseconds, collected over interleaved rounds."""
+    """Per-call times in microseconds, one value per interleaved round and operation:
+    wall time, this process's CPU, and the database server's CPU (PostgreSQL only)."""
 
-    lookup: list[float] = field(default_factory=list)
-    miss: list[float] = field(default_factory=list)
-    insert: list[float] = field(default_factory=list)
-    cpu_lookup: list[float] = field(default_factory=list)
-    cpu_miss: list[float] = field(default_factory=list)
+    wall: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
+    server: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
     found: int = 0
     expected: int = 0
 
+    def med(self, op: str, what: str = "wall") -> float:
+        values = getattr(self, what)[op]
+        return statistics.median(values) if values else float("nan")
 
-def _round(store: SQLiteStore, size: int, samples: Samples, rng: random.Random, ops: int) -> None:
-    refs_per_reply = 4
-    # Lookups of a reply: In-Reply-To (ours) + References (ours somewhere among foreign IDs).
-    queries = []
-    for _ in range(ops):
-        ours = bench_msgid(rng.randrange(size))
-        chain = [foreign_msgid(rng) for _ in range(refs_per_reply - 1)]
-        chain.insert(rng.randrange(refs_per_reply), ours)
-        queries.append(([ours, *chain], ours))
+
+@dataclass
+class Target:
+    """One store under measurement."""
+
+    store: Any
+    size: int
+    msgid: Callable[[int], str]
+    server_cpu: Callable[[], float] | None = None
+
+
+def _timed(target: Target, samples: Samples, op: str, calls: list[Callable[[], Any]]) -> list[Any]:
+    s0 = target.server_cpu() if target.server_cpu else 0.0
     t0, c0 = time.perf_counter(), time.process_time()
-    hits = 0
-    for ids, ours in queries:
-        found = store.find_sent(ids)
-        hits += any(m.message_id == ours for m in found)
+    results = [call() for call in calls]
     t1, c1 = time.perf_counter(), time.process_time()
-    samples.lookup.append((t1 - t0) / ops * 1e6)
-    samples.cpu_lookup.append((c1 - c0) / ops * 1e6)
+    n = len(calls)
+    samples.wall[op].append((t1 - t0) / n * 1e6)
+    samples.cpu[op].append((c1 - c0) / n * 1e6)
+    if target.server_cpu:
+        samples.server[op].append((target.server_cpu() - s0) / n * 1e6)
+    return results
+
+
+def _chain(rng: random.Random, ours: str) -> list[str]:
+    chain = [foreign_msgid(rng) for _ in range(REFS_PER_REPLY - 1)]
+    chain.insert(rng.randrange(REFS_PER_REPLY), ours)
+    return chain
+
+
+def _round(target: Target, samples: Samples, rng: random.Random, ops: int) -> None:
+    store, size = target.store, target.size
+    stamped = [target.msgid(rng.randrange(size)) for _ in range(ops)]
+    found = _timed(
+        target,
+        samples,
+        "reply",
+        [partial(store.find_sent, [o, *_chain(rng, o)]) for o in stamped],
+    )
+    hits = sum(any(m.message_id == o for m in f) for o, f in zip(stamped, found, strict=True))
+    # The client's own IDs: every other row has one (odd rows).
+    own = [client_msgid(rng.randrange(size // 2) * 2 + 1) for _ in range(ops)]
+    found = _timed(
+        target, samples, "original", [partial(store.find_sent, _chain(rng, o)) for o in own]
+    )
+    hits += sum(any(m.original_message_id == o for m in f) for o, f in zip(own, found, strict=True))
     samples.found += hits
-    samples.expected += ops
-    misses = [[foreign_msgid(rng) for _ in range(refs_per_reply)] for _ in range(ops)]
-    t0, c0 = time.perf_counter(), time.process_time()
-    for ids in misses:
-        store.find_sent(ids)
-    t1, c1 = time.perf_counter(), time.process_time()
-    samples.miss.append((t1 - t0) / ops * 1e6)
-    samples.cpu_miss.append((c1 - c0) / ops * 1e6)
-    inserts = max(1, ops // 4)
+    samples.expected += 2 * ops
+    misses = [[foreign_msgid(rng) for _ in range(REFS_PER_REPLY)] for _ in range(ops)]
+    _timed(target, samples, "miss", [partial(store.find_sent, m) for m in misses])
+    checks = []
+    for _ in range(ops):
+        a = rng.randrange(ADDRESSES - 2 * CAMPAIGNS)
+        # Two enrolled recipients of one campaign and one never enrolled.
+        addresses = [f"r{b}@d{b % 1000}.example" for b in (a, a + CAMPAIGNS)] + [
+            f"new{rng.getrandbits(32):x}@elsewhere.example"
+        ]
+        checks.append((f"camp-{a % CAMPAIGNS}", addresses))
+    _timed(
+        target,
+        samples,
+        "blocked",
+        [partial(store.blocked_enrollments, c, a) for c, a in checks],
+    )
     records = []
-    for _ in range(inserts):
+    for _ in range(max(1, ops // 4)):
         n = rng.getrandbits(62)
         records.append(
             OutboundRecord(
@@ -281,48 +331,24 @@ def _round(store: SQLiteStore, size: int, samples: Samples, rng: random.Random, 
                 created_at=time.time(),
             )
         )
-    t0 = time.perf_counter()
-    for record in records:
-        store.record_outbound(record)
-    samples.insert.append((time.perf_counter() - t0) / inserts * 1e6)
+    _timed(target, samples, "insert", [partial(store.record_outbound, r) for r in records])
+
+
+Key = tuple[str, int]  # (backend, recorded IDs)
 
 
 def measure(
-    paths: dict[int, Path],
-    *,
-    rounds: int,
-    ops: int,
-    seed: int = 7,
-    pragmas: list[str] | None = None,
-) -> dict[int, Samples]:
-    """Interleaved rounds over all sizes; returns the samples per size.
-
-    ``pragmas`` (e.g. ``mmap_size=1073741824``) are applied to each store's connection
-    first: a what-if knob for tuning, off by default so the figures are the shipped store's.
-    """
+    targets: dict[Key, Target], *, rounds: int, ops: int, seed: int = 7
+) -> dict[Key, Samples]:
+    """Interleaved rounds over every store (both backends, every size); samples per store."""
     rng = random.Random(seed)
-    stores = {size: SQLiteStore(path) for size, path in paths.items()}
-    for store in stores.values():
-        for pragma in pragmas or []:
-            store.conn.execute(f"PRAGMA {pragma}")
-    results = {size: Samples() for size in paths}
-    try:
-        # Every file read once into the page cache, as a server's store is when it has the
-        # memory for it: otherwise the 10 M file (4.6 GB) is compared partly from disk, or
-        # from pages the earlier parts of run_all.py pushed out (reply 2.51x in one such
-        # run, 1.09-1.31x warm on the same machine that hour), and the figure measures the
-        # page cache instead of the store.
-        for path in paths.values():
-            _read_through(path)
-        # One warm-up round so every file's upper index pages are in SQLite's cache.
-        for size, store in stores.items():
-            _round(store, size, Samples(), rng, ops)
-        for _ in range(rounds):
-            for size, store in stores.items():
-                _round(store, size, results[size], rng, ops)
-    finally:
-        for store in stores.values():
-            store.close_all()
+    results = {key: Samples() for key in targets}
+    # One warm-up round so every store's upper index pages are in its cache.
+    for target in targets.values():
+        _round(target, Samples(), rng, ops)
+    for _ in range(rounds):
+        for key, target in targets.items():
+            _round(target, results[key], rng, ops)
     return results
 
 
@@ -334,13 +360,13 @@ def _read_through(path: Path, block: int = 8 << 20) -> None:
             pass
 
 
-def fits(sizes: list[int], workdir: Path) -> list[int]:
-    """The sizes whose files (all of them together, copies included) fit on the disk."""
+def fits(sizes: list[int], workdir: Path, *, copies: int = 1) -> list[int]:
+    """The sizes whose stores (all of them together, ``copies`` backends) fit on the disk."""
     workdir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(workdir).free
     kept: list[int] = []
     for size in sorted(sizes):
-        if (sum(kept) + size) * BYTES_PER_ROW * 1.2 > free:
+        if (sum(kept) + size) * BYTES_PER_ROW * 1.2 * copies > free:
             print(
                 f"store_bench: skipping {size:,} rows: {free / 1e9:.1f} GB free in {workdir}",
                 file=sys.stderr,
@@ -350,72 +376,167 @@ def fits(sizes: list[int], workdir: Path) -> list[int]:
     return kept
 
 
+def _sqlite_targets(paths: dict[int, Path], pragmas: list[str] | None) -> dict[Key, Target]:
+    # Every file read once into the page cache, as a server's store is when it has the
+    # memory for it: otherwise the 10 M file (4.6 GB) is compared partly from disk, or from
+    # pages the earlier parts of run_all.py pushed out (reply 2.51x in one such run,
+    # 1.09-1.31x warm on the same machine that hour), and the figure measures the page
+    # cache instead of the store.
+    targets: dict[Key, Target] = {}
+    for size, path in paths.items():
+        _read_through(path)
+        store = SQLiteStore(path)
+        # ``pragmas`` (e.g. ``mmap_size=1073741824``): a what-if knob for tuning, off by
+        # default so the figures are the shipped store's.
+        for pragma in pragmas or []:
+            store.conn.execute(f"PRAGMA {pragma}")
+        targets[("sqlite", size)] = Target(store, size, bench_msgid)
+    return targets
+
+
 def run(
     sizes: list[int],
     workdir: Path,
     *,
+    backend: str = "sqlite",
     rounds: int = 5,
     ops: int = 2000,
     keep: bool = False,
     pragmas: list[str] | None = None,
 ) -> dict[str, float]:
-    """Build, measure, print the table; returns the headline figures for run_all."""
-    sizes = fits(sizes, workdir)
-    paths = build_stores(sizes, workdir)
+    """Build, measure, print the tables; returns the headline figures for run_all.
+
+    ``backend``: ``sqlite``, ``postgresql`` or ``both`` (measured in the same interleaved
+    rounds). The SQLite files are kept with ``keep``; the PostgreSQL server is always
+    removed afterwards (its databases are rebuilt each run: a few minutes for 10 M).
+    """
+    backends = ["sqlite", "postgresql"] if backend == "both" else [backend]
+    sizes = fits(sizes, workdir, copies=len(backends) * 2 if "postgresql" in backends else 1)
+    targets: dict[Key, Target] = {}
+    paths: dict[int, Path] = {}
+    server = None
     try:
-        results = measure(paths, rounds=rounds, ops=ops, pragmas=pragmas)
+        if "sqlite" in backends:
+            paths = build_stores(sizes, workdir)
+            targets.update(_sqlite_targets(paths, pragmas))
+        if "postgresql" in backends:
+            server, pg_targets = _postgresql_targets(sizes, workdir)
+            targets.update(pg_targets)
+        results = measure(targets, rounds=rounds, ops=ops)
     finally:
+        for target in targets.values():
+            target.store.close_all()
+        if server is not None:
+            import pg_server
+
+            pg_server.stop(server)
         if not keep:
             for path in paths.values():
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{path}{suffix}").unlink(missing_ok=True)
-    smallest = min(results)
-    base = statistics.median(results[smallest].lookup)
-    base_ins = statistics.median(results[smallest].insert)
     tuned = f", PRAGMA {', '.join(pragmas)}" if pragmas else ""
-    print(f"\nstore bench: {rounds} interleaved rounds x {ops} ops per size (median){tuned}")
-    base_miss = statistics.median(results[smallest].miss)
-    print(
-        f"{'recorded IDs':>13} | {'reply us':>8} | {'cpu us':>6} | {'miss us':>7} |"
-        f" {'cpu us':>6} | {'insert us':>9} | {'reply x':>7} | {'miss x':>6} |"
-        f" {'insert x':>8} | hits"
-    )
-    print("-" * 100)
+    print(f"\nstore bench: {rounds} interleaved rounds x {ops} calls per store (median){tuned}")
     summary: dict[str, float] = {}
+    for name in backends:
+        summary.update(_report(name, {s: r for (b, s), r in results.items() if b == name}))
+    if len(backends) == 2:
+        _compare(results, sizes)
+    return summary
+
+
+def _postgresql_targets(sizes: list[int], workdir: Path) -> tuple[Any, dict[Key, Target]]:
+    import pg_server
+    import store_bench_pg
+    from run_all import tree_cpu
+
+    from replytrack.store import open_store
+
+    server = pg_server.start(workdir)
+    targets: dict[Key, Target] = {}
+    try:
+        urls = store_bench_pg.build(server, sizes)
+        root = pg_server.server_pid(server)
+        for size, url in urls.items():
+            store_bench_pg.prewarm(url)
+            targets[("postgresql", size)] = Target(
+                open_store(url), size, store_bench_pg.pg_msgid, lambda: tree_cpu([root])
+            )
+    except BaseException:
+        for target in targets.values():
+            target.store.close_all()
+        pg_server.stop(server)
+        raise
+    return server, targets
+
+
+def _report(backend: str, results: dict[int, Samples]) -> dict[str, float]:
+    """One backend's table; its figures (PostgreSQL's prefixed ``pg_``) for run_all."""
+    smallest, largest = min(results), max(results)
+    base = results[smallest]
+    print(f"\n{backend}: us per call (ratio to {smallest:,} recorded IDs)")
+    print(f"{'recorded IDs':>13} | " + " | ".join(f"{op:>15}" for op in OPS) + " | hits")
+    print("-" * (16 + 18 * len(OPS) + 12))
     for size in sorted(results):
         s = results[size]
-        lookup = statistics.median(s.lookup)
-        miss = statistics.median(s.miss)
-        insert = statistics.median(s.insert)
+        cells = [f"{s.med(op):7.1f} {s.med(op) / base.med(op):5.2f}x" for op in OPS]
         print(
-            f"{size:>13,} | {lookup:8.1f} | {statistics.median(s.cpu_lookup):6.1f} |"
-            f" {miss:7.1f} | {statistics.median(s.cpu_miss):6.1f} | {insert:9.1f} |"
-            f" {lookup / base:6.2f}x | {miss / base_miss:5.2f}x | {insert / base_ins:7.2f}x |"
-            f" {s.found}/{s.expected}"
+            f"{size:>13,} | " + " | ".join(f"{c:>15}" for c in cells) + f" | {s.found}/{s.expected}"
         )
-        summary[f"lookup_us_{size}"] = lookup
-        summary[f"miss_us_{size}"] = miss
-        summary[f"insert_us_{size}"] = insert
-    largest = max(results)
-    ratio = statistics.median(results[largest].lookup) / base
-    summary["lookup_ratio"] = ratio
-    summary["miss_ratio"] = statistics.median(results[largest].miss) / base_miss
-    summary["largest"] = largest
-    verdict = "met" if ratio <= 1.5 else "NOT met"
+    server = backend == "postgresql"
+    print(f"{backend}: CPU us per call (this process{' / server' if server else ''})")
+    for size in sorted(results):
+        s = results[size]
+        cells = [
+            f"{s.med(op, 'cpu'):6.1f}" + (f" / {s.med(op, 'server'):5.1f}" if server else "")
+            for op in OPS
+        ]
+        print(f"{size:>13,} | " + " | ".join(f"{c:>15}" for c in cells))
+    prefix = "pg_" if backend == "postgresql" else ""
+    summary: dict[str, float] = {}
+    for size, s in results.items():
+        summary[f"{prefix}lookup_us_{size}"] = s.med("reply")
+        summary[f"{prefix}miss_us_{size}"] = s.med("miss")
+        summary[f"{prefix}insert_us_{size}"] = s.med("insert")
+    top = results[largest]
+    summary[f"{prefix}lookup_ratio"] = top.med("reply") / base.med("reply")
+    summary[f"{prefix}original_ratio"] = top.med("original") / base.med("original")
+    summary[f"{prefix}miss_ratio"] = top.med("miss") / base.med("miss")
+    summary[f"{prefix}blocked_ratio"] = top.med("blocked") / base.med("blocked")
+    summary[f"{prefix}largest"] = largest
+    ratio = summary[f"{prefix}lookup_ratio"]
     print(
-        f"goal: lookups flat, <= 1.5x from {smallest:,} to {largest:,}: reply {ratio:.2f}x"
-        f" ({verdict}), miss {summary['miss_ratio']:.2f}x"
+        f"{backend} goal: lookups flat, <= 1.5x from {smallest:,} to {largest:,}:"
+        f" reply {ratio:.2f}x ({'met' if ratio <= 1.5 else 'NOT met'}),"
+        f" original {summary[f'{prefix}original_ratio']:.2f}x,"
+        f" miss {summary[f'{prefix}miss_ratio']:.2f}x,"
+        f" blocked {summary[f'{prefix}blocked_ratio']:.2f}x"
     )
     return summary
+
+
+def _compare(results: dict[Key, Samples], sizes: list[int]) -> None:
+    print("\npostgresql / sqlite, same rounds: wall time per call (CPU of both sides)")
+    print(f"{'recorded IDs':>13} | " + " | ".join(f"{op:>15}" for op in OPS))
+    for size in sorted(sizes):
+        pg, lite = results.get(("postgresql", size)), results.get(("sqlite", size))
+        if pg is None or lite is None:
+            continue
+        cells = [
+            f"{pg.med(op) / lite.med(op):5.2f}x"
+            f" ({(pg.med(op, 'cpu') + pg.med(op, 'server')) / lite.med(op, 'cpu'):4.1f}x)"
+            for op in OPS
+        ]
+        print(f"{size:>13,} | " + " | ".join(f"{c:>15}" for c in cells))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,1000000,10000000")
     parser.add_argument("--dir", default="/tmp/replytrack-store-bench", type=Path)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="sqlite")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ops", type=int, default=2000)
-    parser.add_argument("--keep", action="store_true", help="keep the store files")
+    parser.add_argument("--keep", action="store_true", help="keep the SQLite store files")
     parser.add_argument("--build-only", action="store_true", help="fill and keep, no timing")
     parser.add_argument(
         "--pragma", action="append", default=[], help="what-if: PRAGMA for each connection"
@@ -425,7 +546,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_only:
         build_stores(fits(sizes, args.dir), args.dir)
         return 0
-    run(sizes, args.dir, rounds=args.rounds, ops=args.ops, keep=args.keep, pragmas=args.pragma)
+    run(
+        sizes,
+        args.dir,
+        backend=args.backend,
+        rounds=args.rounds,
+        ops=args.ops,
+        keep=args.keep,
+        pragmas=args.pragma,
+    )
     return 0
 
 

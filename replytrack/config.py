@@ -27,6 +27,10 @@ from typing import Any
 
 ENV_PREFIX = "REPLYTRACK_"
 DEFAULT_CONFIG_PATHS = (Path("replytrack.toml"), Path("/etc/replytrack/replytrack.toml"))
+# ``--config none`` / ``REPLYTRACK_CONFIG=none``: read no file at all, only the environment
+# and flags. Demos, tests and benchmarks use it so that an installed /etc/replytrack never
+# lends them its ports, domains or key.
+NO_CONFIG = "none"
 
 
 # The milter's journal: a spool of its own, so a filesystem that fails under the store does
@@ -45,8 +49,16 @@ class ConfigError(Exception):
 class Config:
     """Every setting of replytrack, with the embedded defaults (SQLite, loopback ports)."""
 
-    # The SQLite store. The secret defaults to live beside it (the journal does not).
-    db: str = "replytrack.db"
+    # The SQLite store, or a PostgreSQL URL (several hosts allowed) for a multi-host site.
+    # The secret defaults to live beside a SQLite store (the journal does not).
+    # A path or a libpq URL; a URL may carry a password, so it stays out of repr (logs).
+    db: str = field(default="replytrack.db", repr=False)
+    # PostgreSQL: a file holding only the role's password, mode 0600 or stricter (as libpq
+    # wants for .pgpass). Read at start; without it PGPASSWORD or ~/.pgpass serve.
+    db_password_file: str = ""
+    # Longest one store statement may run, in seconds: PostgreSQL's statement_timeout (the
+    # SQLite busy timeout). The milter caps it lower: mail must not wait for the store.
+    db_timeout: float = 5.0
     # The domain part of every Message-ID we mint.
     domain: str = "replytrack.invalid"
     # Token keys: a file of "kid:hexsecret" lines, first line current. Created on first use.
@@ -144,7 +156,16 @@ class Config:
     @property
     def secret_path(self) -> Path:
         """The token key file."""
-        return Path(self.secret_file) if self.secret_file else self.db_dir / "replytrack.secret"
+        if self.secret_file:
+            return Path(self.secret_file)
+        if is_postgresql_url(self.db):
+            # No directory to default to, and every host must use the same key: say so
+            # rather than guess a path that differs from host to host.
+            raise ConfigError(
+                "secret_file must be set when db is a PostgreSQL URL (every host sharing"
+                " the store needs a copy of the same key file)"
+            )
+        return self.db_dir / "replytrack.secret"
 
     @property
     def journal_path(self) -> Path:
@@ -218,9 +239,10 @@ def load_config(
 ) -> Config:
     """Build the configuration: defaults, then the TOML file, then environment, then flags.
 
-    ``path`` None means the first of ``./replytrack.toml`` and
-    ``/etc/replytrack/replytrack.toml`` that exists (neither is fine). An explicit path that
-    does not exist is an error. ``overrides`` holds flag values; None values are ignored.
+    ``path`` None means ``REPLYTRACK_CONFIG``, else the first of ``./replytrack.toml`` and
+    ``/etc/replytrack/replytrack.toml`` that exists (neither is fine). ``none`` (NO_CONFIG)
+    reads no file. An explicit path that does not exist is an error. ``overrides`` holds
+    flag values; None values are ignored.
     """
     env = os.environ if env is None else env
     types_by_name = _field_types()
@@ -228,7 +250,10 @@ def load_config(
     source = ""
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
-    candidates = [Path(path)] if path is not None else list(DEFAULT_CONFIG_PATHS)
+    if path is not None and str(path).strip().lower() == NO_CONFIG:
+        candidates: list[Path] = []
+    else:
+        candidates = [Path(path)] if path is not None else list(DEFAULT_CONFIG_PATHS)
     for candidate in candidates:
         if not candidate.exists():
             if path is not None:
@@ -268,6 +293,10 @@ def validate(config: Config) -> None:
         # The domain goes verbatim into every Message-ID: anything but a host name (say
         # a space or ">") would give mail a broken Message-ID header.
         raise ConfigError(f"domain: {config.domain!r} is not a domain name")
+    if is_postgresql_url(config.db):
+        check_db_url(config.db)
+    if not config.db_timeout > 0:
+        raise ConfigError(f"db_timeout: {config.db_timeout:g} is not a positive number of seconds")
     if config.milter_stop_scope not in ("recipient", "thread", "domain"):
         raise ConfigError(
             f"milter.stop_scope: {config.milter_stop_scope!r}"
@@ -306,6 +335,96 @@ def validate(config: Config) -> None:
             f" times proxy.timeout ({config.proxy_timeout:g} s): a mail still being relayed"
             " would be marked unconfirmed"
         )
+
+
+# --- the PostgreSQL store's URL and password ----------------------------------------------
+
+# libpq's own values; a typo here would only show as a failed connection later.
+_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+
+
+def is_postgresql_url(db: str) -> bool:
+    """True when ``db`` names a PostgreSQL store rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def _url_password(db: str) -> str:
+    """The password written in a URL's user part, as written (empty when none)."""
+    rest = db.partition("://")[2]
+    authority = rest[: min((i for i in (rest.find(c) for c in "/?") if i >= 0), default=len(rest))]
+    userinfo = authority.rpartition("@")[0]
+    return userinfo.partition(":")[2]
+
+
+def shown_db(db: str) -> str:
+    """``db`` fit for messages and logs: a password in the URL (user part or ``password=``
+    parameter) replaced by ``***``. Works on the text, so a URL too broken to parse is
+    shown without its password too."""
+    if not is_postgresql_url(db):
+        return db
+    shown = db
+    password = _url_password(db)
+    if password:
+        shown = shown.replace(":" + password + "@", ":***@", 1)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
+
+
+def scrub_secrets(text: str, db: str) -> str:
+    """``text`` (a driver's error message) without the URL or password it may quote."""
+    secrets = [db, _url_password(db), urllib.parse.unquote(_url_password(db))]
+    secrets += re.findall(r"[?&]password=([^&]*)", db)
+    for secret in sorted(filter(None, set(secrets)), key=len, reverse=True):
+        text = text.replace(secret, "***" if secret != db else shown_db(db))
+    return text
+
+
+def check_db_url(db: str) -> None:
+    """Raise ConfigError, without the password, when ``db`` is not a usable libpq URL."""
+    try:
+        from psycopg import Error as PsycopgError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        # Opening the store says that psycopg is missing and how to install it.
+        return
+    try:
+        params = conninfo_to_dict(db)
+    except PsycopgError as exc:
+        why = scrub_secrets(str(exc).strip(), db)
+        raise ConfigError(f"db: {shown_db(db)} is not a PostgreSQL URL: {why}") from None
+    for port in str(params.get("port", "")).split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"db: {shown_db(db)} has an invalid port {port!r}")
+    attrs = params.get("target_session_attrs")
+    if attrs is not None and attrs not in _SESSION_ATTRS:
+        raise ConfigError(
+            f"db: target_session_attrs={attrs!r} is not one of {', '.join(_SESSION_ATTRS)}"
+        )
+
+
+def read_db_password(config: Config) -> str | None:
+    """The password in ``db_password_file`` (None when the setting is empty).
+
+    Like libpq with a .pgpass file, a file that the group or others may read is refused:
+    a password readable by more than the service user is not a secret any more.
+    """
+    if not config.db_password_file:
+        return None
+    path = Path(config.db_password_file)
+    try:
+        info = path.stat()
+        if not path.is_file():
+            raise ConfigError(f"db_password_file: {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"db_password_file: {path} has mode {info.st_mode & 0o777:o}; group and others"
+                f" must have no access (chmod 600 {path})"
+            )
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"db_password_file: cannot read {path}: {exc.strerror or exc}") from None
+    if not password:
+        raise ConfigError(f"db_password_file: {path} is empty")
+    return password
 
 
 # --- notifications (checked by the processes that send webhooks, and by doctor) -------------

@@ -43,7 +43,7 @@ from typing import Any
 from replytrack import __version__, metrics
 from replytrack.config import Config, check_notify
 from replytrack.store import Event, Store, StoreError
-from replytrack.store.base import OutboxItem
+from replytrack.store.records import OutboxItem
 
 log = logging.getLogger(__name__)
 

@@ -143,6 +143,12 @@ trap 'exit 130' INT TERM
 
 rm -rf "$RUN"
 mkdir -p "$RUN"
+# Only this demo's settings: no config file (an installed /etc/replytrack/replytrack.toml
+# would lend it its ports, internal domains and key) and no REPLYTRACK_* from the shell.
+for var in $(compgen -e); do
+  case $var in REPLYTRACK_*) unset "$var" ;; esac
+done
+export REPLYTRACK_CONFIG=none
 # The milter's journals stay in this run's directory, not the deployment's /var/spool.
 export REPLYTRACK_MILTER_JOURNAL="$RUN/journal/journal"
 export REPLYTRACK_MILTER_JOURNAL_FALLBACK="$RUN/journal-fallback/journal"

@@ -3,10 +3,17 @@ or in ``tests/support/``."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# No run of the suite reads a config file: an installed /etc/replytrack/replytrack.toml would
+# lend in-process commands and every process started with os.environ its ports, domains and
+# key. Set before anything loads a configuration; tests of the file search pass env= or
+# --config explicitly.
+os.environ["REPLYTRACK_CONFIG"] = "none"
 
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring

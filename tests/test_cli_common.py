@@ -48,10 +48,21 @@ def test_parse_since_huge_duration_means_everything() -> None:
     assert parse_since("9" * 400 + "d") == 0.0
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "7", "7y", "-3d", "2026-13-01", "d7"])
+@pytest.mark.parametrize(
+    "text", ["", "sometime soon", "7", "7y", "-3d", "2026-13-01", "d7", "tomorrow"]
+)
 def test_parse_since_rejects_with_a_clear_message(text: str) -> None:
-    with pytest.raises(click.BadParameter, match="duration like 7d"):
+    with pytest.raises(click.BadParameter, match=r"duration like 7d|in the future"):
         parse_since(text)
+
+
+def test_parse_since_words() -> None:
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert parse_since("yesterday") == (today - dt.timedelta(days=1)).timestamp()
+    assert parse_since("today") == today.timestamp()
+    assert abs(parse_since("3 days ago") - (time.time() - 3 * 86400)) < 60  # type: ignore[operator]
+    november = dt.datetime(2026, 11, 1, 10, tzinfo=dt.UTC)
+    assert parse_since("1 Nov 2026 10:00") == november.timestamp()
 
 
 def test_iso() -> None:

@@ -265,7 +265,7 @@ def test_runaway_store_query_is_interrupted_then_journaled(
     monkeypatch.setattr(adapter, "STORE_CALL_TIMEOUT", 0.3)
     # Fault injection: the lookup runs a statement that would never finish.
     real_find_sent = store.find_sent
-    monkeypatch.setattr(store, "find_sent", lambda ids: store._query(ENDLESS))
+    monkeypatch.setattr(store, "find_sent", lambda ids: store.query(ENDLESS))
     ctx = milter_for(Engine(Config(domain=DOMAIN), keyring, store))
     started = time.monotonic()
     rc = ctx._feedFile(

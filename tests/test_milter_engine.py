@@ -11,7 +11,7 @@ import pytest
 from replytrack.config import Config
 from replytrack.milter.engine import Engine, Inbound, dedupe_key, never_reply_reason
 from replytrack.store import StoreError
-from replytrack.store.base import ACTIVE, BOUNCED, PAUSED, STOPPED, Event
+from replytrack.store.records import ACTIVE, BOUNCED, PAUSED, STOPPED, Event, StatusChange
 from replytrack.tokens import Keyring, mint
 from tests.support.milter_records import DOMAIN, inbound, record_sent, reply_headers
 
@@ -508,7 +508,9 @@ def test_weak_match_stops_the_sender_in_every_campaign_also_when_paused(store, k
     # Ann was away: paused in autumn by an earlier out-of-office.
     store.record_event(
         Event(kind="auto_reply", created_at=time.time(), sender="ann@acme.example"),
-        set_status=[("autumn", "ann@acme.example", PAUSED, "out of office", time.time() + 86400)],
+        set_status=[
+            StatusChange("autumn", "ann@acme.example", PAUSED, "out of office", time.time() + 86400)
+        ],
     )
     assert status(store, "autumn", "ann@acme.example") == PAUSED
     verdict = make_engine(store, keyring).process(

@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -22,9 +21,10 @@ import pytest
 from replytrack import metrics
 from replytrack.config import Config
 from replytrack.notify import Sender, backoff, start_sender_thread
-from replytrack.store import Event
+from replytrack.store import Event, StatusChange
 from replytrack.store.sqlite import SQLiteStore
 from tests.conftest import free_port
+from tests.support.env import clean_environ
 
 SECRET = "s3cret-for-tests"
 REPLYTRACK = Path(sys.executable).with_name("replytrack")
@@ -125,7 +125,7 @@ def _reply(store: SQLiteStore, n: int = 1) -> int:
             relation="original_recipient",
             evidence=("in-reply-to",),
         ),
-        set_status=[("spring", "ann@x.org", "stopped", "reply", None)],
+        set_status=[StatusChange("spring", "ann@x.org", "stopped", "reply")],
     )
     assert event_id is not None
     return event_id
@@ -258,7 +258,7 @@ def test_killed_sender_loses_nothing(
 ) -> None:
     ids = [_reply(store, n) for n in range(1, 6)]
     receiver.hang_on = 2  # the third POST blocks: the sender is killed while it waits
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+    env = clean_environ()
     env.update(
         REPLYTRACK_DB=str(tmp_path / "replytrack.db"),
         REPLYTRACK_DOMAIN="mail.example.com",

@@ -22,6 +22,7 @@ from replytrack.config import Config, ConfigError, redact_url, webhook_url_probl
 from replytrack.notify import Sender, start_sender_thread, verify_signature
 from replytrack.store import Event
 from replytrack.store.sqlite import SQLiteStore
+from tests.support.env import clean_environ
 from tests.support.net import free_port
 from tests.test_notify import Receiver
 from tests.test_notify import receiver as receiver  # the fixture, for this module
@@ -33,7 +34,7 @@ URL_PASSWORD = "pAsS-in-url-91c2"
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+    return clean_environ()
 
 
 def _site(tmp_path: Path, notify: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from replytrack.milter import policy
-from replytrack.store.base import (
+from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
     PAUSED,

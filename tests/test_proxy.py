@@ -15,7 +15,7 @@ import pytest
 
 from replytrack.headers import parse_fields, split_message
 from replytrack.proxy.server import ThreadedProxy, _InitPlan
-from replytrack.store import Event
+from replytrack.store import Event, StatusChange
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring, verify
 from tests.support.upstream import (  # noqa: F401  (fixtures)
@@ -304,7 +304,7 @@ def test_dead_pooled_connection_is_replaced_without_failing_the_mail(
 def stop_enrollment(store: SQLiteStore, campaign: str, address: str, reason: str) -> None:
     store.record_event(
         Event(kind="stopped", created_at=time.time(), campaign=campaign, recipient=address),
-        set_status=[(campaign, address, "stopped", reason, None)],
+        set_status=[StatusChange(campaign, address, "stopped", reason)],
         notify=False,
     )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from replytrack.notify import verify_signature
-from replytrack.store import Event
+from replytrack.store import Event, StatusChange
 from replytrack.store.sqlite import SQLiteStore
 from tests.conftest import free_port
 from tests.support.install import replytrack_init
@@ -124,7 +124,7 @@ def test_proxy_command_notifies_a_suppression(
     store = SQLiteStore(tmp_path / "replytrack.db")
     store.record_event(
         Event(kind="stopped", created_at=time.time(), campaign="q1", recipient="b@example.net"),
-        set_status=[("q1", "b@example.net", "stopped", "asked by phone", None)],
+        set_status=[StatusChange("q1", "b@example.net", "stopped", "asked by phone")],
         notify=False,
     )
     port = free_port()

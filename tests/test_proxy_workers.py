@@ -24,6 +24,7 @@ from replytrack.config import Config
 from replytrack.proxy import daemon
 from replytrack.store.sqlite import SQLiteStore
 from tests.conftest import free_port
+from tests.support.env import clean_environ
 from tests.support.install import replytrack_init
 from tests.support.upstream import RecordingUpstream, upstream  # noqa: F401  (fixture)
 
@@ -37,7 +38,7 @@ class ProxyRun:
         self.port = free_port()
         self.log = tmp_path / "proxy.log"
         self.db = tmp_path / "replytrack.db"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+        environ = clean_environ()
         environ.update(REPLYTRACK_DB=str(self.db), REPLYTRACK_DOMAIN="track.example.com", **env)
         replytrack_init(env=environ, cwd=tmp_path)
         with open(self.log, "ab") as log:
@@ -231,7 +232,7 @@ def test_workers_stop_with_a_killed_supervisor(
 def test_bad_worker_settings_are_refused(
     tmp_path: Path, args: list[str], env: dict[str, str], said: str
 ) -> None:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTRACK_")}
+    environ = clean_environ()
     environ.update(REPLYTRACK_DB=str(tmp_path / "replytrack.db"), **env)
     result = subprocess.run(
         [sys.executable, "-m", "replytrack", "proxy", "--listen", "127.0.0.1:0", *args],

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from replytrack.store import StoreError, open_store
-from replytrack.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from replytrack.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.support.install import immutable, replytrack_init
+from tests.support.sqlite_legacy import legacy_store
 
 
 @pytest.fixture
@@ -55,10 +56,7 @@ def test_another_programs_database_is_refused_and_left_untouched(tmp_path: Path)
 
 def test_an_older_schema_is_refused_until_migrate(tmp_path: Path) -> None:
     path = tmp_path / "rt.db"
-    with sqlite3.connect(path) as conn:
-        for migration in MIGRATIONS[: SCHEMA_VERSION - 1]:
-            conn.executescript(migration)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    legacy_store(path, SCHEMA_VERSION - 1)
     # What daemons and commands do: no upgrade on start, one line saying what to run.
     with pytest.raises(StoreError, match="run `replytrack migrate`"):
         open_store(str(path))

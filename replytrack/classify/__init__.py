@@ -7,8 +7,9 @@ whole .eml file). The verdict is a :class:`Classification`: one of
 mail carries (the Message-IDs it refers to, the failed recipients of a
 bounce, the return date of an out-of-office notice).
 
-The detectors live in :mod:`replytrack.classify.detectors` and run in a fixed
-order; everything here is pure (no I/O) and bounded in time on hostile input.
+The detectors live in :mod:`replytrack.classify.detectors`, one module each, and run
+in the order of its table; everything here is pure (no I/O) and bounded in time on
+hostile input.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from email.utils import parsedate_to_datetime
 
 from . import _mime
 from .dates import read_return_date
-from .detectors import first_finding, header_signals
+from .detectors import Context, first_finding, header_signals
 
 KINDS = ("human", "auto_reply", "bounce", "receipt", "feedback")
 
@@ -56,8 +57,6 @@ def _mail_date(view: _mime.MailView) -> dt.date | None:
 def _classify_view(
     view: _mime.MailView, envelope_from: str | None, today: dt.date | None
 ) -> Classification:
-    from .detectors import Context
-
     ctx = Context.build(view, envelope_from)
     finding = first_finding(ctx)
     if finding is None:
@@ -71,7 +70,7 @@ def _classify_view(
         # The notice's own date is the reference for "next Monday"; a
         # caller-given today wins (the milter knows the real day).
         reference = today or _mail_date(view) or dt.date.today()
-        return_date = read_return_date(ctx.subject, ctx.fresh_text, reference)
+        return_date = read_return_date(ctx.subject, ctx.new_text, reference)
         if return_date is not None and finding.subtype == "autoresponder":
             finding.subtype = "out_of_office"
     return Classification(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.header
 import mailbox
+import sys
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -21,14 +22,17 @@ from replytrack.headers import (
     parse_step,
     split_message,
 )
-from replytrack.store import OutboundRecipient, OutboundRecord
+from replytrack.store import RELAYED, OutboundRecipient, OutboundRecord
 from replytrack.tokens import load_keyring, mint
 
-IMPORTED = "imported"
+# Imported mail was sent: recorded as relayed, it counts as sent in `campaigns` (which counts
+# relayed and unconfirmed mail) like the mail the proxy relays. Where it came from is kept
+# where the upstream's answer would be.
+IMPORTED_REPLY = "imported by replytrack import"
 
 
-def _messages(path: Path, fmt: str) -> Iterator[bytes]:
-    """The raw bytes of every message in an mbox file or a Maildir directory."""
+def _open(path: Path, fmt: str) -> mailbox.Mailbox:
+    """An mbox file or a Maildir directory, opened for reading."""
     if fmt == "auto":
         fmt = "maildir" if path.is_dir() else "mbox"
     if fmt == "maildir":
@@ -39,9 +43,27 @@ def _messages(path: Path, fmt: str) -> Iterator[bytes]:
         if path.is_dir():
             raise click.ClickException(f"{path} is a directory, not an mbox file")
         box = mailbox.mbox(path, create=False)
+    return box
+
+
+def _messages(path: Path, fmt: str) -> Iterator[bytes]:
+    """The raw bytes of every message in an mbox file or a Maildir directory, with a
+    progress bar on a terminal."""
+    box = _open(path, fmt)
     try:
-        for key in box.iterkeys():
-            yield box.get_bytes(key)
+        # Listing the keys reads an mbox's "From " lines once: it gives the bar its length.
+        keys = list(box.iterkeys())
+        # click's bar (click is the CLI's library already): on stderr, so the summary on
+        # stdout stays clean; hidden when stderr is no terminal (cron, pipes, logs).
+        with click.progressbar(
+            keys,
+            label="importing",
+            file=sys.stderr,
+            hidden=not sys.stderr.isatty(),
+            show_pos=True,
+        ) as bar:
+            for key in bar:
+                yield box.get_bytes(key)
     finally:
         box.close()
 
@@ -150,7 +172,8 @@ def import_command(state: State, path: Path, campaign: str | None, fmt: str, dry
             from_address=senders[0] if senders else None,
             subject=_decoded(_first(header, "Subject")),
             size=len(data),
-            status=IMPORTED,
+            status=RELAYED,
+            upstream_reply=IMPORTED_REPLY,
             recipients=tuple(recipients),
             created_at=_sent_at(header),
         )

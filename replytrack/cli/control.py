@@ -12,7 +12,16 @@ import click
 
 from replytrack.cli.common import State, cli, pass_state
 from replytrack.headers import InvalidMetadata, check_campaign_id, normalize_address
-from replytrack.store import ACTIVE, BOUNCED, PAUSED, STOPPED, Enrollment, Event, Store
+from replytrack.store import (
+    ACTIVE,
+    BOUNCED,
+    PAUSED,
+    STOPPED,
+    Enrollment,
+    Event,
+    StatusChange,
+    Store,
+)
 
 # How many addresses an event's detail lists; a campaign-wide stop may touch thousands.
 _DETAIL_LIMIT = 100
@@ -105,7 +114,7 @@ def _record(
                 actor=who,
                 detail=detail,
             ),
-            set_status=[(campaign, a, status, reason, None) for a in addresses],
+            set_status=[StatusChange(campaign, a, status, reason) for a in addresses],
             campaign_status=status if whole else None,
         )
     return len(by_campaign)

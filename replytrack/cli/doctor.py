@@ -20,7 +20,13 @@ from pathlib import Path
 import click
 
 from replytrack.cli.common import State, cli, emit, output_options, pass_state
-from replytrack.config import Config, ConfigError, notify_problems, parse_hostport
+from replytrack.config import (
+    Config,
+    ConfigError,
+    is_postgresql_url,
+    notify_problems,
+    parse_hostport,
+)
 from replytrack.store import StoreError, open_store
 from replytrack.store import probe as store_probe
 from replytrack.tokens import KeyFileError, load_keyring
@@ -376,7 +382,10 @@ def check_config(config: Config) -> list[Finding]:
 
 
 def check_secret(config: Config) -> list[Finding]:
-    path = config.secret_path
+    try:
+        path = config.secret_path
+    except ConfigError as exc:  # a PostgreSQL store and no secret_file
+        return [Finding(FAIL, "secret", str(exc), "set secret_file in the config file")]
     if not path.exists():
         return [
             Finding(
@@ -408,6 +417,10 @@ def check_secret(config: Config) -> list[Finding]:
 def check_store(config: Config, service_user: str = store_probe.SERVICE_USER) -> list[Finding]:
     """The store opens as the daemons open it and takes a real write (a probe row written
     and deleted, a file created in its directory), by the service user when run as root."""
+    if is_postgresql_url(config.db):
+        from replytrack.cli.doctor_pg import check_store_pg  # needs psycopg, a PostgreSQL extra
+
+        return check_store_pg(config)
     try:
         open_store(config.db).close_all()
         unusable = ""
@@ -542,7 +555,7 @@ def check_notify_settings(config: Config) -> list[Finding]:
 
 def check_outbox(config: Config) -> list[Finding]:
     settings = check_notify_settings(config)
-    if not Path(config.db).exists():
+    if not is_postgresql_url(config.db) and not Path(config.db).exists():
         return settings
     try:
         store = open_store(config.db, create=False)
@@ -612,7 +625,7 @@ def check_listener(name: str, spec: str, command: str) -> list[Finding]:
 def check_relaying(config: Config) -> list[Finding]:
     """Mails whose upstream answer the proxy never recorded: left ``relaying`` past
     ``proxy.unconfirmed_after`` (no proxy is sweeping) or marked ``unconfirmed``."""
-    if not Path(config.db).exists():
+    if not is_postgresql_url(config.db) and not Path(config.db).exists():
         return []
     cutoff = time.time() - config.proxy_unconfirmed_after
     try:

@@ -6,15 +6,54 @@ from typing import Any
 
 import click
 
-from replytrack.cli.common import State, cli, emit, iso, output_options, parse_since, pass_state
+from replytrack.cli.common import (
+    State,
+    cli,
+    emit,
+    fetch_matching,
+    fetch_rows,
+    iso,
+    output_options,
+    parse_since,
+    pass_state,
+    say_more,
+)
 from replytrack.cli.control import campaign_option
 from replytrack.store import CampaignStats, Enrollment, Event
-from replytrack.store.base import ENROLLMENT_STATES, EVENT_KINDS
+from replytrack.store.records import ENROLLMENT_STATES, EVENT_KINDS
+
+# The kinds the milter gives inbound mail; the rest of EVENT_KINDS are actions.
+INBOUND_KINDS = ("reply", "auto_reply", "bounce", "receipt", "feedback", "unrelated")
 
 
 def event_row(event: Event) -> dict[str, Any]:
-    """An event as a row: the JSON keys are part of the CLI contract."""
-    return event.to_json()
+    """An event as a row: the JSON keys are part of the CLI contract. ``actor`` says who
+    acted (the milter, the proxy, or the user who ran stop/resume) and ``reason`` why."""
+    row = event.to_json()
+    row["created_at"] = iso(event.created_at)
+    row["actor"] = event.actor or _ACTORS.get(event.kind)
+    row["reason"] = event.detail.get("reason") or _reason(event)
+    return row
+
+
+# Events recorded before actors were, or by a part that does not name itself: who acts for
+# each kind is fixed (the proxy suppresses, the milter classifies).
+_ACTORS = {"suppressed": "proxy", **{kind: "milter" for kind in INBOUND_KINDS}}
+
+
+def _reason(event: Event) -> str | None:
+    """Why, for events that keep no reason of their own: what the milter saw."""
+    if event.kind in INBOUND_KINDS:
+        subtype = event.detail.get("subtype")
+        return f"{event.kind} ({subtype})" if subtype else event.kind
+    return None
+
+
+def event_concerns(event: Event, address: str) -> bool:
+    """True when ``address`` is the event's recipient, the sender of the inbound mail, or
+    among the recipients a stop or resume listed."""
+    listed = [*event.detail.get("recipients", ()), *event.detail.get("stopped", ())]
+    return address in (event.recipient, event.sender) or address in listed
 
 
 def campaign_row(stats: CampaignStats) -> dict[str, Any]:
@@ -53,33 +92,61 @@ def enrollment_row(enrollment: Enrollment) -> dict[str, Any]:
 @cli.command("events")
 @click.option("--kind", type=click.Choice(EVENT_KINDS), help="Only this kind of event.")
 @click.option("--campaign", metavar="ID", help="Only this campaign.")
-@click.option("--since", metavar="WHEN", help="Only newer than this (7d, 12h, 2026-11-01).")
+@click.option("--recipient", metavar="ADDR", help="Only events concerning this address.")
+@click.option(
+    "--since", metavar="WHEN", help="Only newer than this (7d, 12h, 2026-11-01, yesterday)."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @output_options
 @pass_state
 def events_command(
-    state: State, kind: str | None, campaign: str | None, since: str | None, limit: int, fmt: str
+    state: State,
+    kind: str | None,
+    campaign: str | None,
+    recipient: str | None,
+    since: str | None,
+    limit: int,
+    fmt: str,
 ) -> None:
     """List events, newest first: inbound verdicts (reply, auto_reply, bounce, receipt,
     feedback, unrelated) and actions (stopped, resumed, paused, suppressed).
 
     \b
     Example:
-      replytrack events --kind reply --since 24h
+      replytrack events --kind reply --since yesterday --tz local
+      replytrack events --recipient ann@example.org --wide
       replytrack events --campaign spring-2026 --json | jq '.[].evidence'
     """
     campaign = campaign_option(state, campaign)
-    rows = [
-        event_row(e)
-        for e in state.store().events(
-            kind=kind, campaign=campaign, since=parse_since(since), limit=limit
-        )
-    ]
+    store = state.store()
+    start = parse_since(since)
+
+    def fetch(n: int | None) -> list[Event]:
+        return store.events(kind=kind, campaign=campaign, since=start, limit=n)
+
+    if recipient:
+        # The store has no recipient filter for events: read the newest and keep matches.
+        address = recipient.strip().lower()
+        events, more = fetch_matching(fetch, lambda e: event_concerns(e, address), limit)
+    else:
+        events, more = fetch_rows(fetch, limit)
     emit(
-        rows,
+        [event_row(e) for e in events],
         fmt,
-        columns=["created_at", "kind", "campaign", "sender", "recipient", "relation", "evidence"],
+        columns=[
+            "created_at",
+            "kind",
+            "campaign",
+            "sender",
+            "recipient",
+            "relation",
+            "actor",
+            "reason",
+            "evidence",
+        ],
     )
+    if more:
+        say_more(limit, "events")
 
 
 @cli.command("campaigns")
@@ -141,14 +208,21 @@ def enrollments_command(
       replytrack enrollments --recipient ann@example.org --json
     """
     campaign = campaign_option(state, campaign)
-    rows = [
-        enrollment_row(e)
-        for e in state.store().enrollments(
+    store = state.store()
+    enrollments, more = fetch_rows(
+        lambda n: store.enrollments(
             campaign=campaign,
             recipient=recipient.strip().lower() if recipient else None,
             domain=domain.strip().lower() if domain else None,
             status=status,
-            limit=limit,
-        )
-    ]
-    emit(rows, fmt, columns=["campaign", "recipient", "status", "reason", "since", "until"])
+            limit=n,
+        ),
+        limit,
+    )
+    emit(
+        [enrollment_row(e) for e in enrollments],
+        fmt,
+        columns=["campaign", "recipient", "status", "reason", "since", "until"],
+    )
+    if more:
+        say_more(limit, "enrollments")

@@ -103,15 +103,15 @@ def export_command(
     store = state.store()
     start = parse_since(since)
     rows: Iterable[dict[str, Any]]
+    # Streamed: a SQLite store is read a page at a time (through sqlite-utils), so an export
+    # of millions of rows needs no memory for them and holds no long read snapshot.
     if what == "messages":
-        rows = (message_row(m) for m in store.messages(campaign=campaign, since=start))
+        rows = (message_row(m) for m in store.export_messages(campaign=campaign, since=start))
     elif what == "events":
-        rows = (event_row(e) for e in store.events(campaign=campaign, since=start))
+        rows = (event_row(e) for e in store.export_events(campaign=campaign, since=start))
     else:
         rows = (
-            enrollment_row(e)
-            for e in store.enrollments(campaign=campaign)
-            if start is None or e.since >= start
+            enrollment_row(e) for e in store.export_enrollments(campaign=campaign, since=start)
         )
     if output is None:
         _write(rows, fmt, sys.stdout)

@@ -6,10 +6,21 @@ from typing import Any
 
 import click
 
-from replytrack.cli.common import State, cli, emit, iso, output_options, parse_since, pass_state
+from replytrack.cli.common import (
+    State,
+    cli,
+    emit,
+    fetch_matching,
+    fetch_rows,
+    iso,
+    output_options,
+    parse_since,
+    pass_state,
+    say_more,
+)
 from replytrack.cli.control import campaign_option
 from replytrack.store import SentMessage
-from replytrack.store.base import MESSAGE_STATES
+from replytrack.store.records import MESSAGE_STATES
 
 
 def message_row(message: SentMessage) -> dict[str, Any]:
@@ -31,7 +42,10 @@ def message_row(message: SentMessage) -> dict[str, Any]:
 
 @cli.command("messages")
 @click.option("--campaign", metavar="ID", help="Only this campaign.")
-@click.option("--since", metavar="WHEN", help="Only newer than this (7d, 12h, 2026-11-01).")
+@click.option("--recipient", metavar="ADDR", help="Only mails to this address (To, Cc, envelope).")
+@click.option(
+    "--since", metavar="WHEN", help="Only newer than this (7d, 12h, 2026-11-01, yesterday)."
+)
 @click.option(
     "--status",
     type=click.Choice(MESSAGE_STATES),
@@ -43,6 +57,7 @@ def message_row(message: SentMessage) -> dict[str, Any]:
 def messages_command(
     state: State,
     campaign: str | None,
+    recipient: str | None,
     since: str | None,
     status: str | None,
     limit: int,
@@ -54,18 +69,28 @@ def messages_command(
     Example:
       replytrack messages --campaign spring-2026 --since 7d
       replytrack messages --status unconfirmed
+      replytrack messages --recipient ann@example.org --wide
       replytrack messages --json | jq '.[0].message_id'
     """
     campaign = campaign_option(state, campaign)
     store = state.store()
-    rows = [
-        message_row(m)
-        for m in store.messages(
-            campaign=campaign, since=parse_since(since), limit=limit, status=status
+    start = parse_since(since)
+
+    def fetch(n: int | None) -> list[SentMessage]:
+        return store.messages(campaign=campaign, since=start, limit=n, status=status)
+
+    if recipient:
+        # The store has no recipient filter for messages: read the newest and keep matches.
+        address = recipient.strip().lower()
+        messages, more = fetch_matching(
+            fetch, lambda m: any(r.address == address for r in m.recipients), limit
         )
-    ]
+    else:
+        messages, more = fetch_rows(fetch, limit)
     emit(
-        rows,
+        [message_row(m) for m in messages],
         fmt,
         columns=["sent_at", "campaign", "step", "message_id", "recipients", "status"],
     )
+    if more:
+        say_more(limit, "messages")

@@ -165,7 +165,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         log.warning("%s; journal entries go to the fallback location, then the log", problem)
     adapter.install(engine, journal_file, tcp=config.milter_socket.startswith("inet"))
     if config.milter_metrics_listen:
-        metrics.serve(config.milter_metrics_listen)
+        metrics.serve(config.milter_metrics_listen, metrics.MILTER)
     replayer = Replayer(
         journal_file, engine.process, reactivate=lambda: _reactivate(engine), interval=5.0
     )

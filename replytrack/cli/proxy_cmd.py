@@ -81,7 +81,8 @@ def proxy_command(
 
     if count == 1:
         if config.proxy_metrics_listen:
-            _serve_metrics(lambda: metrics.serve(config.proxy_metrics_listen), config)
+            listen = config.proxy_metrics_listen
+            _serve_metrics(lambda: metrics.serve(listen, metrics.PROXY), config)
         # Webhooks go out from the daemon that queues the events; several senders on one
         # store share the outbox safely (rows are leased).
         sender = notify.start_sender_thread(config, store)
@@ -130,5 +131,5 @@ def _serve_metrics(start: Callable[[], None], config: Config) -> None:
         start()
     except OSError as exc:
         raise click.ClickException(
-            f"proxy.metrics_listen {config.proxy_metrics_listen}: {exc.strerror or exc}"
+            f"proxy.metrics_listen: {exc.strerror or exc}"
         ) from None

@@ -51,7 +51,7 @@ from replytrack.milter.engine import (
     Verdict,
 )
 from replytrack.milter.journal import Journal, JournalChain
-from replytrack.store.base import StoreError
+from replytrack.store.errors import StoreError
 
 log = logging.getLogger("replytrack.milter")
 

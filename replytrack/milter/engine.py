@@ -32,7 +32,8 @@ from replytrack.headers import (
 )
 from replytrack.milter import match as matching
 from replytrack.milter import policy
-from replytrack.store.base import (
+from replytrack.store.base import Store
+from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
     PAUSED,
@@ -40,7 +41,7 @@ from replytrack.store.base import (
     Enrollment,
     Event,
     SentMessage,
-    Store,
+    StatusChange,
 )
 from replytrack.tokens import Keyring, verify
 
@@ -158,7 +159,7 @@ class Verdict:
     bounced: list[str] = field(default_factory=list)
     event: Event | None = None
     dedupe_key: str | None = None
-    set_status: list[tuple[str, str, str, str | None, float | None]] = field(default_factory=list)
+    set_status: list[StatusChange] = field(default_factory=list)
     notify: bool = False
     ooo: tuple[str, float] | None = None
     strip_count: int = 0
@@ -282,7 +283,7 @@ class Engine:
         Store reads failing set ``store_failed`` (the adapter journals the mail) unless
         ``strict``, when the StoreError propagates (replay, check).
         """
-        from replytrack.store.base import StoreError
+        from replytrack.store.errors import StoreError
 
         result = Screening()
         result.strip_count = sum(1 for name, _ in msg.headers if name.lower() == HEADER.lower())
@@ -489,7 +490,7 @@ class Engine:
             reason = f"reply from {verdict.sender}"
             verdict.stopped += [a for a in stopped if a not in verdict.stopped]
             verdict.set_status += [
-                (sent.campaign, address, STOPPED, reason, None) for address in stopped
+                StatusChange(sent.campaign, address, STOPPED, reason) for address in stopped
             ]
 
     def _decide_auto_reply(
@@ -520,7 +521,9 @@ class Engine:
                     ):
                         if enrollment.status in (ACTIVE, PAUSED):
                             verdict.set_status.append(
-                                (campaign, verdict.sender, PAUSED, "out of office", until)
+                                StatusChange(
+                                    campaign, verdict.sender, PAUSED, "out of office", until
+                                )
                             )
         verdict.event = self._event(msg, verdict, now, paused_until=verdict.paused_until)
 
@@ -551,7 +554,7 @@ class Engine:
             for enrollment in enrolled:
                 if enrollment.status != BOUNCED:
                     verdict.set_status.append(
-                        (enrollment.campaign, enrollment.recipient, BOUNCED, reason, None)
+                        StatusChange(enrollment.campaign, enrollment.recipient, BOUNCED, reason)
                     )
             verdict.bounced = list(dict.fromkeys(e.recipient for e in enrolled))
         verdict.event = self._event(

@@ -38,7 +38,7 @@ from typing import Any
 from replytrack.config import Config
 from replytrack.metrics import JOURNAL_BACKLOG
 from replytrack.milter.engine import Inbound, Verdict
-from replytrack.store.base import StoreError
+from replytrack.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from replytrack.headers import MAX_IDS, extract_msgids, normalize_msgid
-from replytrack.store.base import SentMessage
+# The source labels of candidates (re-exported: callers compare a match's method to them).
+from replytrack.classify.thread_ids import IN_REPLY_TO as IN_REPLY_TO
+from replytrack.classify.thread_ids import REFERENCES as REFERENCES
+from replytrack.classify.thread_ids import answered_ids
+from replytrack.headers import MAX_IDS, normalize_msgid
+from replytrack.store.records import SentMessage
 from replytrack.tokens import TOKEN_LEN, VERSION, Keyring, verify
 
-IN_REPLY_TO = "in-reply-to"
-REFERENCES = "references"
 WEAK = "weak"
 
 # Unverified IDs (possibly a client's original Message-ID) looked up per message. Verified
@@ -94,14 +96,9 @@ def screen(
     the extra IDs.
     """
     result = Screened()
-    ordered: list[tuple[str, str]] = []
-    for value in header_values(headers, "In-Reply-To")[:4]:
-        ordered += [(i, IN_REPLY_TO) for i in extract_msgids(value, limit=16)]
-    references: list[str] = []
-    for value in header_values(headers, "References")[:4]:
-        references += extract_msgids(value, limit=MAX_IDS)
-    # The last reference is the mail answered; earlier ones are older steps of the thread.
-    ordered += [(i, REFERENCES) for i in reversed(references[-MAX_IDS:])]
+    ordered = answered_ids(
+        header_values(headers, "In-Reply-To"), header_values(headers, "References"), limit=MAX_IDS
+    )
     ordered += [(normalize_msgid(i), "report") for i in extra_ids[:MAX_IDS]]
     seen: set[str] = set()
     unverified = 0

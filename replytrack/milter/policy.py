@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 
 from replytrack.headers import address_domain
-from replytrack.store.base import ACTIVE, PAUSED, Enrollment, SentMessage
+from replytrack.store.records import ACTIVE, PAUSED, Enrollment, SentMessage
 
 # Relations of the person who replied to the mail they answered.
 ORIGINAL_RECIPIENT = "original_recipient"

@@ -326,14 +326,9 @@ def metrics_dir() -> str:
 
 def serve_metrics(listen: str, directory: str) -> None:
     """``/metrics`` on ``listen`` with the workers' metrics summed (raises OSError)."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from replytrack import metrics
 
-    from replytrack.config import parse_hostport
-
-    host, port = parse_hostport(listen, setting="metrics_listen")
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)
-    start_http_server(port, addr=host, registry=registry)
+    metrics.serve_workers(listen, directory)
 
 
 def cleanup_metrics(directory: str) -> None:
@@ -384,7 +379,7 @@ def worker_main() -> int:
     proxy_server.CONNECTION_PREFIX = f"w{index}c"
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
     try:
-        store = open_store(config.db, create=False)
+        store = open_store(config.db, busy_timeout_ms=round(config.db_timeout * 1000))
         keyring = load_keyring(config.secret_path, create=False)
     except (StoreError, KeyFileError) as exc:
         log.error("worker %d cannot start: %s", index, exc)

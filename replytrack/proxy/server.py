@@ -50,13 +50,14 @@ from replytrack.proxy.replies import with_enhanced_code
 from replytrack.proxy.stamp import MetadataError, Stamped, stamp
 from replytrack.store import (
     CAMPAIGN_STOPPED,
+    FAILED,
+    UNCONFIRMED,
     Enrollment,
     OutboundRecipient,
     OutboundRecord,
     Store,
-    StoreLocked,
+    StoreWouldWait,
 )
-from replytrack.store.base import FAILED, UNCONFIRMED
 from replytrack.tokens import Keyring, mint
 
 log = logging.getLogger("replytrack.proxy")
@@ -646,17 +647,18 @@ class ProxyHandler:
     async def _store_call(self, func: Callable[..., T], *args: Any) -> T:
         """A store call: on the event loop when it need not wait, else in a thread.
 
-        SQLite waits must never stall other clients, but most calls do not wait: the loop's
-        own connection never waits for a lock (``Store.nonblocking``), so a call that finds
-        another writer raises StoreLocked having written nothing, and goes to a thread to
-        wait there. Measured against always using a thread (2 workers): 10 sessions 614 ->
-        764 mails/s, machine CPU 2.73 -> 2.13 ms a mail; in a thread each store trip had
-        taken ~5 ms (p99 55-80 ms, SQLite's busy-handler sleeps) for ~0.25 ms of work.
+        Store waits must never stall other clients, but on SQLite most calls do not wait: the
+        loop's thread never waits (``Store.prepare_for_event_loop``), so a call that would
+        raises StoreWouldWait having written nothing, and goes to a thread to wait there.
+        A store whose every call may wait (PostgreSQL) always goes to a thread. Measured
+        against always using a thread (2 workers): 10 sessions 614 -> 764 mails/s, machine
+        CPU 2.73 -> 2.13 ms a mail; in a thread each store trip had taken ~5 ms (p99 55-80
+        ms, SQLite's busy-handler sleeps) for ~0.25 ms of work.
         """
         if self.store_inline:
             try:
                 return func(*args)
-            except StoreLocked:
+            except StoreWouldWait:
                 pass  # another writer holds the store: wait for it in a thread
         return await self._in_thread(func, *args)
 
@@ -945,7 +947,7 @@ class ProxyHandler:
         if campaign is not None:
             try:
                 blocked = self.store.blocked_enrollments(campaign, recipients)
-            except StoreLocked:
+            except StoreWouldWait:
                 raise  # not unreadable: the call is tried again in a thread
             except Exception as exc:
                 raise _EnrollmentsUnreadable from exc
@@ -1073,7 +1075,7 @@ class ProxyServer:
             config=config, store=store, keyring=keyring, pool=self.pool, executor=self.executor
         )
         self._servers: list[asyncio.base_events.Server] = []
-        self._checkpoints: asyncio.Future[None] | None = None
+        self._upkeep: asyncio.Future[None] | None = None
         self._sweeps: asyncio.Future[None] | None = None
 
     @staticmethod
@@ -1129,12 +1131,13 @@ class ProxyServer:
         With ``sockets`` (listening sockets a supervisor bound) it accepts on those instead.
         """
         loop = asyncio.get_running_loop()
+        store = self.handler.store
         if self.config.proxy_store_inline:
-            # Store calls on this loop's thread never wait (see ProxyHandler._store_call);
-            # its commits leave the write-ahead log to a checkpoint in a thread, each second.
-            self.handler.store.nonblocking()
-            self.handler.store_inline = True
-            self._checkpoints = asyncio.ensure_future(self._checkpoint_every(1.0))
+            # Store calls on this loop's thread, where the store can make them never wait
+            # (see ProxyHandler._store_call); otherwise each goes to a thread.
+            self.handler.store_inline = store.prepare_for_event_loop()
+        if store.upkeep_interval is not None:
+            self._upkeep = asyncio.ensure_future(self._upkeep_every(store.upkeep_interval))
         if sockets:
             for sock in sockets:
                 self._servers.append(await loop.create_server(self._protocol, sock=sock))
@@ -1153,14 +1156,14 @@ class ProxyServer:
             self.config.proxy_upstream,
         )
 
-    async def _checkpoint_every(self, seconds: float) -> None:
+    async def _upkeep_every(self, seconds: float) -> None:
         store, loop = self.handler.store, asyncio.get_running_loop()
         while True:
             await asyncio.sleep(seconds)
             try:
-                await loop.run_in_executor(self.executor, store.checkpoint)
+                await loop.run_in_executor(self.executor, store.upkeep)
             except Exception as exc:
-                log.warning("store checkpoint failed: %s", exc)
+                log.warning("store upkeep failed: %s", exc)
 
     async def sweep_relaying(self) -> int:
         """Mark mails left ``relaying`` past ``proxy.unconfirmed_after`` as ``unconfirmed``.
@@ -1217,7 +1220,7 @@ class ProxyServer:
                 connection.transport.close()
         await asyncio.sleep(0)
         await self.pool.close()
-        for task in (self._checkpoints, self._sweeps):
+        for task in (self._upkeep, self._sweeps):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -7,7 +7,7 @@ import time
 from email.utils import formatdate
 
 from replytrack.milter.engine import Inbound
-from replytrack.store.base import OutboundRecipient, OutboundRecord, Store
+from replytrack.store import OutboundRecipient, OutboundRecord, Store
 from replytrack.tokens import Keyring, mint
 
 DOMAIN = "track.example.com"

@@ -166,6 +166,62 @@ class PgServer:
     def running(self) -> bool:
         return self._run("pg_ctl", "-D", str(self.data), "status", check=False).returncode == 0
 
+    def promote(self) -> None:
+        """Turn this standby into a primary (``pg_ctl promote``, waits until it is done)."""
+        done = self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote", check=False)
+        if done.returncode != 0:
+            raise PgUnavailable(f"promote failed: {done.stderr.strip() or done.stdout.strip()}")
+
+    def make_standby(self) -> PgServer:
+        """A running streaming standby of this server, in a directory of its own.
+
+        ``pg_basebackup -R`` copies the running primary and writes ``standby.signal`` and
+        ``primary_conninfo``; the copy then gets its own port and socket directory. initdb's
+        default pg_hba.conf lets loopback replication connections in, and the default
+        ``wal_level`` (replica) and ``max_wal_senders`` serve one standby.
+        """
+        standby = PgServer(self.bindir, Path(tempfile.mkdtemp(prefix="replytrack-pg-standby-")))
+        if standby._user is not None:
+            shutil.chown(standby.base, user=standby._user)
+        done = standby._run(
+            "pg_basebackup",
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            DB_USER,
+            "-D",
+            str(standby.data),
+            "-R",
+            "-X",
+            "stream",
+            # A spread checkpoint would hold the copy back for minutes.
+            "--checkpoint=fast",
+            "--no-sync",
+            check=False,
+        )
+        if done.returncode != 0:
+            standby.remove()
+            raise PgUnavailable(f"pg_basebackup failed: {done.stderr.strip()}")
+        with (standby.data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "\n# replytrack test standby\n"
+                f"port = {standby.port}\n"
+                f"unix_socket_directories = '{standby.base}'\n"
+            )
+        try:
+            standby.start()
+        except PgUnavailable:
+            standby.remove()
+            raise
+        return standby
+
+    def remove(self) -> None:
+        """Stop the server and delete its directory."""
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
     @contextlib.contextmanager
     def stopped(self, mode: str = "immediate") -> Iterator[None]:
         """The block runs with the server stopped; it is started again afterwards."""

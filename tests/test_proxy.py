@@ -14,7 +14,8 @@ import time
 import pytest
 
 from replytrack.headers import parse_fields, split_message
-from replytrack.proxy.server import ThreadedProxy, _InitPlan
+from replytrack.proxy.internals import InitPlan
+from replytrack.proxy.testing import ThreadedProxy
 from replytrack.store import Event, StatusChange
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring, verify
@@ -266,7 +267,7 @@ def test_upstream_connections_are_reused(
         send(proxy.port, "a@example.org", ["b@example.net"], message(f"Subject: {n}"))
     assert len(upstream.received) == 5
     # Client connections after the first were set up from the cached constructor plan.
-    assert isinstance(proxy.server.handler.smtp_plan, _InitPlan)
+    assert isinstance(proxy.server.smtp_plans.plan, InitPlan)
     assert upstream.handler.connections == 1
     assert upstream.handler.commands.count("EHLO") == 1
     assert len(store.messages()) == 5

@@ -16,16 +16,12 @@ import pytest
 from aiosmtpd.smtp import Envelope
 
 from replytrack.config import Config, ConfigError
+from replytrack.proxy.access import allowed_networks, check_bind, client_allowed
 from replytrack.proxy.auth import check_password, hash_password, load_auth_file
+from replytrack.proxy.handler import ProxyHandler
+from replytrack.proxy.protocol import ProxySession
 from replytrack.proxy.relay import UpstreamPool, UpstreamSettings
-from replytrack.proxy.server import (
-    ProxyHandler,
-    ProxyServer,
-    ProxySession,
-    allowed_networks,
-    check_bind,
-    client_allowed,
-)
+from replytrack.proxy.server import ProxyServer
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
 from tests.conftest import free_port
@@ -104,7 +100,7 @@ def mail_from(
     async def run() -> str:
         pool = UpstreamPool(UpstreamSettings.from_config(config))
         handler = ProxyHandler(config=config, store=store, keyring=Keyring.generate(), pool=pool)
-        session = ProxySession(asyncio.get_running_loop())
+        session = ProxySession(asyncio.get_running_loop(), "c1")
         session.peer = peer
         session.authenticated = auth
         server = types.SimpleNamespace(null_reverse_path=null)

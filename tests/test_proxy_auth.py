@@ -18,7 +18,7 @@ from replytrack.config import Config, ConfigError, validate
 from replytrack.proxy import auth
 from replytrack.proxy.auth import hash_password
 from replytrack.proxy.auth_limit import AuthLimiter, client_key
-from replytrack.proxy.server import ThreadedProxy
+from replytrack.proxy.testing import ThreadedProxy
 from tests.support.upstream import (  # noqa: F401  (fixtures)
     RecordingUpstream,
     make_certificate,

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from replytrack.headers import split_message
 from replytrack.proxy.relay import data_chunks
-from replytrack.proxy.server import ThreadedProxy
 from replytrack.proxy.stamp import MetadataError, stamp
+from replytrack.proxy.testing import ThreadedProxy
 from replytrack.store.sqlite import SQLiteStore
 from tests.support.rawsmtp import open_data, read_reply
 from tests.support.upstream import (  # noqa: F401  (fixtures)

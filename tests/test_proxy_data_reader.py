@@ -9,7 +9,8 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replytrack.proxy.server import S554_NUL, read_data
+from replytrack.proxy.data_reader import read_data
+from replytrack.proxy.replies import S554_NUL
 
 TOO_BIG = "552 Error: Too much mail data"
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"

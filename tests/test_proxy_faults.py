@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from replytrack.proxy import server as proxy_server
-from replytrack.proxy.server import ThreadedProxy
+from replytrack.proxy import handler as proxy_handler
+from replytrack.proxy.testing import ThreadedProxy
 from replytrack.store import OutboundRecord, StoreError
 from replytrack.store.sqlite import SQLiteStore
 from tests.conftest import free_port
@@ -193,7 +193,7 @@ def test_unexpected_error_in_data_is_451_not_500(
     def broken(data: bytes, message_id: str) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(proxy_server, "stamp", broken)
+    monkeypatch.setattr(proxy_handler, "stamp", broken)
     with (
         pytest.raises(smtplib.SMTPDataError) as err,
         smtplib.SMTP("127.0.0.1", proxy.port) as client,

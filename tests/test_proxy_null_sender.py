@@ -11,7 +11,7 @@ import smtplib
 import pytest
 
 from replytrack.headers import parse_fields, split_message
-from replytrack.proxy.server import ThreadedProxy
+from replytrack.proxy.testing import ThreadedProxy
 from replytrack.store.sqlite import SQLiteStore
 from tests.support.upstream import (  # noqa: F401  (fixtures)
     DOMAIN,

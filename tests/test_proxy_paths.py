@@ -7,7 +7,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replytrack.proxy.server import NullSenderSMTP
+from replytrack.proxy.protocol import NullSenderSMTP
 from tests.support import strategies as addr
 
 

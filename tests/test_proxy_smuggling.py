@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from replytrack.proxy.server import ThreadedProxy
+from replytrack.proxy.testing import ThreadedProxy
 from replytrack.store.sqlite import SQLiteStore
 from tests.support.rawsmtp import open_data
 from tests.support.upstream import (  # noqa: F401  (fixtures)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from replytrack.config import Config
+from replytrack.proxy.access import peer_address
 
 # Addresses tracked per process. An entry is a few hundred bytes, so this is a few MB.
 MAX_ADDRESSES = 10_000
@@ -34,14 +35,10 @@ MAX_ADDRESSES = 10_000
 
 def client_key(peer: Any) -> str:
     """What failures are counted against: the IPv4 address, or the IPv6 /64."""
-    host = peer[0] if isinstance(peer, tuple) and peer else peer
-    try:
-        address = ipaddress.ip_address(str(host).partition("%")[0])
-    except ValueError:
-        return str(host)
+    address = peer_address(peer)
+    if address is None:
+        return str(peer[0] if isinstance(peer, tuple) and peer else peer)
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 

@@ -68,10 +68,8 @@ def worker_count(config: Config) -> int:
 
 
 def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The event loop ``proxy.event_loop`` asks for; ``auto`` takes uvloop when installed.
-
-    uvloop runs the same asyncio code with its I/O in C (bench/: 10-15 % less CPU per mail).
-    """
+    """The event loop ``proxy.event_loop`` asks for; ``auto`` takes uvloop when installed
+    (the same asyncio code, with its I/O in C: less CPU per mail)."""
     choice = config.proxy_event_loop
     if choice != "asyncio":
         try:
@@ -126,15 +124,17 @@ def serve(
     store: Store,
     keyring: Keyring,
     sockets: list[socket.socket] | None = None,
+    connection_prefix: str = "c",
 ) -> None:
     """Run one proxy until SIGTERM or SIGINT, then finish open transactions and return.
 
     With ``sockets`` it accepts on those (a worker); otherwise it binds ``proxy.listen``.
     Raises OSError when it cannot listen.
     """
+    # Imported here, not at the top: a worker takes over SIGTERM before its slow imports.
     from replytrack.proxy.server import ProxyServer
 
-    server = ProxyServer(config, store=store, keyring=keyring)
+    server = ProxyServer(config, store=store, keyring=keyring, connection_prefix=connection_prefix)
 
     async def run() -> None:
         await server.start(sockets=sockets)
@@ -366,8 +366,7 @@ def worker_main() -> int:
     spec = json.loads(sys.stdin.buffer.read())
     _die_with_supervisor(spec["supervisor"])
     from replytrack import notify
-    from replytrack.cli.common import setup_logging
-    from replytrack.proxy import server as proxy_server
+    from replytrack.logs import setup_logging
     from replytrack.store import StoreError, open_store
     from replytrack.tokens import KeyFileError, load_keyring
 
@@ -375,8 +374,6 @@ def worker_main() -> int:
     setup_logging(config.log_level)
     quiet_aiosmtpd(config)
     index = spec["index"]
-    # Connection ids in the log say which worker: "w1c2f" is worker 1's connection 0x2f.
-    proxy_server.CONNECTION_PREFIX = f"w{index}c"
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
     try:
         store = open_store(config.db, busy_timeout_ms=round(config.db_timeout * 1000))
@@ -386,7 +383,8 @@ def worker_main() -> int:
         return 1
     sender = notify.start_sender_thread(config, store) if spec["notify"] else None
     try:
-        serve(config, store=store, keyring=keyring, sockets=sockets)
+        # Connection ids in the log say which worker: "w1c2f" is worker 1's connection 0x2f.
+        serve(config, store=store, keyring=keyring, sockets=sockets, connection_prefix=f"w{index}c")
     finally:
         if sender is not None:
             sender.stop(timeout=5)

@@ -1,4 +1,5 @@
-"""Enhanced status codes (RFC 3463) on every reply the proxy sends. Pure: no I/O.
+"""The proxy's replies: its own, named, and enhanced status codes (RFC 3463) on every reply
+it sends. Pure: no I/O.
 
 aiosmtpd answers many conditions itself, in words of its own and without an enhanced status
 code ("500 Error: bad syntax", "502 EXPN not implemented"). ``ProxySMTP.push`` passes every
@@ -12,12 +13,56 @@ RFC 2034 section 3 (4) asks for the code on "the text part of all 2xx, 4xx, and 
 responses other than the initial greeting and any response to HELO or EHLO"; those, and the
 3xx intermediate replies (354 to DATA, 334 AUTH challenges), which it does not cover, are
 left as they are. The replies to HELP are 2xx and 5xx, so they carry one too.
+
+Every failure on our side before the upstream answered is a 4xx (the client keeps the mail
+and retries), never a 5xx: only what retrying cannot mend is refused for good.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+
+# Our own replies, code first.
+S250_OK = "250 2.0.0 OK"
+S250_MAIL_OK = "250 2.1.0 OK"
+S221_BYE = "221 2.0.0 Bye"
+S421_STOPPING = "421 4.3.2 the proxy is shutting down; try again shortly"
+S451_INTERNAL = "451 4.3.0 internal error; the mail was not relayed, try again later"
+S451_STORE = "451 4.3.0 cannot record the mail right now; it was not relayed, try again later"
+S451_NO_TRANSACTION = "451 4.4.2 the upstream transaction was lost; start again with MAIL"
+S451_REPLAY = "451 4.4.2 the upstream answered differently on the second pass; try again later"
+S501_SENDER = "501 5.1.7 bad sender address syntax (control characters)"
+S501_RECIPIENT = "501 5.1.3 bad recipient address syntax (control characters)"
+S501_SENDER_SYNTAX = "501 5.1.7 bad sender address syntax: use MAIL FROM:<address>"
+S501_RECIPIENT_SYNTAX = "501 5.1.3 bad recipient address syntax: use RCPT TO:<address>"
+S553_NEEDS_UTF8 = "553 5.6.7 a non-ASCII address needs the SMTPUTF8 parameter"
+# Bytes that are not UTF-8 in a path can never be relayed (SMTPUTF8 paths are UTF-8, RFC
+# 6531 3.3): a permanent refusal, not the 451 of an encoding error further on.
+S553_SENDER_UTF8 = "553 5.1.7 bad sender address: not valid UTF-8"
+S553_RECIPIENT_UTF8 = "553 5.1.3 bad recipient address: not valid UTF-8"
+# NUL has no place in mail data: RFC 5322 2.3/3.5 leave it out of message text, and RFC
+# 2045 2.7/2.8 out of 7bit and 8bit data alike (only BINARYMIME, RFC 3030, allows it, and
+# we offer neither it nor CHUNKING). A next server that drops NUL before looking for the
+# end of data would read "<CR><LF><NUL>.<CR><LF>" as one (SMTP smuggling), so such mail is
+# refused, not passed on or altered. 554 is RFC 5321's "transaction failed" after DATA;
+# 5.6.0 is RFC 3463's "other or undefined media error" (the content, not the envelope).
+S554_NUL = "554 5.6.0 mail data contains NUL bytes; the mail was not relayed"
+S554_NOT_ALLOWED = "554 5.7.1 relaying denied: client address not allowed (authenticate first)"
+# aiosmtpd's own words for a mail too big or with a line too long; the DATA reader says
+# them too, and STOCK_REPLIES below turns them into ours.
+STOCK_TOO_BIG = "552 Error: Too much mail data"
+STOCK_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+
+
+class ProxyError(Exception):
+    """The root of the proxy's errors: each ends a command or a mail, and its ``reply`` is
+    the complete reply the client is told (``RelayError``, ``MetadataError``)."""
+
+    @property
+    def reply(self) -> str:
+        return f"451 4.3.0 {self}"
+
 
 # aiosmtpd's fixed replies, and ours instead (the same reply code unless a better one is
 # named in the comment).
@@ -114,7 +159,11 @@ _DYNAMIC: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
 ]
 
 _REPLY_LINE = re.compile(r"([245])([0-9]{2})([ -]?)(.*)", re.S)
-_ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}(?= |$)")
+# Control characters: refused in a path, dropped from an upstream reply passed on, so no
+# line end or terminal escape of either reaches the other side.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# An enhanced status code at the start of a reply's text.
+ENHANCED_CODE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}(?= |$)")
 
 
 def with_enhanced_code(reply: str) -> str:
@@ -130,7 +179,7 @@ def with_enhanced_code(reply: str) -> str:
     lines = reply.split("\r\n")
     # A multi-line reply whose first line has a code gives it to the lines that lack one.
     first = _REPLY_LINE.fullmatch(lines[0])
-    found = _ENHANCED.match(first[4]) if first else None
+    found = ENHANCED_CODE.match(first[4]) if first else None
     return "\r\n".join(_line_with_code(line, found[0] if found else None) for line in lines)
 
 
@@ -139,7 +188,7 @@ def _line_with_code(line: str, code: str | None) -> str:
     if parts is None:
         return line  # 1xx/3xx, or not a reply line at all: left as it is
     klass, rest, sep, text = parts.groups()
-    if _ENHANCED.match(text):
+    if ENHANCED_CODE.match(text):
         return line
     if code is None or code[0] != klass:
         code = f"{klass}.0.0"

@@ -9,6 +9,11 @@ we minted, and returns the bytes to relay plus what must be recorded:
   cannot be used to plant a false original;
 - ``X-ReplyTrack-Campaign`` / ``X-ReplyTrack-Step`` are read and removed, and so is every
   other ``X-ReplyTrack*`` field (the inbound verdict header must never leave with our mail);
+- campaign mail gets ``List-Unsubscribe`` (and, with a one-click URL configured,
+  ``List-Unsubscribe-Post``) carrying a token made from our Message-ID
+  (:mod:`replytrack.unsubscribe`), unless the client set its own ``List-Unsubscribe``,
+  which is then kept as it is (``Stamped.list_unsubscribe`` says which); one-to-one mail
+  gets none;
 - the body and every other header byte stay exactly as they were.
 
 Only the header block is rebuilt: :class:`Stamped` holds the new header block (ending with
@@ -33,6 +38,7 @@ import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 
+from replytrack import unsubscribe as unsubscribe_links
 from replytrack.headers import (
     Field,
     InvalidMetadata,
@@ -43,11 +49,17 @@ from replytrack.headers import (
     parse_fields,
     parse_step,
 )
+from replytrack.proxy.replies import ProxyError
 
 CAMPAIGN_HEADER = "X-ReplyTrack-Campaign"
 STEP_HEADER = "X-ReplyTrack-Step"
 ORIGINAL_HEADER = "X-Original-Message-ID"
 META_PREFIX = "X-ReplyTrack"
+LIST_UNSUBSCRIBE = "List-Unsubscribe"
+LIST_UNSUBSCRIBE_POST = "List-Unsubscribe-Post"
+# Stamped.list_unsubscribe: whose List-Unsubscribe the mail carries.
+UNSUBSCRIBE_OURS = "ours"
+UNSUBSCRIBE_CLIENT = "client"
 # The end of the header block, as replytrack.headers.split_message finds it: the line end
 # followed by the empty line.
 _HEADER_END = re.compile(rb"\r?\n(?=\r?\n)")
@@ -56,8 +68,12 @@ _HEADER_END = re.compile(rb"\r?\n(?=\r?\n)")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
 
-class MetadataError(ValueError):
+class MetadataError(ProxyError, ValueError):
     """The sender's X-ReplyTrack-* metadata is unusable; the message says which and why."""
+
+    @property
+    def reply(self) -> str:
+        return f"550 5.6.0 {self}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,9 @@ class Stamped:
     cc: tuple[str, ...]
     from_address: str | None
     subject: str | None
+    # "ours" (added), "client" (the client's kept) or None (none: one-to-one mail, or
+    # unsubscribe links off and none from the client).
+    list_unsubscribe: str | None = None
 
     @property
     def body(self) -> memoryview:
@@ -147,11 +166,18 @@ def _decode_subject(value: str) -> str:
         return value
 
 
-def stamp(data: bytes | bytearray, message_id: str) -> Stamped:
+def stamp(
+    data: bytes | bytearray,
+    message_id: str,
+    *,
+    unsubscribe: unsubscribe_links.Options | None = None,
+) -> Stamped:
     """Stamp ``message_id`` (``token@domain``, no brackets) on ``data``; see the module doc.
 
     ``data`` is not copied: the result refers to its body, so it must not be changed
     afterwards. Raises :class:`MetadataError` for unusable X-ReplyTrack-* values.
+    ``unsubscribe`` (``unsubscribe.Options.from_config``) adds the unsubscribe links to
+    campaign mail; None adds none.
     """
     header_stop, body_start = header_end(data)
     # Header block plus the empty line: editing this gives the same bytes as editing the
@@ -186,9 +212,22 @@ def stamp(data: bytes | bytearray, message_id: str) -> Stamped:
     add = [("Message-ID", f"<{message_id}>")]
     if original is not None:
         add.append((ORIGINAL_HEADER, f"<{original}>"))
+    remove = ["Message-ID", ORIGINAL_HEADER]
+    list_unsubscribe: str | None = None
+    if any(f.name.lower() == LIST_UNSUBSCRIBE.lower() for f in fields):
+        # The sending engine runs its own unsubscribe handling: two competing links
+        # would confuse mailbox providers, so theirs stays and ours is not added.
+        list_unsubscribe = UNSUBSCRIBE_CLIENT
+    elif campaign is not None and unsubscribe is not None:
+        links = unsubscribe.headers(message_id)
+        if links:
+            add += links
+            # A Post field left over from the client would pair with our URI.
+            remove.append(LIST_UNSUBSCRIBE_POST)
+            list_unsubscribe = UNSUBSCRIBE_OURS
     head, _ = edit_header(
         prefix,
-        remove=("Message-ID", ORIGINAL_HEADER),
+        remove=remove,
         remove_prefixes=(META_PREFIX,),
         add=add,
         parsed=(header, fields),
@@ -212,4 +251,5 @@ def stamp(data: bytes | bytearray, message_id: str) -> Stamped:
         cc=tuple(extract_addresses(values("Cc"))),
         from_address=senders[0] if senders else None,
         subject=_decode_subject(subjects[0])[:998] if subjects else None,
+        list_unsubscribe=list_unsubscribe,
     )

@@ -26,13 +26,8 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from replytrack.config import Config
-from replytrack.proxy.server import (
-    NULL_SENDER,
-    NullSenderSMTP,
-    ThreadedProxy,
-    cancel_other_tasks,
-    reverse_path,
-)
+from replytrack.proxy.protocol import NULL_SENDER, NullSenderSMTP, reverse_path
+from replytrack.proxy.testing import ThreadedProxy, cancel_other_tasks
 from replytrack.store import Store
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring

@@ -142,6 +142,16 @@ class Config:
     notify_timeout: float = 10.0
     notify_max_attempts: int = 12
 
+    # Unsubscribe links on campaign mail (List-Unsubscribe; one-to-one mail never gets
+    # them). The address takes the token as a sub-address (unsubscribe+TOKEN@...); empty:
+    # unsubscribe@<domain>. With url_base (https://, the site's TLS reverse proxy in front
+    # of ``replytrack web``) also a one-click link, RFC 8058.
+    unsubscribe_enabled: bool = True
+    unsubscribe_address: str = ""
+    unsubscribe_url_base: str = ""
+    # Where ``replytrack web`` (the one-click service) listens; loopback by default.
+    unsubscribe_listen: str = "127.0.0.1:8895"
+
     # Retention for ``replytrack prune``.
     retention_days: int = 365
 
@@ -329,12 +339,42 @@ def validate(config: Config) -> None:
             f"proxy.auth_lockout ({config.proxy_auth_lockout:g}) must be positive and at most"
             f" proxy.auth_lockout_max ({config.proxy_auth_lockout_max:g})"
         )
+    check_unsubscribe(config)
     if config.proxy_unconfirmed_after < 4 * config.proxy_timeout:
         raise ConfigError(
             f"proxy.unconfirmed_after: {config.proxy_unconfirmed_after:g} s is shorter than four"
             f" times proxy.timeout ({config.proxy_timeout:g} s): a mail still being relayed"
             " would be marked unconfirmed"
         )
+
+
+_UNSUBSCRIBE_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*/=?^_`{|}~.-]{1,20}")
+
+
+def check_unsubscribe(config: Config) -> None:
+    """Refuse unsubscribe settings that would put a broken link in every campaign mail."""
+    address = config.unsubscribe_address
+    if address:
+        local, at, domain = address.rpartition("@")
+        # The token (45 characters) joins the local part after a "+": RFC 5321 allows
+        # 64 in all, and a "+" of the address's own would hide where the token starts.
+        if not at or not _UNSUBSCRIBE_LOCAL.fullmatch(local) or "+" in local:
+            raise ConfigError(
+                f"unsubscribe.address: {address!r} is not an address with a short local part"
+                " (at most 20 characters, no '+')"
+            )
+        if not _DOMAIN.fullmatch(domain):
+            raise ConfigError(f"unsubscribe.address: {domain!r} is not a domain name")
+    base = config.unsubscribe_url_base
+    if base:
+        parts = urllib.parse.urlsplit(base)
+        # RFC 8058: the one-click URI must be HTTPS; the service itself sits behind the
+        # site's TLS reverse proxy.
+        if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(
+                f"unsubscribe.url_base: {base!r} is not an https:// URL without query"
+            )
+    parse_hostport(config.unsubscribe_listen, setting="unsubscribe.listen")
 
 
 # --- the PostgreSQL store's URL and password ----------------------------------------------

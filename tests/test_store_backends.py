@@ -9,17 +9,22 @@ from typing import Any
 
 import pytest
 
+from replytrack.do_not_contact import address_hasher
 from replytrack.store import StatusChange, StoreError
 from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
     CAMPAIGN_STOPPED,
+    DNC_ADDRESS,
+    DNC_DOMAIN,
     PAUSED,
     STOPPED,
     Event,
     OutboundRecipient,
     OutboundRecord,
+    Suppression,
 )
+from replytrack.tokens import Keyring
 
 NOW = 1_760_000_000.0
 
@@ -582,3 +587,114 @@ def test_export_gives_every_row_in_listing_order(
     assert [
         e.recipient for e in any_store.export_enrollments(campaign="autumn", since=NOW + 3)
     ] == ["p6@example.com"]
+
+
+# --- do-not-contact ---------------------------------------------------------------------------
+
+
+def dnc(value: str, *, reason: str | None = "asked", kind: str | None = None) -> Suppression:
+    kind = kind or (DNC_ADDRESS if "@" in value else DNC_DOMAIN)
+    return Suppression(kind=kind, value=value, reason=reason, actor="ops", created_at=NOW)
+
+
+def test_do_not_contact_entries_add_list_check_remove(any_store: Any) -> None:
+    any_store.use_hasher(address_hasher(Keyring.generate()))
+    added = any_store.add_suppressions(
+        [dnc("ann@example.com"), dnc("example.org"), dnc("ann@example.com", reason="again")]
+    )
+    assert added == 2
+    assert any_store.add_suppressions([dnc("example.org")]) == 0
+    listed = {(e.kind, e.value, e.reason, e.actor) for e in any_store.suppressions()}
+    assert listed == {
+        (DNC_ADDRESS, "ann@example.com", "asked", "ops"),
+        (DNC_DOMAIN, "example.org", "asked", "ops"),
+    }
+    found = any_store.suppressed(
+        ["ann@example.com", "bob@example.com", "eve@example.org", "joe@mail.example.org"]
+    )
+    assert set(found) == {"ann@example.com", "eve@example.org", "joe@mail.example.org"}
+    assert found["joe@mail.example.org"].value == "example.org"
+    assert any_store.remove_suppression(DNC_DOMAIN, "example.org") is True
+    assert any_store.remove_suppression(DNC_DOMAIN, "example.org") is False
+    assert set(any_store.suppressed(["ann@example.com", "eve@example.org"])) == {
+        "ann@example.com"
+    }
+
+
+def test_do_not_contact_blocks_in_every_campaign_with_its_reason(any_store: Any) -> None:
+    any_store.record_outbound(outbound("m@x", recipients=to("ann", "bob")))
+    any_store.add_suppressions([dnc("ann@example.com", reason="unsubscribed"), dnc("example.net")])
+    for campaign in ("spring", "never-sent-before"):
+        blocked = any_store.blocked_enrollments(
+            campaign, ["ann@example.com", "bob@example.com", "cy@example.net"]
+        )
+        assert set(blocked) == {"ann@example.com", "cy@example.net"}
+        assert blocked["ann@example.com"].status == STOPPED
+        assert blocked["ann@example.com"].reason.startswith("do-not-contact")
+        assert "unsubscribed" in blocked["ann@example.com"].reason
+        assert blocked["cy@example.net"].reason.startswith("do-not-contact (domain example.net)")
+    # The list names the person even where the whole campaign is stopped.
+    any_store.record_event(
+        Event(kind="stopped", created_at=NOW, campaign="spring", actor="ops"),
+        campaign_status=STOPPED,
+    )
+    blocked = any_store.blocked_enrollments("spring", ["ann@example.com", "bob@example.com"])
+    assert blocked["ann@example.com"].reason.startswith("do-not-contact")
+    assert blocked["bob@example.com"].reason.startswith(CAMPAIGN_STOPPED)
+
+
+def test_forget_erases_the_person_and_keeps_them_unmailable(any_store: Any) -> None:
+    keys = Keyring.generate()
+    any_store.use_hasher(address_hasher(keys))
+    any_store.record_outbound(outbound("alone@x", recipients=to("ann")))
+    any_store.record_outbound(outbound("shared@x", recipients=to("ann", "bob"), campaign="fall"))
+    any_store.record_event(
+        Event(kind="reply", created_at=NOW, campaign="spring", sender="ann@example.com"),
+        set_status=[StatusChange("spring", "ann@example.com", STOPPED, "replied")],
+    )
+    any_store.record_event(
+        Event(
+            kind="bounce",
+            created_at=NOW,
+            campaign="fall",
+            sender="mailer-daemon@example.com",
+            evidence=("failed:ann@example.com",),
+        )
+    )
+    any_store.remember_ooo("ann@example.com", NOW + 3600)
+    any_store.add_suppressions([dnc("ann@example.com", reason="asked by phone")])
+    assert any_store.outbox_counts(NOW)["pending"] == 2
+
+    counts = any_store.forget("ann@example.com", actor="dpo", now=NOW + 5)
+    assert counts["recipients"] == 2 and counts["messages"] == 1 and counts["events"] == 2
+    assert counts["enrollments"] == 2 and counts["notifications"] == 2
+    assert [m.message_id for m in any_store.messages()] == ["shared@x"]
+    assert [r.address for r in any_store.messages()[0].recipients] == ["bob@example.com"]
+    assert [e.recipient for e in any_store.enrollments()] == ["bob@example.com"]
+    assert any_store.ooo_until("ann@example.com") is None
+    assert any_store.outbox_counts(NOW)["pending"] == 0
+    [erased] = any_store.events(kind="erased")
+    assert erased.actor == "dpo" and "ann" not in str(erased.to_json())
+    [entry] = any_store.suppressions()
+    assert (entry.value, entry.reason, entry.erased) == (None, "asked by phone", True)
+    assert "ann" not in str(entry.to_json())
+    # Still unmailable in every campaign, through the hash alone.
+    blocked = any_store.blocked_enrollments("winter", ["ann@example.com", "bob@example.com"])
+    assert set(blocked) == {"ann@example.com"}
+    assert blocked["ann@example.com"].reason.startswith("do-not-contact")
+    # The operator can still take the entry off by naming the address.
+    assert any_store.remove_suppression(DNC_ADDRESS, "ann@example.com") is True
+
+
+def test_forget_needs_the_hasher(any_store: Any) -> None:
+    with pytest.raises(StoreError, match="key file"):
+        any_store.forget("ann@example.com", actor="dpo", now=NOW)
+
+
+def test_an_erased_entry_outlives_a_key_rotation(any_store: Any) -> None:
+    old = Keyring.generate()
+    any_store.use_hasher(address_hasher(old))
+    any_store.forget("ann@example.com", actor="dpo", now=NOW)
+    rotated = Keyring(keys=(Keyring.generate().current, *old.keys))
+    any_store.use_hasher(address_hasher(rotated))
+    assert set(any_store.blocked_enrollments("c", ["ann@example.com"])) == {"ann@example.com"}

@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "replytrack.cli.milter_cmd",
     "replytrack.cli.journal_cmd",
     "replytrack.cli.proxy_cmd",
+    "replytrack.cli.suppress_cmd",
+    "replytrack.cli.web_cmd",
 ]
 
 for _name in COMMAND_MODULES:

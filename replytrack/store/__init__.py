@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from replytrack.store.base import Store
+from replytrack.store.base import AddressHasher, Store
 from replytrack.store.errors import StoreError, StoreWouldWait
 from replytrack.store.records import (
     ACTIVE,
@@ -60,13 +60,20 @@ __all__ = [
 
 
 def open_store(
-    db: str, *, busy_timeout_ms: int = 5000, create: bool = False, readonly: bool = False
+    db: str,
+    *,
+    busy_timeout_ms: int = 5000,
+    create: bool = False,
+    readonly: bool = False,
+    hasher: AddressHasher | None = None,
 ) -> Store:
     """Open the store named by ``db``: a SQLite file path or a ``postgresql://`` URL.
 
     Without ``create`` (which only ``replytrack init`` and ``migrate`` pass) the store must
     exist and hold this version's schema: a missing, empty or foreign file, or an older
-    schema, raises StoreError, and nothing is created or upgraded.
+    schema, raises StoreError, and nothing is created or upgraded. ``hasher`` hashes
+    do-not-contact addresses (:func:`replytrack.do_not_contact.address_hasher`); a store
+    opened without one can be given one later (``Store.use_hasher``).
     """
     if db.startswith(("postgres://", "postgresql://")):
         try:
@@ -78,8 +85,14 @@ def open_store(
             ) from None
         # The busy timeout's job (bound every call) is statement_timeout's there.
         return PostgreSQLStore(
-            db, statement_timeout_ms=busy_timeout_ms, create=create, readonly=readonly
+            db,
+            statement_timeout_ms=busy_timeout_ms,
+            create=create,
+            readonly=readonly,
+            hasher=hasher,
         )
     from replytrack.store.sqlite import SQLiteStore
 
-    return SQLiteStore(db, busy_timeout_ms=busy_timeout_ms, create=create, readonly=readonly)
+    return SQLiteStore(
+        db, busy_timeout_ms=busy_timeout_ms, create=create, readonly=readonly, hasher=hasher
+    )

@@ -9,7 +9,7 @@ speaks in live in :mod:`replytrack.store.records`, the rules both engines follow
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from replytrack.store.records import (
@@ -20,7 +20,12 @@ from replytrack.store.records import (
     OutboxItem,
     SentMessage,
     StatusChange,
+    Suppression,
 )
+
+#: ``hasher(address)``: keyed hashes of an address, the current key's first
+#: (:func:`replytrack.do_not_contact.address_hasher`).
+AddressHasher = Callable[[str], Sequence[str]]
 
 
 class Store(abc.ABC):
@@ -30,6 +35,14 @@ class Store(abc.ABC):
     #: How often (seconds) :meth:`upkeep` wants to run while a daemon serves mail; None:
     #: never.
     upkeep_interval: float | None = None
+    #: Hashes addresses for the do-not-contact list (given at open, or by
+    #: :meth:`use_hasher`). Without one, entries are kept and matched by address and
+    #: domain only, and erased entries (hash only) cannot be matched.
+    hasher: AddressHasher | None = None
+
+    def use_hasher(self, hasher: AddressHasher | None) -> None:
+        """Hash do-not-contact addresses with ``hasher`` from now on."""
+        self.hasher = hasher
 
     # --- outbound -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -133,6 +146,41 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def reactivate_due(self, now: float) -> int:
         """Turn paused enrollments whose date has passed active again; returns how many."""
+
+    # --- do-not-contact ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        """Put entries on the do-not-contact list in one transaction; an entry already
+        there (same address, hash or domain) is kept as it was. Address entries get their
+        keyed hash when the store has a hasher. Returns how many were new."""
+
+    @abc.abstractmethod
+    def remove_suppression(self, kind: str, value: str) -> bool:
+        """Take an address or domain off the list (an erased address by its address,
+        through its hash); False when it was not there."""
+
+    @abc.abstractmethod
+    def suppressions(
+        self, *, kind: str | None = None, limit: int | None = None
+    ) -> list[Suppression]:
+        """The list's entries, newest first."""
+
+    @abc.abstractmethod
+    def suppressed(self, addresses: Iterable[str]) -> dict[str, Suppression]:
+        """Which of ``addresses`` the list covers (by address, keyed hash, domain or parent
+        domain), each with the entry that covers it. blocked_enrollments folds this in."""
+
+    @abc.abstractmethod
+    def forget(self, address: str, *, actor: str, now: float) -> dict[str, int]:
+        """Erase ``address`` from every table and keep it unmailable (``replytrack forget``).
+
+        One transaction: its recipient rows, enrollments, out-of-office memory, events that
+        name it (and their notifications not yet sent), mails left with no recipient; its
+        do-not-contact entry keeps only the keyed hash (one is added when there was none).
+        An ``erased`` event without the address records that it happened. Then the freed
+        space is cleared (what that covers depends on the backend). Needs a hasher: raises
+        StoreError without one. Returns the number of rows removed per table.
+        """
 
     # --- listing ---------------------------------------------------------------------------
     @abc.abstractmethod

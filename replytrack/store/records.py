@@ -39,9 +39,26 @@ RECIPIENT_SUPPRESSED = "suppressed"
 RECIPIENT_REFUSED = "refused"
 
 # Event kinds. The first six are inbound verdicts (the milter's, made without a person);
-# the rest are actions on enrollments (by hand, or the proxy's suppressions).
+# the rest are actions on enrollments (by hand, or the proxy's suppressions). An
+# ``unsubscribe`` is a person's own request (by mail or one click): its stops apply like a
+# change by hand. ``erased`` records a ``replytrack forget``, without the address.
 INBOUND_KINDS = ("reply", "auto_reply", "bounce", "receipt", "feedback", "unrelated")
-EVENT_KINDS = (*INBOUND_KINDS, "stopped", "resumed", "paused", "suppressed")
+EVENT_KINDS = (
+    *INBOUND_KINDS,
+    "stopped",
+    "resumed",
+    "paused",
+    "suppressed",
+    "unsubscribe",
+    "erased",
+)
+
+# The do-not-contact list: whole addresses or whole domains, honoured by every campaign. A
+# blocked recipient's reason starts with DO_NOT_CONTACT (the proxy's 550 names it).
+DNC_ADDRESS = "address"
+DNC_DOMAIN = "domain"
+DNC_KINDS = (DNC_ADDRESS, DNC_DOMAIN)
+DO_NOT_CONTACT = "do-not-contact"
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -176,6 +193,42 @@ class Event:
             "detail": self.detail,
             "queue_id": self.queue_id,
             "actor": self.actor,
+        }
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """One entry of the do-not-contact list.
+
+    An address entry keeps the address and, when the store has a hasher, a keyed hash of
+    it (``digest``). ``replytrack forget`` erases the address and keeps the digest only, so
+    the person stays unmailable while the store no longer says who they are: then
+    ``value`` is None.
+    """
+
+    kind: str  # DNC_KINDS
+    value: str | None  # the address or domain (lowercase); None once an address is erased
+    reason: str | None
+    actor: str | None
+    created_at: float
+    digest: str | None = None
+    id: int | None = None
+
+    @property
+    def erased(self) -> bool:
+        """Whether only the keyed hash of the address is left."""
+        return self.value is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as ``replytrack suppress list --json`` prints it."""
+        return {
+            "kind": self.kind,
+            "address": self.value if self.kind == DNC_ADDRESS else None,
+            "domain": self.value if self.kind == DNC_DOMAIN else None,
+            "erased": self.erased,
+            "reason": self.reason,
+            "actor": self.actor,
+            "created_at": iso_time(self.created_at),
         }
 
 

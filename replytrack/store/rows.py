@@ -15,6 +15,7 @@ from replytrack.store.records import (
     Event,
     OutboundRecipient,
     SentMessage,
+    Suppression,
 )
 
 
@@ -189,4 +190,17 @@ def campaign_stats(row: Row) -> CampaignStats:
         last_sent=row["last_sent"],
         status=row["status"],
         reason=row["reason"],
+    )
+
+
+def suppression(row: Row) -> Suppression:
+    """A ``suppressions`` row (the do-not-contact list)."""
+    return Suppression(
+        kind=row["kind"],
+        value=row["value"],
+        reason=row["reason"],
+        actor=row["actor"],
+        created_at=float(row["created_at"]),
+        digest=row["digest"],
+        id=int(row["id"]),
     )

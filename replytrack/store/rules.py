@@ -7,8 +7,9 @@ which suppressions are recorded or which enrollment state wins.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from replytrack.do_not_contact import reason_of
 from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
@@ -29,6 +30,7 @@ from replytrack.store.records import (
     OutboundRecipient,
     OutboundRecord,
     StatusChange,
+    Suppression,
 )
 
 # How strongly an enrollment state holds against a change the milter makes on its own: a
@@ -50,19 +52,34 @@ def blocked_recipients(
     stop: CampaignStop | None,
     enrollments: Iterable[Enrollment],
     now: float,
+    do_not_contact: Mapping[str, Suppression] | None = None,
 ) -> dict[str, Enrollment]:
     """Who of ``addresses`` the next mail of ``campaign`` must not reach, and why.
 
-    A campaign stopped as a whole outranks each recipient's own state: every address is
-    blocked, enrolled or not, by a ``stopped`` enrollment whose reason starts with
+    The do-not-contact list outranks everything, in every campaign: an address it covers
+    (``do_not_contact``: address to its entry, :func:`replytrack.do_not_contact.covering`)
+    is blocked by a ``stopped`` enrollment whose reason starts with DO_NOT_CONTACT. A
+    campaign stopped as a whole outranks each recipient's own state: every other address
+    is blocked, enrolled or not, by a ``stopped`` enrollment whose reason starts with
     CAMPAIGN_STOPPED. Otherwise each of ``enrollments`` (the backend's read of these
     addresses in this campaign) that blocks sending (stopped, bounced, paused until later)
     blocks its recipient.
     """
     wanted = sorted(set(addresses))
+    listed = {
+        address: Enrollment(
+            campaign=campaign,
+            recipient=address,
+            status=STOPPED,
+            reason=reason_of(entry),
+            since=entry.created_at,
+            updated_by=entry.actor,
+        )
+        for address, entry in (do_not_contact or {}).items()
+    }
     if stop is not None:
         reason = campaign_stop_reason(stop)
-        return {
+        return listed | {
             address: Enrollment(
                 campaign=campaign,
                 recipient=address,
@@ -72,8 +89,9 @@ def blocked_recipients(
                 updated_by=stop.updated_by,
             )
             for address in wanted
+            if address not in listed
         }
-    return {e.recipient: e for e in enrollments if e.blocks_sending(now)}
+    return {e.recipient: e for e in enrollments if e.blocks_sending(now)} | listed
 
 
 def enrolled_by(record: OutboundRecord) -> list[str]:

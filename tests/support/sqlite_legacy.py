@@ -135,6 +135,22 @@ LEGACY_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS messages_relaying ON messages (created_at)
         WHERE status = 'relaying';
     """,
+    # 5 -> 6: the do-not-contact list.
+    """
+    CREATE TABLE IF NOT EXISTS suppressions (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        value TEXT,
+        digest TEXT,
+        reason TEXT,
+        actor TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS suppressions_value ON suppressions (kind, value)
+        WHERE value IS NOT NULL;
+    CREATE UNIQUE INDEX IF NOT EXISTS suppressions_digest ON suppressions (digest)
+        WHERE digest IS NOT NULL;
+    """,
 ]
 
 

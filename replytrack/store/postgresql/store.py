@@ -17,11 +17,12 @@ from typing import Any
 from psycopg.rows import DictRow
 
 from replytrack.store import rows, rules
-from replytrack.store.base import Store
+from replytrack.store.base import AddressHasher, Store
 from replytrack.store.postgresql import schema
 from replytrack.store.postgresql.connection import Conn, text, texts
 from replytrack.store.postgresql.listing import PgListing
 from replytrack.store.postgresql.outbox import PgOutbox
+from replytrack.store.postgresql.suppressions import PgSuppressions
 from replytrack.store.records import (
     Enrollment,
     Event,
@@ -62,7 +63,7 @@ def _settled_suppressions(row: DictRow) -> list[Event]:
     )
 
 
-class PostgreSQLStore(PgListing, PgOutbox, Store):
+class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, Store):
     """The store in a PostgreSQL database. Safe to share between threads."""
 
     def __init__(
@@ -76,7 +77,9 @@ class PostgreSQLStore(PgListing, PgOutbox, Store):
         reconnect_timeout: float | None = None,
         create: bool = True,
         readonly: bool = False,
+        hasher: AddressHasher | None = None,
     ) -> None:
+        self.hasher = hasher
         super().__init__(
             url,
             statement_timeout_ms=statement_timeout_ms,
@@ -129,7 +132,14 @@ class PostgreSQLStore(PgListing, PgOutbox, Store):
                         (campaign, wanted),
                     )
                 ]
-            return rules.blocked_recipients(campaign, wanted, stop=stop, enrollments=found, now=now)
+            return rules.blocked_recipients(
+                campaign,
+                wanted,
+                stop=stop,
+                enrollments=found,
+                now=now,
+                do_not_contact=self._suppressed(conn, wanted),
+            )
 
         return self.read(read)
 

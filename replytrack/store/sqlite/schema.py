@@ -202,7 +202,30 @@ def _v5(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(conn: sqlite3.Connection) -> None:
+    """5 -> 6: the do-not-contact list, honoured by every campaign. An address entry keeps
+    the address and its keyed hash (``digest``); an erased one only the hash."""
+    _sql(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS suppressions (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            value TEXT,
+            digest TEXT,
+            reason TEXT,
+            actor TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS suppressions_value ON suppressions (kind, value)
+            WHERE value IS NOT NULL;
+        CREATE UNIQUE INDEX IF NOT EXISTS suppressions_digest ON suppressions (digest)
+            WHERE digest IS NOT NULL
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

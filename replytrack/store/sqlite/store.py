@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from replytrack.store import files, rows, rules
-from replytrack.store.base import Store
+from replytrack.store.base import AddressHasher, Store
 from replytrack.store.records import (
     Enrollment,
     Event,
@@ -27,13 +27,14 @@ from replytrack.store.sqlite import schema
 from replytrack.store.sqlite.connection import text
 from replytrack.store.sqlite.listing import SQLiteListing, chunks
 from replytrack.store.sqlite.outbox import SQLiteOutbox
+from replytrack.store.sqlite.suppressions import SQLiteSuppressions
 
 
 def _storable(record: Any) -> Any:
     return rows.storable(record, text)
 
 
-class SQLiteStore(SQLiteListing, SQLiteOutbox, Store):
+class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, Store):
     """The store in one SQLite file. Safe to share between threads."""
 
     def __init__(
@@ -43,8 +44,10 @@ class SQLiteStore(SQLiteListing, SQLiteOutbox, Store):
         busy_timeout_ms: int = 5000,
         create: bool = True,
         readonly: bool = False,
+        hasher: AddressHasher | None = None,
     ) -> None:
         super().__init__(path, busy_timeout_ms=busy_timeout_ms, readonly=readonly)
+        self.hasher = hasher
         # Only an explicit create (``replytrack init``, ``migrate``) makes or upgrades a
         # store; every other opener is refused a missing, empty or foreign file. The
         # default here (create) serves tests and tools that build a store directly; the
@@ -103,6 +106,7 @@ class SQLiteStore(SQLiteListing, SQLiteOutbox, Store):
             stop=rows.campaign_stop(stop[0] if stop else None),
             enrollments=found,
             now=now,
+            do_not_contact=self.suppressed(wanted),
         )
 
     def record_outbound(self, record: OutboundRecord) -> int:

@@ -1,0 +1,217 @@
+"""The PostgreSQL store's do-not-contact list and erasure (``replytrack forget``).
+
+What an erasure can promise here is less than on SQLite, and ``forget`` says so: the
+deletes commit at once, and a plain ``VACUUM`` of the touched tables afterwards removes
+the dead row versions from the table and index pages, so that no query, dump or
+``pageinspect`` of the live database shows them. It does not overwrite the bytes: they may
+stay in free space inside a page until it is rewritten, in the write-ahead log until its
+segments are recycled, and in WAL archives, base backups and standbys for as long as
+those are kept. ``VACUUM FULL`` would rewrite the files but locks each table against every
+proxy and milter for its whole run, so it is left to a maintenance window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+
+from replytrack import do_not_contact
+from replytrack.store.base import AddressHasher
+from replytrack.store.errors import StoreError
+from replytrack.store.postgresql.connection import Conn, PgConnections, text
+from replytrack.store.records import DNC_ADDRESS, Event, Suppression
+from replytrack.store.rows import suppression
+
+log = logging.getLogger(__name__)
+
+# Tables an erasure touches, vacuumed after it.
+_ERASED_TABLES = (
+    "recipients",
+    "messages",
+    "enrollments",
+    "ooo",
+    "events",
+    "outbox",
+    "suppressions",
+)
+
+
+class PgSuppressions(PgConnections):
+    """The do-not-contact calls of the PostgreSQL store."""
+
+    hasher: AddressHasher | None
+
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        # One order for every host: two imports of overlapping lists cannot deadlock.
+        ordered = sorted(entries, key=lambda e: (e.kind, e.value or "", e.digest or ""))
+
+        def write(conn: Conn) -> int:
+            added = 0
+            for entry in ordered:
+                value = text(entry.value)
+                digest = entry.digest
+                if entry.kind == DNC_ADDRESS and value and digest is None and self.hasher:
+                    digest = self.hasher(value)[0]
+                    conn.execute(
+                        "UPDATE suppressions SET digest = %s WHERE kind = 'address'"
+                        " AND value = %s AND digest IS NULL",
+                        (digest, value),
+                    )
+                cur = conn.execute(
+                    "INSERT INTO suppressions (kind, value, digest, reason, actor, created_at)"
+                    " VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                    (
+                        entry.kind,
+                        value,
+                        digest,
+                        text(entry.reason),
+                        text(entry.actor),
+                        entry.created_at,
+                    ),
+                )
+                added += cur.rowcount
+            return added
+
+        return self.write(write)
+
+    def remove_suppression(self, kind: str, value: str) -> bool:
+        digests = list(self.hasher(value)) if kind == DNC_ADDRESS and self.hasher else []
+        return self.write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM suppressions WHERE kind = %s AND (value = %s OR digest = ANY(%s))",
+                    (kind, text(value), digests),
+                ).rowcount
+                > 0
+            )
+        )
+
+    def suppressions(
+        self, *, kind: str | None = None, limit: int | None = None
+    ) -> list[Suppression]:
+        sql = "SELECT * FROM suppressions"
+        params: list[Any] = []
+        if kind is not None:
+            sql += " WHERE kind = %s"
+            params.append(kind)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(max(0, int(limit)))
+        return [suppression(row) for row in self.rows(sql, params)]
+
+    def _suppressed(self, conn: Conn, addresses: Iterable[str]) -> dict[str, Suppression]:
+        wanted, domains, digests = do_not_contact.lookup_keys(
+            [text(a) for a in addresses], self.hasher
+        )
+        entries = map(
+            suppression,
+            conn.execute(
+                "SELECT * FROM suppressions WHERE (kind = 'address' AND value = ANY(%s))"
+                " OR (kind = 'domain' AND value = ANY(%s)) OR digest = ANY(%s)",
+                (wanted, domains, digests),
+            ),
+        )
+        return do_not_contact.covering(wanted, entries, self.hasher)
+
+    def suppressed(self, addresses: Iterable[str]) -> dict[str, Suppression]:
+        wanted = list(addresses)
+        return self.read(lambda conn: self._suppressed(conn, wanted))
+
+    # --- erasure ---------------------------------------------------------------------------
+    def forget(self, address: str, *, actor: str, now: float) -> dict[str, int]:
+        if self.hasher is None:
+            raise StoreError("erasing an address needs the token key file (to keep its hash)")
+        address = text(address.strip().lower())
+        digests = list(self.hasher(address))
+        needle = address.lower()
+
+        def write(conn: Conn) -> dict[str, int]:
+            counts: dict[str, int] = {}
+            touched = [
+                row["message"]
+                for row in conn.execute(
+                    "DELETE FROM recipients WHERE address = %s RETURNING message", (address,)
+                )
+            ]
+            counts["recipients"] = len(touched)
+            counts["messages"] = conn.execute(
+                "DELETE FROM messages m WHERE m.id = ANY(%s) AND NOT EXISTS"
+                " (SELECT 1 FROM recipients r WHERE r.message = m.id)",
+                (touched,),
+            ).rowcount
+            counts["texts"] = (
+                conn.execute(
+                    "UPDATE messages SET upstream_reply = NULL"
+                    " WHERE strpos(lower(upstream_reply), %s) > 0",
+                    (needle,),
+                ).rowcount
+                + conn.execute(
+                    "UPDATE recipients SET reason = NULL WHERE strpos(lower(reason), %s) > 0",
+                    (needle,),
+                ).rowcount
+            )
+            counts["enrollments"] = conn.execute(
+                "DELETE FROM enrollments WHERE recipient = %s", (address,)
+            ).rowcount
+            counts["ooo"] = conn.execute("DELETE FROM ooo WHERE address = %s", (address,)).rowcount
+            events = (
+                "sender = %(a)s OR recipient = %(a)s OR strpos(lower(evidence), %(n)s) > 0"
+                " OR strpos(lower(detail), %(n)s) > 0"
+            )
+            row = conn.execute(
+                "SELECT count(*) AS n FROM outbox WHERE delivered_at IS NULL AND event IN"
+                f" (SELECT id FROM events WHERE {events})",
+                {"a": address, "n": needle},
+            ).fetchone()
+            counts["notifications"] = int(row["n"]) if row else 0
+            counts["events"] = conn.execute(
+                f"DELETE FROM events WHERE {events}", {"a": address, "n": needle}
+            ).rowcount
+            held = [
+                suppression(r)
+                for r in conn.execute(
+                    "DELETE FROM suppressions WHERE kind = 'address' AND (value = %s"
+                    " OR digest = ANY(%s)) RETURNING *",
+                    (address, digests),
+                )
+            ]
+            first = min(held, key=lambda e: (e.created_at, e.id or 0)) if held else None
+            conn.execute(
+                "INSERT INTO suppressions (kind, value, digest, reason, actor, created_at)"
+                " VALUES (%s, NULL, %s, %s, %s, %s)",
+                (
+                    DNC_ADDRESS,
+                    digests[0],
+                    first.reason if first else "erased on request",
+                    first.actor if first else actor,
+                    first.created_at if first else now,
+                ),
+            )
+            self._insert_event(  # type: ignore[attr-defined]
+                conn,
+                Event(kind="erased", created_at=now, actor=actor, detail={"removed": counts}),
+                dedupe_key=None,
+                notify=False,
+            )
+            return counts
+
+        counts = self.write(write)
+        counts["files_cleared"] = int(self._vacuum())
+        return counts
+
+    def _vacuum(self) -> bool:
+        """Plain VACUUM of the tables an erasure touched (see the module doc for what it
+        does not do); False when it could not run (not the tables' owner, say)."""
+        try:
+            with self.direct("vacuum") as conn:
+                conn.execute("SET statement_timeout = 0")
+                for table in _ERASED_TABLES:
+                    conn.execute(f"VACUUM {table}")
+        except (StoreError, psycopg.Error) as exc:
+            log.warning("store %s: VACUUM after the erasure failed: %s", self.safe_url, exc)
+            return False
+        return True

@@ -345,7 +345,7 @@ T0=$(date +%s.%N)
 reply "$SMTP_A" "ben@$DOMAIN" "Re: Spring offer for ben" "$BEN_MID" "$RUN/swaks-reply-ben.log" \
   || { cat "$RUN/swaks-reply-ben.log" >&2; die "MX A did not accept the reply"; }
 BEN_REPLY=$(delivered "$MX_A" "Re: Spring offer for ben")
-say "delivered at MX A after $(printf '%.1f' "$(echo "$(date +%s.%N) - $T0" | bc)") s (X-ReplyTrack: '$(header X-ReplyTrack "$BEN_REPLY")': the match needs the store)"
+say "delivered at MX A after $(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s (X-ReplyTrack: '$(header X-ReplyTrack "$BEN_REPLY")': the match needs the store)"
 JOURNAL=$RUN/mx-a/journal/journal
 [ -s "$JOURNAL" ] || die "MX A's milter did not journal the reply"
 say "MX A's milter journaled it: $(grep -c . "$JOURNAL") entry in ${JOURNAL#"$ROOT"/}"

@@ -183,9 +183,9 @@ def test_promoted_standby_holds_every_mail_the_proxy_accepted(
         promoted_at = len(client.accepted)
 
         # Mail flows again through the same proxy process, now on the promoted server.
-        assert wait_until(
-            lambda: len(client.accepted) >= promoted_at + AFTER, RECOVERY_WAIT
-        ), logs()
+        assert wait_until(lambda: len(client.accepted) >= promoted_at + AFTER, RECOVERY_WAIT), (
+            logs()
+        )
         client.finish()
         assert proxy.running() and milter.running(), logs()
         reply_to(client.accepted[1])

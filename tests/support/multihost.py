@@ -112,9 +112,10 @@ class Daemon:
             cwd=self.base,
         )
         log.close()
-        if not wait_until(lambda: port_open(self.port) or self.process.poll() is not None, timeout):
+        process = self.process
+        if not wait_until(lambda: port_open(self.port) or process.poll() is not None, timeout):
             raise RuntimeError(f"{self.name} not listening on {self.port}:\n{self.log()}")
-        if self.process.poll() is not None:
+        if process.poll() is not None:
             raise RuntimeError(f"{self.name} exited at start:\n{self.log()}")
         return self
 
@@ -177,5 +178,8 @@ def submit(port: int, sender: str, recipients: list[str], data: bytes) -> tuple[
         try:
             code, text = smtp.data(data)
         except smtplib.SMTPDataError as exc:
-            code, text = exc.smtp_code, exc.smtp_error
+            error = exc.smtp_error
+            if isinstance(error, bytes):
+                error = error.decode(errors="replace")
+            return exc.smtp_code, error
         return code, text.decode(errors="replace")

@@ -7,7 +7,7 @@
 Parts (one private PostgreSQL for all of them, ``pg_server.py``: fsync on):
 
 * ``proxy``: ``smtp-source -> replytrack proxy -> smtp-sink``, one proxy on a SQLite store
-  and one on a PostgreSQL database, both relaying to the same sink; each round runs both
+  and one on a PostgreSQL database, each relaying to its own smtp-sink; each round runs both
   back to back. CPU per mail is given for the proxy's process tree and for PostgreSQL's
   server processes separately (the sink's is left out: it is the same for both).
 * ``async``: how the proxy should call PostgreSQL from its event loop. The proxy runs each
@@ -148,7 +148,6 @@ def print_table(title: str, results: Results, names: list[str], sessions: list[i
 # --- proxy ---------------------------------------------------------------------------------
 def proxy_configs(lab: Lab, server: Any, pg_root: int, variants: list[str]) -> dict[str, Config]:
     """SQLite, PostgreSQL, and PostgreSQL with each what-if of pg_variants/ applied."""
-    sink = lab.sink()
     url = pg_server.create_database(server, "proxy")
     configs: dict[str, Config] = {}
     runs: list[tuple[str, dict[str, str]]] = [
@@ -162,7 +161,9 @@ def proxy_configs(lab: Lab, server: Any, pg_root: int, variants: list[str]) -> d
     for n, (name, extra) in enumerate(runs):
         workdir = lab.workdir / f"proxy{n}"
         workdir.mkdir()
-        proxy = ProxyProcess(workdir, sink.port, extra_env=extra).start()
+        # A sink each (the same smtp-sink): one sink refuses connections past its limit
+        # once several proxies keep pools of up to 64 upstream connections open.
+        proxy = ProxyProcess(workdir, lab.sink().port, extra_env=extra).start()
         lab.proxies.append(proxy)
         configs[name] = Config([proxy.port], {"proxy": [proxy.pid], "postgresql": [pg_root]})
     return configs

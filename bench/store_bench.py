@@ -1,6 +1,13 @@
 """Store lookup and insert cost at 10 k, 1 M and 10 M recorded Message-IDs.
 
 Usage: .venv/bin/python bench/store_bench.py [--sizes 10000,1000000,10000000] [--dir /tmp/...]
+                                             [--backend sqlite|postgresql|both]
+
+``--backend postgresql`` (or ``both``, interleaved with SQLite in the same rounds) fills one
+database per size on a private durable PostgreSQL (store_bench_pg.py, pg_server.py) and
+adds the server's CPU per call. Besides the reply, miss and insert below, every round also
+times a reply found by the client's own Message-ID and ``blocked_enrollments`` (the
+proxy's check of two enrolled recipients and one unknown).
 
 What it measures, per store size:
 

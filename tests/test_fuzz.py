@@ -326,19 +326,20 @@ def _engine():  # type: ignore[no-untyped-def]
 def test_engine_screen_and_decide_never_raise(
     hdrs: list[tuple[str, str]], envelope: str, body: bytes | None
 ) -> None:
-    from replytrack.milter import engine as engine_module
+    from replytrack.milter import inbound
+    from replytrack.store.records import INBOUND_KINDS
 
     engine = _engine()
-    msg = engine_module.Inbound(envelope_from=envelope, headers=hdrs, body=body)
+    msg = inbound.Inbound(envelope_from=envelope, headers=hdrs, body=body)
     screening = engine.screen(msg)
     verdict = engine.decide(msg, screening)
-    assert verdict.kind in engine_module.KINDS
+    assert verdict.kind in INBOUND_KINDS
     # Without a store nothing can match, so nothing is a reply and nothing stops.
     assert verdict.kind != "reply" and not verdict.stopped
     assert screening.strip_count == sum(1 for n, _ in hdrs if n.lower() == "x-replytrack")
-    assert engine_module.dedupe_key(msg)
-    engine_module.never_reply_reason(msg)
-    again = engine_module.Inbound.from_json(msg.to_json())
+    assert inbound.dedupe_key(msg)
+    inbound.never_reply_reason(msg)
+    again = inbound.Inbound.from_json(msg.to_json())
     assert again.headers == msg.headers and again.body == msg.body
 
 

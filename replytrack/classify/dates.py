@@ -181,8 +181,9 @@ def _sentences(text: str) -> list[str]:
 
 
 def warm_up() -> None:
-    """Load dateparser's language data now (about 150 ms) rather than on the first
-    out-of-office mail a daemon sees; the milter calls this in a thread at start."""
+    """Load dateparser's language data now (a one-off cost, see bench/README.md) rather
+    than on the first out-of-office mail a daemon sees; the milter calls this in a thread
+    at start."""
     read_return_date(
         "Out of office", "I am out of the office until 3 March 2031.", dt.date(2031, 1, 1)
     )

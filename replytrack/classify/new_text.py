@@ -43,6 +43,8 @@ QUOTE_MARKERS = re.compile(
     r"^[ \t]*>"
     rf"|^-{{2,}}[ \t]*(?:{_SEPARATOR_WORDS})"
     rf"|^[ \t]*(?:{_ATTRIBUTION_OPENERS}) .{{0,200}}(?:{_ATTRIBUTION_VERBS})[ \t]*:"
+    # "Am ... schrieb Sam <sam@example.com>:": the name after the verb, the colon last
+    rf"|^[ \t]*(?:{_ATTRIBUTION_OPENERS}) .{{0,200}}(?:{_ATTRIBUTION_VERBS}) .{{0,200}}:[ \t]*$"
     rf"|^[ \t]*(?:{_HEADER_LABELS}):\s.{{0,200}}$",
     re.I | re.M,
 )

@@ -33,7 +33,8 @@ def answered_ids(
         ordered += [(i, IN_REPLY_TO) for i in extract_msgids(value, limit=MAX_IN_REPLY_TO_IDS)]
     chain: list[str] = []
     for value in references[:MAX_HEADER_FIELDS]:
-        chain += extract_msgids(value, limit=limit)
+        # The whole chain (bounded by extract_msgids), so that the newest are among it.
+        chain += extract_msgids(value)
     ordered += [(i, REFERENCES) for i in reversed(chain[-limit:])]
     strongest: dict[str, str] = {}
     for message_id, source in ordered:

@@ -71,8 +71,11 @@ class Context:
         while self._read <= len(raw) and sum(map(len, self._kept)) < size:
             end = raw.find("\n", self._read + size)
             end = len(raw) if end < 0 else end
-            chunk = raw[self._read : end].split("\n")
-            self._kept += [line for line in chunk if not line.lstrip().startswith(">")]
+            chunk = raw[self._read : end]
+            lines = chunk.split("\n")
+            if ">" in chunk:
+                lines = [line for line in lines if not line.lstrip().startswith(">")]
+            self._kept += lines
             self._read = end + 1
         return "\n".join(self._kept)[:size]
 

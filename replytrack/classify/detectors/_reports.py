@@ -83,7 +83,10 @@ def failure_nature(text: str) -> tuple[str, bool | None]:
 
 def failed_from_headers(ctx: Context) -> list[str]:
     """The addresses in X-Failed-Recipients (Exim)."""
-    addrs = (addr.lower() for _, addr in getaddresses(ctx.headers.get_all("X-Failed-Recipients")))
+    values = ctx.headers.get_all("X-Failed-Recipients")
+    if not values:
+        return []
+    addrs = (addr.lower() for _, addr in getaddresses(values))
     return unique((a for a in addrs if a and "@" in a), MAX_RECIPIENTS)
 
 

@@ -20,9 +20,12 @@ _WINDOW = 6000
 
 def check(ctx: Context) -> Finding | None:
     """A link and the wording of a challenge in the mail's own text."""
+    # The link is the cheap test (a plain substring search first, in the text as it
+    # came, before quoted lines are taken out); the wording is only looked for when
+    # there is one.
+    if "://" not in ctx.own_text:
+        return None
     window = ctx.head(_WINDOW)
-    # The link is the cheap test ("://" found by a plain substring search first); the
-    # wording is only looked for when there is one.
     if "://" not in window or _LINK.search(window) is None:
         return None
     if not pat.CHALLENGE_BODY_SET.hits(window):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
 from pathlib import Path
 
 import click
@@ -23,6 +25,27 @@ def _db_setting(db: str) -> str:
     # A relative SQLite path is made absolute (the daemons run elsewhere); a URL is kept,
     # without a password it may hold.
     return shown_db(db) if is_postgresql_url(db) else str(Path(db).resolve())
+
+
+# The store's directory when init makes it: the service group may create the -wal and -shm
+# files SQLite needs (the ops CLI runs as members of the group, also while no daemon holds
+# the store open), and setgid gives every file made in it that group.
+GROUP_DIR_MODE = 0o2770
+
+
+def _hand_over(paths: list[Path], directory: Path | None, user: str) -> str | None:
+    """Give what init made as root to the service user and its group; the account's name
+    when done, None when there is no such account (then root keeps them)."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    for path in paths:
+        os.chown(path, account.pw_uid, account.pw_gid)
+    if directory is not None:
+        os.chown(directory, account.pw_uid, account.pw_gid)
+        directory.chmod(GROUP_DIR_MODE)
+    return user
 
 
 def _server_schema(config: Config) -> int:
@@ -104,15 +127,29 @@ max_attempts = {config.notify_max_attempts}
     is_flag=True,
     help="Create a key file although the store already holds mail signed with a lost one.",
 )
+@click.option(
+    "--service-user",
+    metavar="USER",
+    default="replytrack",
+    show_default=True,
+    help="Run as root: the files init makes go to this user and its group (User= of the units).",
+)
 @pass_state
 def init_command(
-    state: State, write_config: str | None, force: bool, rotate_key: bool, new_key: bool
+    state: State,
+    write_config: str | None,
+    force: bool,
+    rotate_key: bool,
+    new_key: bool,
+    service_user: str,
 ) -> None:
     """Set up an installation: the store (mode 0660), the Message-ID key file (mode 0600),
-    and optionally a commented config file. A PostgreSQL store's database must exist: init
-    creates the schema in it, on the primary. Safe to run again: nothing existing is
-    replaced, and an older store schema is upgraded. The only command that creates a store
-    or a key: the daemons and the other commands refuse to start without them.
+    and optionally a commented config file (0640). Run as root, what it makes goes to the
+    service user and its group (a store directory it makes: mode 2770). A PostgreSQL
+    store's database must exist: init creates the schema in it, on the primary. Safe to
+    run again: nothing existing is replaced, and an older store schema is upgraded. The
+    only command that creates a store or a key: the daemons and the other commands refuse
+    to start without them.
 
     \b
     Example:
@@ -137,6 +174,10 @@ def init_command(
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(config_text(config))
+        if os.geteuid() == 0:
+            # Root keeps the config; the daemons (the service group) read it.
+            with contextlib.suppress(KeyError):
+                os.chown(target, 0, pwd.getpwnam(service_user).pw_gid)
         click.echo(f"wrote config {target}")
     # The store first: an existing store with mail in it says whether a missing key file
     # is a first start or a lost key.
@@ -147,6 +188,14 @@ def init_command(
     else:
         db_existed = Path(config.db).exists()
         what = "store ok" if db_existed else "created store"
+    made: list[Path] = []
+    made_directory: Path | None = None
+    if not is_postgresql_url(config.db):
+        db_path = Path(config.db)
+        if not db_path.parent.exists():
+            made_directory = db_path.parent
+        if not db_existed:
+            made.append(db_path)
     key_path = config.secret_path
     store = state.store(create=True)
     click.echo(f"{what} {shown}")
@@ -160,7 +209,15 @@ def init_command(
                 " key (replies to mail sent so far then no longer match by Message-ID)"
             )
         load_keyring(key_path, create=True)
+        made.append(key_path)
         click.echo(f"created key file {key_path}")
+    if os.geteuid() == 0 and (made or made_directory):
+        store.close_all()  # its -wal and -shm are gone, or made again by the service user
+        # The daemons run as the service user and never as root: what root makes here
+        # must be theirs, or they cannot open it.
+        owner = _hand_over(made, made_directory, service_user)
+        if owner:
+            click.echo(f"gave {', '.join(str(p) for p in made)} to {owner}")
     if rotate_key:
         keyring = rotate(key_path)
         click.echo(f"new signing key {keyring.current[0]} in {key_path} ({len(keyring.keys)} keys)")

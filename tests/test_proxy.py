@@ -142,14 +142,21 @@ def test_mail_without_metadata_or_message_id_is_still_stamped(
     assert store.enrollments() == []
 
 
+@pytest.mark.parametrize("mode", ["always", "campaign"])
 def test_duplicate_client_message_ids_leave_as_one(
-    proxy: ThreadedProxy, upstream: RecordingUpstream
+    start_proxy, upstream: RecordingUpstream, mode: str
 ) -> None:
+    proxy = start_proxy(upstream.address, proxy_stamp=mode)
     data = message("Message-ID: <a@x.test>", "message-id: <b@x.test>", "To: b@example.net")
     send(proxy.port, "a@example.org", ["b@example.net"], data)
     header = fields(upstream.received[0].data)
     assert len([1 for n, _ in header if n == "message-id"]) == 1
-    assert [v for n, v in header if n == "x-original-message-id"] == ["<a@x.test>"]
+    originals = [v for n, v in header if n == "x-original-message-id"]
+    if mode == "always":
+        assert originals == ["<a@x.test>"]
+    else:
+        # One-to-one mail keeps the client's first ID, and only that one leaves.
+        assert originals == [] and [v for n, v in header if n == "message-id"] == ["<a@x.test>"]
 
 
 def test_smtputf8_passes_through(

@@ -36,8 +36,10 @@ REPORT = (
 
 
 def test_null_sender_is_relayed_as_null_and_recorded(
-    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore
+    start_proxy, upstream: RecordingUpstream, store: SQLiteStore
 ) -> None:
+    # proxy.stamp = always: our Message-ID on every mail, a report's own kept beside it.
+    proxy = start_proxy(upstream.address, proxy_stamp="always")
     with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.test")
         assert client.mail("", ["BODY=8BITMIME", "SIZE=300"]) == (250, b"2.1.0 OK")

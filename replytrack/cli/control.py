@@ -15,6 +15,7 @@ from replytrack.headers import InvalidMetadata, check_campaign_id, normalize_add
 from replytrack.store import (
     ACTIVE,
     BOUNCED,
+    BRAKED,
     PAUSED,
     STOPPED,
     Enrollment,
@@ -197,7 +198,8 @@ def resume_command(
     """Let campaign mail flow again to stopped or paused enrollments. Recorded as a
     "resumed" event with your user name, and notified.
 
-    With --campaign alone a campaign stopped as a whole is resumed too. Bounced recipients
+    With --campaign alone a campaign stopped as a whole is resumed too, and so is one the
+    bounce brake held back (its bounce count starts again from the resume). Bounced recipients
     and recipients who replied stay stopped unless --force: mailing a dead address hurts
     your reputation, and mailing someone who answered annoys them.
 
@@ -213,7 +215,7 @@ def resume_command(
     whole = None
     if campaign is not None and address is None:
         stats = store.campaign_stats(campaign)
-        if stats and stats[0].status == STOPPED:
+        if stats and stats[0].status in (STOPPED, BRAKED):
             whole = campaign
     if not enrollments and whole is None:
         raise click.ClickException(_nothing(campaign, address))

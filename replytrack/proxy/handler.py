@@ -29,7 +29,9 @@ from replytrack import metrics, unsubscribe
 from replytrack.config import Config
 from replytrack.do_not_contact import address_hasher
 from replytrack.headers import normalize_address
+from replytrack.proxy import lookups
 from replytrack.proxy.access import allowed_networks, client_allowed
+from replytrack.proxy.deferral import deferral, relayed_note
 from replytrack.proxy.protocol import NULL_SENDER, ProxySession, reverse_path
 from replytrack.proxy.recipients import build_recipients, one_line, suppressed_reply
 from replytrack.proxy.relay import RelayError, Upstream, UpstreamPool
@@ -340,7 +342,7 @@ class ProxyHandler:
 
         def make_record(blocked: dict[str, Enrollment]) -> OutboundRecord:
             return OutboundRecord(
-                message_id=message_id,
+                message_id=stamped.message_id,
                 original_message_id=stamped.original_message_id,
                 campaign=stamped.campaign,
                 step=stamped.step,
@@ -351,10 +353,24 @@ class ProxyHandler:
                 status="relaying",
                 recipients=build_recipients(stamped, recipients, blocked, refused),
                 created_at=time.time(),
+                thread=stamped.thread_root,
             )
 
         suppressed = 0
         try:
+            try:
+                # A kept client ID recorded already gets ours; a follow-up, its thread.
+                stamped = await lookups.prepare(
+                    stamped,
+                    recipients,
+                    self.config,
+                    self.store,
+                    self.keyring,
+                    self._store_call,
+                    self._stamp,
+                )
+            except Exception as exc:
+                raise await self._store_failed(cid, upstream, "cannot read the store") from exc
             # One store call in the common case: read the recipients' enrollments and, when
             # nobody is blocked, record the mail in the same call.
             try:
@@ -369,17 +385,19 @@ class ProxyHandler:
                 pk = await self._record_without_blocked(
                     cid, envelope, upstream, make_record(blocked), blocked, send_to
                 )
-            reply = await self._relay(cid, upstream, stamped, pk)
+            note = relayed_note(len(envelope.rcpt_tos), send_to, blocked)
+            reply = await self._relay(cid, upstream, stamped, pk, note)
         except MailEnded as end:
-            outcome = MailOutcome(end.reply, end.result, message_id, stamped, suppressed)
+            outcome = MailOutcome(end.reply, end.result, stamped.message_id, stamped, suppressed)
         else:
-            outcome = MailOutcome(reply, "relayed", message_id, stamped, suppressed)
+            outcome = MailOutcome(reply, "relayed", stamped.message_id, stamped, suppressed)
         if suppressed and outcome.result in ("relayed", "suppressed"):
             metrics.PROXY_RECIPIENTS_SUPPRESSED.inc(suppressed)
         return outcome
 
-    async def _stamp(self, data: bytes | bytearray, message_id: str) -> Stamped:
-        do = functools.partial(stamp, unsubscribe=self.unsubscribe)
+    async def _stamp(self, data: bytes | bytearray, message_id: str, mode: str = "") -> Stamped:
+        mode = mode or self.config.proxy_stamp
+        do = functools.partial(stamp, unsubscribe=self.unsubscribe, mode=mode)
         if len(data) > _STAMP_INLINE_BYTES:
             return await self._in_thread(do, data, message_id)
         return do(data, message_id)
@@ -410,9 +428,12 @@ class ProxyHandler:
     ) -> int:
         """Record the mail without the blocked recipients and start the upstream transaction
         again with the rest; returns the record's key. When nobody is left, the suppression
-        is recorded and the mail ends here (MailEnded with the 550)."""
+        is recorded and the mail ends here (MailEnded with the 550), unless some are only
+        paused: then nothing is recorded and the mail ends with proxy.deferral's 450."""
         if not send_to:
             await self.pool.end(upstream, reset=True)
+            if later := deferral(record.campaign, blocked):
+                raise MailEnded(later, "tempfail")
             reply = suppressed_reply(record.campaign, blocked)
             suppression = dataclasses.replace(record, status="suppressed", upstream_reply=reply)
             try:
@@ -445,8 +466,11 @@ class ProxyHandler:
         for recipient in send_to:
             await upstream.rcpt(recipient, utf8=utf8)
 
-    async def _relay(self, cid: str, upstream: Upstream, stamped: Stamped, pk: int) -> str:
-        """Send the recorded mail upstream and settle its record; returns our 250."""
+    async def _relay(
+        self, cid: str, upstream: Upstream, stamped: Stamped, pk: int, note: str
+    ) -> str:
+        """Send the recorded mail upstream and settle its record; returns our 250, with
+        ``note`` saying who did not get it (proxy.deferral.relayed_note)."""
         try:
             upstream_reply = await upstream.data(stamped.head, stamped.source, stamped.body_start)
         except RelayError as exc:
@@ -463,7 +487,7 @@ class ProxyHandler:
         self.pool.release(upstream)
         await self._settle(cid, pk, "relayed", upstream_reply)
         said = upstream_reply.splitlines()[-1][4:]
-        return one_line(f"250 2.0.0 <{stamped.message_id}> relayed: {said}")
+        return one_line(f"250 2.0.0 <{stamped.message_id}> relayed{note}: {said}")
 
     async def _store_failed(self, cid: str, upstream: Upstream | None, what: str) -> MailEnded:
         """After a store call failed (called in its ``except``): log it, end the upstream

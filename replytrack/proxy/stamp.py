@@ -7,8 +7,14 @@ we minted, and returns the bytes to relay plus what must be recorded:
 - the client's first Message-ID is kept as ``X-Original-Message-ID`` (replies may quote
   either); any ``X-Original-Message-ID`` the client sent is dropped first, so the header
   cannot be used to plant a false original;
-- ``X-ReplyTrack-Campaign`` / ``X-ReplyTrack-Step`` are read and removed, and so is every
-  other ``X-ReplyTrack*`` field (the inbound verdict header must never leave with our mail);
+- unless ``mode`` (``proxy.stamp``) keeps the client's own Message-ID: ``campaign`` keeps
+  it on mail without a campaign, ``missing`` on all mail; then it is the one Message-ID
+  that leaves, and the one recorded (``Stamped.kept_client_id``). Mail without one, and a
+  client ID shaped like one of our tokens (it would be screened as forged, never matched),
+  get ours;
+- ``X-ReplyTrack-Campaign`` / ``X-ReplyTrack-Step`` / ``X-ReplyTrack-Thread`` are read and
+  removed, and so is every other ``X-ReplyTrack*`` field (the inbound verdict header must
+  never leave with our mail);
 - campaign mail gets ``List-Unsubscribe`` (and, with a one-click URL configured,
   ``List-Unsubscribe-Post``) carrying a token made from our Message-ID
   (:mod:`replytrack.unsubscribe`), unless the client set its own ``List-Unsubscribe``,
@@ -50,9 +56,20 @@ from replytrack.headers import (
     parse_step,
 )
 from replytrack.proxy.replies import ProxyError
+from replytrack.store.records import ThreadRoot
+from replytrack.tokens import TOKEN_LEN, VERSION
 
 CAMPAIGN_HEADER = "X-ReplyTrack-Campaign"
 STEP_HEADER = "X-ReplyTrack-Step"
+# "previous": make this step a reply in the recipient's earlier thread (proxy.threading);
+# "new": do not, even when proxy.thread_followups is on.
+THREAD_HEADER = "X-ReplyTrack-Thread"
+THREAD_VALUES = ("previous", "new")
+# proxy.stamp: whose Message-ID leaves.
+STAMP_ALWAYS = "always"
+STAMP_CAMPAIGN = "campaign"
+STAMP_MISSING = "missing"
+STAMP_MODES = (STAMP_ALWAYS, STAMP_CAMPAIGN, STAMP_MISSING)
 ORIGINAL_HEADER = "X-Original-Message-ID"
 META_PREFIX = "X-ReplyTrack"
 LIST_UNSUBSCRIBE = "List-Unsubscribe"
@@ -98,6 +115,12 @@ class Stamped:
     # "ours" (added), "client" (the client's kept) or None (none: one-to-one mail, or
     # unsubscribe links off and none from the client).
     list_unsubscribe: str | None = None
+    # X-ReplyTrack-Thread as the client said it ("previous", "new"), None when not said.
+    thread: str | None = None
+    # The client's Message-ID left as it was (proxy.stamp): message_id is the client's.
+    kept_client_id: bool = False
+    # A threaded follow-up's Thread-Index root, to keep on the enrollment (proxy.threading).
+    thread_root: ThreadRoot | None = None
 
     @property
     def body(self) -> memoryview:
@@ -166,18 +189,29 @@ def _decode_subject(value: str) -> str:
         return value
 
 
+def _shaped_like_ours(message_id: str, ours: str) -> bool:
+    """True when ``message_id`` has the shape of a token at our domain (``ours``'s)."""
+    local, _, domain = message_id.rpartition("@")
+    return (
+        domain.lower() == ours.rpartition("@")[2].lower()
+        and len(local) == TOKEN_LEN
+        and local[:1] == VERSION
+    )
+
+
 def stamp(
     data: bytes | bytearray,
     message_id: str,
     *,
     unsubscribe: unsubscribe_links.Options | None = None,
+    mode: str = STAMP_ALWAYS,
 ) -> Stamped:
     """Stamp ``message_id`` (``token@domain``, no brackets) on ``data``; see the module doc.
 
     ``data`` is not copied: the result refers to its body, so it must not be changed
     afterwards. Raises :class:`MetadataError` for unusable X-ReplyTrack-* values.
     ``unsubscribe`` (``unsubscribe.Options.from_config``) adds the unsubscribe links to
-    campaign mail; None adds none.
+    campaign mail; None adds none. ``mode`` is ``proxy.stamp`` (see the module doc).
     """
     header_stop, body_start = header_end(data)
     # Header block plus the empty line: editing this gives the same bytes as editing the
@@ -200,6 +234,13 @@ def stamp(
         step = validate_step(step_text)
         if campaign is None:
             raise MetadataError(f"{STEP_HEADER} given without {CAMPAIGN_HEADER}")
+    thread = _single(fields, THREAD_HEADER)
+    if thread is not None:
+        thread = thread.strip().lower()
+        if thread not in THREAD_VALUES:
+            raise MetadataError(f"{THREAD_HEADER}: {thread!r} is not one of previous, new")
+        if campaign is None:
+            raise MetadataError(f"{THREAD_HEADER} given without {CAMPAIGN_HEADER}")
 
     original: str | None = None
     for f in fields:
@@ -209,6 +250,14 @@ def stamp(
                 original = ids[0]
                 break
 
+    keep = (
+        original is not None
+        and (mode == STAMP_MISSING or (mode == STAMP_CAMPAIGN and campaign is None))
+        and not _shaped_like_ours(original, message_id)
+    )
+    if keep and original is not None:
+        # Exactly one Message-ID still leaves: the client's first.
+        message_id, original = original, None
     add = [("Message-ID", f"<{message_id}>")]
     if original is not None:
         add.append((ORIGINAL_HEADER, f"<{original}>"))
@@ -252,4 +301,6 @@ def stamp(
         from_address=senders[0] if senders else None,
         subject=_decode_subject(subjects[0])[:998] if subjects else None,
         list_unsubscribe=list_unsubscribe,
+        thread=thread,
+        kept_client_id=keep,
     )

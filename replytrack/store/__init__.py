@@ -15,6 +15,7 @@ from replytrack.store.errors import StoreError, StoreWouldWait
 from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
+    BRAKED,
     CAMPAIGN_STOPPED,
     FAILED,
     PAUSED,
@@ -36,6 +37,7 @@ from replytrack.store.records import (
 __all__ = [
     "ACTIVE",
     "BOUNCED",
+    "BRAKED",
     "CAMPAIGN_STOPPED",
     "FAILED",
     "PAUSED",

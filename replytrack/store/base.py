@@ -21,7 +21,9 @@ from replytrack.store.records import (
     SentMessage,
     StatusChange,
     Suppression,
+    ThreadHistory,
 )
+from replytrack.store.rules import BrakeRule
 
 #: ``hasher(address)``: keyed hashes of an address, the current key's first
 #: (:func:`replytrack.do_not_contact.address_hasher`).
@@ -40,9 +42,18 @@ class Store(abc.ABC):
     #: domain only, and erased entries (hash only) cannot be matched.
     hasher: AddressHasher | None = None
 
+    #: When hard bounces brake a campaign (``campaign.brake_window``/``brake_ratio``),
+    #: checked by :meth:`record_event` as it records a bounce; the defaults until
+    #: :meth:`use_brake` says otherwise.
+    brake: BrakeRule = BrakeRule()
+
     def use_hasher(self, hasher: AddressHasher | None) -> None:
         """Hash do-not-contact addresses with ``hasher`` from now on."""
         self.hasher = hasher
+
+    def use_brake(self, rule: BrakeRule) -> None:
+        """Brake campaigns by ``rule`` from now on (the milter's settings)."""
+        self.brake = rule
 
     # --- outbound -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -75,6 +86,12 @@ class Store(abc.ABC):
         the enrollments it made that are still ``active`` and that no other mail of the
         campaign, not failed, backs.
         """
+
+    @abc.abstractmethod
+    def thread_history(self, campaign: str, recipient: str) -> ThreadHistory:
+        """The earlier mails of ``campaign`` sent to ``recipient`` (relayed or unconfirmed,
+        oldest first, at most the first and the latest few) and the enrollment's
+        Thread-Index root: what a threaded follow-up is built from (``proxy.threading``)."""
 
     @abc.abstractmethod
     def reconcile_relaying(self, older_than: float) -> int:
@@ -131,6 +148,9 @@ class Store(abc.ABC):
         reply leaves the enrollment stopped; the bounce event is recorded all the same).
         ``campaign_status`` (one of CAMPAIGN_STATES) sets the state of the event's campaign
         as a whole, with the event's ``detail["reason"]``, time and actor.
+        A change that marks an enrollment ``bounced`` checks :attr:`brake` on its campaign
+        in the same transaction: past it, an active campaign becomes ``braked`` and a
+        ``braked`` event (notified) says why.
         With ``dedupe_key`` an event already recorded under that key is not recorded again
         and nothing changes: the method returns None. ``notify`` queues it in the outbox.
         """

@@ -19,8 +19,14 @@ ENROLLMENT_STATES = (ACTIVE, STOPPED, PAUSED, BOUNCED)
 # A campaign is "active" or, once stopped as a whole, "stopped": then none of its mail goes
 # out, to enrolled recipients or new ones. blocked_enrollments reports such a stop as a
 # stopped enrollment whose reason starts with CAMPAIGN_STOPPED.
-CAMPAIGN_STATES = (ACTIVE, STOPPED)
 CAMPAIGN_STOPPED = "campaign stopped"
+# A campaign whose recent sends bounce too often is "braked" by the store on its own
+# (rules.brake_tripped): its mail is deferred (4xx), not suppressed, until `replytrack
+# resume --campaign`. blocked_enrollments reports it as a paused enrollment without an end,
+# whose reason starts with CAMPAIGN_BRAKED.
+BRAKED = "braked"
+CAMPAIGN_STATES = (ACTIVE, STOPPED, BRAKED)
+CAMPAIGN_BRAKED = "campaign braked"
 
 # States of a recorded outbound mail. "relaying" while the upstream has not answered DATA;
 # "unconfirmed" when the proxy never learned the answer (the connection broke or timed out,
@@ -51,6 +57,7 @@ EVENT_KINDS = (
     "suppressed",
     "unsubscribe",
     "erased",
+    "braked",
 )
 
 # The do-not-contact list: whole addresses or whole domains, honoured by every campaign. A
@@ -96,6 +103,30 @@ class OutboundRecord:
     recipients: tuple[OutboundRecipient, ...]
     created_at: float
     upstream_reply: str | None = None
+    # A threaded follow-up (X-ReplyTrack-Thread): the Outlook Thread-Index root (22 bytes,
+    # base64) to keep on this recipient's enrollment, unless it has one already.
+    thread: ThreadRoot | None = None
+
+
+@dataclass(frozen=True)
+class ThreadRoot:
+    """The Thread-Index root of one enrollment's thread (``proxy.threading``)."""
+
+    recipient: str
+    index: str  # base64 of the 22-byte header block
+
+
+@dataclass(frozen=True)
+class ThreadHistory:
+    """What a threaded follow-up needs to know of the earlier steps to one recipient."""
+
+    # Stamped Message-IDs of the campaign's mails sent to the recipient, oldest first, with
+    # their times (UNIX seconds).
+    message_ids: tuple[str, ...] = ()
+    sent_at: tuple[float, ...] = ()
+    first_subject: str | None = None
+    # The enrollment's Thread-Index root (base64), once a threaded step set it.
+    index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +187,7 @@ class CampaignStop:
     reason: str | None
     since: float | None
     updated_by: str | None
+    status: str = STOPPED  # or BRAKED
 
 
 @dataclass(frozen=True)

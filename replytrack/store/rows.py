@@ -169,10 +169,16 @@ def sent_messages(
 
 
 def campaign_stop(row: Row | None) -> CampaignStop | None:
-    """A campaigns row (reason, updated_at, updated_by) of a stopped campaign, or None."""
+    """A campaigns row (reason, updated_at, updated_by, status) of a stopped or braked
+    campaign, or None."""
     if row is None:
         return None
-    return CampaignStop(reason=row["reason"], since=row["updated_at"], updated_by=row["updated_by"])
+    return CampaignStop(
+        reason=row["reason"],
+        since=row["updated_at"],
+        updated_by=row["updated_by"],
+        status=row["status"],
+    )
 
 
 def campaign_stats(row: Row) -> CampaignStats:

@@ -8,11 +8,14 @@ which suppressions are recorded or which enrollment state wins.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from replytrack.do_not_contact import reason_of
 from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
+    BRAKED,
+    CAMPAIGN_BRAKED,
     CAMPAIGN_STATES,
     CAMPAIGN_STOPPED,
     FAILED,
@@ -41,8 +44,9 @@ _RANK = {ACTIVE: 0, PAUSED: 0, BOUNCED: 1, STOPPED: 2}
 
 # --- outbound -----------------------------------------------------------------------------------
 def campaign_stop_reason(stop: CampaignStop) -> str:
-    """The reason a campaign-wide stop gives each recipient it blocks."""
-    return CAMPAIGN_STOPPED + (f": {stop.reason}" if stop.reason else "")
+    """The reason a campaign-wide stop (or brake) gives each recipient it blocks."""
+    head = CAMPAIGN_BRAKED if stop.status == BRAKED else CAMPAIGN_STOPPED
+    return head + (f": {stop.reason}" if stop.reason else "")
 
 
 def blocked_recipients(
@@ -61,9 +65,11 @@ def blocked_recipients(
     is blocked by a ``stopped`` enrollment whose reason starts with DO_NOT_CONTACT. A
     campaign stopped as a whole outranks each recipient's own state: every other address
     is blocked, enrolled or not, by a ``stopped`` enrollment whose reason starts with
-    CAMPAIGN_STOPPED. Otherwise each of ``enrollments`` (the backend's read of these
-    addresses in this campaign) that blocks sending (stopped, bounced, paused until later)
-    blocks its recipient.
+    CAMPAIGN_STOPPED; a braked one (:func:`brake_tripped`) by a ``paused`` enrollment
+    without an end whose reason starts with CAMPAIGN_BRAKED, so that the proxy defers the
+    mail (4xx) instead of refusing it. Otherwise each of ``enrollments`` (the backend's
+    read of these addresses in this campaign) that blocks sending (stopped, bounced,
+    paused until later) blocks its recipient.
     """
     wanted = sorted(set(addresses))
     listed = {
@@ -83,7 +89,7 @@ def blocked_recipients(
             address: Enrollment(
                 campaign=campaign,
                 recipient=address,
-                status=STOPPED,
+                status=PAUSED if stop.status == BRAKED else STOPPED,
                 reason=reason,
                 since=stop.since or now,
                 updated_by=stop.updated_by,
@@ -207,3 +213,61 @@ def check_campaign_status(event: Event, campaign_status: str | None) -> None:
         campaign_status not in CAMPAIGN_STATES or event.campaign is None
     ):
         raise ValueError(f"campaign status {campaign_status!r} needs a campaign event")
+
+
+# --- the bounce brake ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BrakeRule:
+    """When a campaign's hard bounces brake it: more than ``ratio`` x ``window`` bounced
+    recipients among its last ``window`` sends (``campaign.brake_window`` and
+    ``campaign.brake_ratio``). A ``window`` of 0 turns the brake off."""
+
+    window: int = 50
+    ratio: float = 0.05
+
+    @property
+    def limit(self) -> float:
+        """The number of hard bounces the window may hold without braking."""
+        return self.ratio * self.window
+
+
+def brake_tripped(rule: BrakeRule, *, sends: int, hard_bounces: int) -> bool:
+    """Whether ``hard_bounces`` among a campaign's last ``sends`` (at most ``rule.window``)
+    brake it.
+
+    The threshold is a count over a full window (more than ratio x window), also while the
+    campaign has sent fewer: a young campaign whose first sends bounce is braked early,
+    and two bounces among its first three sends do not brake it as a 67 % ratio would.
+    Only permanent bounces count (the milter marks those enrollments ``bounced``); soft
+    bounces and out-of-office replies change no enrollment to ``bounced``.
+    """
+    return rule.window > 0 and sends > 0 and hard_bounces > rule.limit
+
+
+def brake_reason(rule: BrakeRule, *, sends: int, hard_bounces: int) -> str:
+    """The reason a braked campaign carries (the proxy's 4xx and the event quote it)."""
+    return (
+        f"{hard_bounces} hard bounces in its last {sends} sends"
+        f" (more than {rule.ratio * 100:g} % of {rule.window})"
+    )
+
+
+def brake_event(
+    campaign: str, rule: BrakeRule, *, sends: int, hard_bounces: int, now: float
+) -> Event:
+    """The ``braked`` event (notified) recorded when a campaign is braked."""
+    return Event(
+        kind=BRAKED,
+        created_at=now,
+        campaign=campaign,
+        actor="replytrack",
+        detail={
+            "reason": brake_reason(rule, sends=sends, hard_bounces=hard_bounces),
+            "scope": "campaign",
+            "hard_bounces": hard_bounces,
+            "sends": sends,
+            "window": rule.window,
+            "ratio": rule.ratio,
+            "release": f"replytrack resume --campaign {campaign}",
+        },
+    )

@@ -151,6 +151,10 @@ LEGACY_MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX IF NOT EXISTS suppressions_digest ON suppressions (digest)
         WHERE digest IS NOT NULL;
     """,
+    # 6 -> 7: the Thread-Index root of threaded follow-ups, per enrollment.
+    """
+    ALTER TABLE enrollments ADD COLUMN thread_index TEXT;
+    """,
 ]
 
 

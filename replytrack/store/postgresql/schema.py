@@ -172,6 +172,12 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX IF NOT EXISTS suppressions_digest ON suppressions (digest)
         WHERE digest IS NOT NULL;
     """,
+    # 6 -> 7: threaded follow-ups keep an Outlook Thread-Index root (22 bytes, base64) per
+    # enrollment; the campaigns table also holds "braked" (the bounce brake), which needs
+    # no schema.
+    """
+    ALTER TABLE enrollments ADD COLUMN IF NOT EXISTS thread_index TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -22,8 +22,10 @@ from replytrack.store.postgresql import schema
 from replytrack.store.postgresql.connection import Conn, text, texts
 from replytrack.store.postgresql.listing import PgListing
 from replytrack.store.postgresql.outbox import PgOutbox
+from replytrack.store.postgresql.sequences import PgSequences
 from replytrack.store.postgresql.suppressions import PgSuppressions
 from replytrack.store.records import (
+    BOUNCED,
     Enrollment,
     Event,
     OutboundRecipient,
@@ -63,7 +65,7 @@ def _settled_suppressions(row: DictRow) -> list[Event]:
     )
 
 
-class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, Store):
+class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, PgSequences, Store):
     """The store in a PostgreSQL database. Safe to share between threads."""
 
     def __init__(
@@ -117,8 +119,8 @@ class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, Store):
         def read(conn: Conn) -> dict[str, Enrollment]:
             stop = rows.campaign_stop(
                 conn.execute(
-                    "SELECT reason, updated_at, updated_by FROM campaigns WHERE campaign = %s"
-                    " AND status = 'stopped'",
+                    "SELECT reason, updated_at, updated_by, status FROM campaigns"
+                    " WHERE campaign = %s AND status IN ('stopped', 'braked')",
                     (campaign,),
                 ).fetchone()
             )
@@ -188,6 +190,7 @@ class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, Store):
                     (record.campaign, record.created_at),
                 )
                 self._enroll(conn, record.campaign, record.created_at, rules.enrolled_by(record))
+                self._keep_thread_root(conn, record)
                 if rules.records_suppressions(None, record.status):
                     for event in rules.suppression_events(
                         message_id=record.message_id,
@@ -224,10 +227,13 @@ class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, Store):
     def set_message_status(self, pk: int, status: str, upstream_reply: str | None) -> None:
         def write(conn: Conn) -> None:
             row = conn.execute(
+                # m.id = %s named again: a generic plan made before the first ANALYZE of a
+                # new store would otherwise hash-join over a scan of messages.
                 "UPDATE messages m SET status = %s, upstream_reply = %s"
                 " FROM (SELECT id, status FROM messages WHERE id = %s FOR UPDATE) old"
-                f" WHERE m.id = old.id RETURNING old.status AS old_status, {_SETTLED}",
-                (status, text(upstream_reply), pk),
+                " WHERE m.id = %s AND m.id = old.id"
+                f" RETURNING old.status AS old_status, {_SETTLED}",
+                (status, text(upstream_reply), pk, pk),
             ).fetchone()
             if row is None:
                 return
@@ -399,6 +405,7 @@ class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, Store):
                     ),
                 )
             held = {} if by_hand else self._held(conn, changes)
+            bounced = set()
             for change in changes:
                 key = (change.campaign, change.recipient)
                 winner = rules.settle_status(held.get(key), change, by_hand=by_hand)
@@ -431,6 +438,10 @@ class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, Store):
                     until=winner.until,
                     updated_by=actor,
                 )
+                if winner.status == BOUNCED:
+                    bounced.add(winner.campaign)
+            if bounced and not by_hand:
+                self._check_brake(conn, bounced, event.created_at)
             return event_id
 
         return self.write(write)

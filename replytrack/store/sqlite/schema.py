@@ -225,7 +225,14 @@ def _v6(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(conn: sqlite3.Connection) -> None:
+    """6 -> 7: threaded follow-ups keep an Outlook Thread-Index root (22 bytes, base64)
+    per enrollment; the campaigns table also holds "braked" (the bounce brake), which needs
+    no schema."""
+    _tables(conn).table("enrollments").add_column("thread_index", "TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from replytrack.store import files, rows, rules
 from replytrack.store.base import AddressHasher, Store
 from replytrack.store.records import (
+    BOUNCED,
     Enrollment,
     Event,
     OutboundRecord,
@@ -27,6 +28,7 @@ from replytrack.store.sqlite import schema
 from replytrack.store.sqlite.connection import text
 from replytrack.store.sqlite.listing import SQLiteListing, chunks
 from replytrack.store.sqlite.outbox import SQLiteOutbox
+from replytrack.store.sqlite.sequences import SQLiteSequences
 from replytrack.store.sqlite.suppressions import SQLiteSuppressions
 
 
@@ -34,7 +36,7 @@ def _storable(record: Any) -> Any:
     return rows.storable(record, text)
 
 
-class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, Store):
+class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, SQLiteSequences, Store):
     """The store in one SQLite file. Safe to share between threads."""
 
     def __init__(
@@ -84,8 +86,8 @@ class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, Store):
         now = time.time()
         wanted = sorted(set(addresses))
         stop = self.query(
-            "SELECT reason, updated_at, updated_by FROM campaigns WHERE campaign = ?"
-            " AND status = 'stopped'",
+            "SELECT reason, updated_at, updated_by, status FROM campaigns WHERE campaign = ?"
+            " AND status IN ('stopped', 'braked')",
             [campaign],
         )
         found: list[Enrollment] = []
@@ -167,6 +169,7 @@ class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, Store):
                         for a in rules.enrolled_by(record)
                     ],
                 )
+                self._keep_thread_root(conn, record)
                 if rules.records_suppressions(None, record.status):
                     self._record_suppressions(
                         conn,
@@ -365,6 +368,7 @@ class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, Store):
         by_hand = rules.changed_by_hand(event)
         changes = [_storable(c) for c in rules.status_changes(set_status)]
         actor = text(event.actor or event.kind)
+        bounced: set[str] = set()
         with self.write() as conn:
             event_id = self._insert_event(conn, event, dedupe_key=dedupe_key, notify=notify)
             if event_id is None:
@@ -414,6 +418,10 @@ class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, Store):
                         event.created_at,
                     ),
                 )
+                if winner.status == BOUNCED:
+                    bounced.add(winner.campaign)
+            if bounced and not by_hand:
+                self._check_brake(conn, bounced, event.created_at)
         return event_id
 
     def remember_ooo(self, address: str, until: float) -> None:

@@ -1,0 +1,105 @@
+"""What campaign sequences need from the PostgreSQL store beyond recording: the history of
+a threaded follow-up, the Thread-Index root kept per enrollment, and the bounce brake.
+
+As on SQLite (``replytrack.store.sqlite.sequences``), the brake is evaluated where a bounce
+is recorded. Several milters may record bounces of one campaign at once: its campaigns row
+is read ``FOR UPDATE``, so the second waits, then finds the campaign braked and records no
+second ``braked`` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from replytrack.store import rules
+from replytrack.store.postgresql.connection import Conn, PgConnections, text
+from replytrack.store.records import BRAKED, Event, OutboundRecord, ThreadHistory
+
+# Earlier steps a follow-up looks at: far more than any real sequence has.
+HISTORY_LIMIT = 200
+
+# The campaign's last ``window`` sends since it was last resumed, and how many distinct
+# recipients among them are enrolled as ``bounced`` (only a permanent bounce marks that).
+_BRAKE_COUNT = """
+    WITH sends AS (
+        SELECT r.address FROM messages m JOIN recipients r ON r.message = m.id
+        WHERE m.campaign = %s AND m.created_at >= %s AND m.status IN ('relayed', 'unconfirmed')
+        AND r.status = 'sent' ORDER BY m.created_at DESC, m.id DESC LIMIT %s
+    )
+    SELECT count(*) AS sends,
+        count(DISTINCT s.address) FILTER (WHERE e.status = 'bounced') AS bounced
+    FROM sends s LEFT JOIN enrollments e ON e.campaign = %s AND e.recipient = s.address
+"""
+
+
+class PgSequences(PgConnections):
+    """Thread history, thread roots and the bounce brake on PostgreSQL."""
+
+    brake: rules.BrakeRule
+
+    def thread_history(self, campaign: str, recipient: str) -> ThreadHistory:
+        def read(conn: Conn) -> ThreadHistory:
+            found = conn.execute(
+                "SELECT m.message_id, m.created_at, m.subject FROM recipients r"
+                " JOIN messages m ON m.id = r.message WHERE r.address = %s"
+                " AND r.status = 'sent' AND m.campaign = %s"
+                " AND m.status IN ('relayed', 'unconfirmed')"
+                " ORDER BY m.created_at, m.id LIMIT %s",
+                (text(recipient), text(campaign), HISTORY_LIMIT),
+            ).fetchall()
+            root = conn.execute(
+                "SELECT thread_index FROM enrollments WHERE campaign = %s AND recipient = %s",
+                (text(campaign), text(recipient)),
+            ).fetchone()
+            return ThreadHistory(
+                message_ids=tuple(r["message_id"] for r in found),
+                sent_at=tuple(float(r["created_at"]) for r in found),
+                first_subject=found[0]["subject"] if found else None,
+                index=root["thread_index"] if root else None,
+            )
+
+        return self.read(read)
+
+    @staticmethod
+    def _keep_thread_root(conn: Conn, record: OutboundRecord) -> None:
+        """Keep the record's Thread-Index root on its enrollment, unless one is there."""
+        if record.thread is None or record.campaign is None:
+            return
+        conn.execute(
+            "UPDATE enrollments SET thread_index = %s WHERE campaign = %s AND recipient = %s"
+            " AND thread_index IS NULL",
+            (text(record.thread.index), record.campaign, text(record.thread.recipient)),
+        )
+
+    def _check_brake(self, conn: Conn, campaigns: Iterable[str], now: float) -> None:
+        """Brake each of ``campaigns`` (that just recorded a hard bounce) whose window is
+        past the rule, with a ``braked`` event (notified)."""
+        rule = self.brake
+        for campaign in sorted(set(campaigns)):
+            row = conn.execute(
+                "SELECT status, updated_at FROM campaigns WHERE campaign = %s FOR UPDATE",
+                (campaign,),
+            ).fetchone()
+            if row is None or row["status"] != "active":
+                continue
+            # An active campaign's updated_at is its last resume.
+            since = float(row["updated_at"] or 0.0)
+            counts = conn.execute(_BRAKE_COUNT, (campaign, since, rule.window, campaign)).fetchone()
+            assert counts is not None
+            sends, bounced = int(counts["sends"]), int(counts["bounced"])
+            if not rules.brake_tripped(rule, sends=sends, hard_bounces=bounced):
+                continue
+            conn.execute(
+                "UPDATE campaigns SET status = %s, reason = %s, updated_at = %s,"
+                " updated_by = 'replytrack' WHERE campaign = %s",
+                (
+                    BRAKED,
+                    rules.brake_reason(rule, sends=sends, hard_bounces=bounced),
+                    now,
+                    campaign,
+                ),
+            )
+            event: Event = rules.brake_event(
+                campaign, rule, sends=sends, hard_bounces=bounced, now=now
+            )
+            self._insert_event(conn, event, dedupe_key=None, notify=True)  # type: ignore[attr-defined]

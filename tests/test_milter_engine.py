@@ -9,7 +9,8 @@ import time
 import pytest
 
 from replytrack.config import Config
-from replytrack.milter.engine import Engine, Inbound, dedupe_key, never_reply_reason
+from replytrack.milter.engine import Engine
+from replytrack.milter.inbound import Inbound, dedupe_key, never_reply_reason
 from replytrack.store import StoreError
 from replytrack.store.records import ACTIVE, BOUNCED, PAUSED, STOPPED, Event, StatusChange
 from replytrack.tokens import Keyring, mint
@@ -494,7 +495,7 @@ def test_bounce_referencing_none_of_our_mail_changes_no_enrollment(store, keyrin
     verdict = make_engine(store, keyring).process(msg)
     assert verdict.kind == "bounce"
     assert verdict.matched == []
-    assert verdict.bounced == []
+    assert verdict.bounced == ()
     assert status(store, "spring", "ann@acme.example") == ACTIVE
     assert status(store, "autumn", "ann@acme.example") == ACTIVE
     events = store.events(kind="bounce")

@@ -12,14 +12,9 @@ Round trips are what a milter costs Postfix, so this one asks for as few as it c
 - the body is read (at most ``BODY_LIMIT`` bytes, then SKIP) only for mail that matched or
   whose headers say a delivery report or auto-reply must be read.
 
-Over TCP the listening socket gets TCP_NODELAY (inherited by every accepted connection):
-end of message writes each header change and then ACCEPT as separate packets, and Nagle's
-algorithm held ACCEPT until Postfix's delayed ACK of the first, 40 ms per matched mail
-(see :func:`set_listener_nodelay`).
-
-Store work runs inline on libmilter's thread, on a pooled connection, within bounds (see
-:func:`_with_store`); a hand-off to worker threads cost more and, under load, journaled
-mail that should have been decided at once.
+Over TCP two kernel delays would add 40 ms a mail: see :class:`ReplyTrackMilterTCP` and
+:func:`set_listener_nodelay`. Store work runs inline, within bounds (see
+:data:`MAX_IN_STORE`).
 
 Every callback fails open: an exception is logged and the mail accepted, and pymilter's
 own exception policy is ACCEPT as a second net. What the store cannot take is journaled.
@@ -40,17 +35,18 @@ import Milter
 
 from replytrack import metrics
 from replytrack.headers import normalize_address
-from replytrack.milter.engine import (
+from replytrack.milter.decision import Verdict
+from replytrack.milter.engine import Engine, Screening
+from replytrack.milter.inbound import (
     BODY_LIMIT,
     HEADER,
     MAX_HEADER_BYTES,
     MAX_HEADERS,
-    Engine,
     Inbound,
-    Screening,
-    Verdict,
+    outside_copies,
 )
 from replytrack.milter.journal import Journal, JournalChain
+from replytrack.milter.socket_spec import parse_socket_spec
 from replytrack.store.errors import StoreError
 
 log = logging.getLogger("replytrack.milter")
@@ -59,19 +55,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 MAX_RECIPIENTS = 1000
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
-# Store work runs inline, on libmilter's thread, on a pooled connection (see
-# SQLiteStore.session): a hand-off to worker threads cost more CPU than the lookups, and
-# a small pool of them filled up under ordinary load (at 10 concurrent sessions one mail in
-# eight found every worker busy and was journaled instead of screened). Bounds instead:
-# a statement still running after STORE_CALL_TIMEOUT seconds is interrupted, lock waits
-# end with the busy timeout, and once MAX_IN_STORE mails are inside the store at the same
-# time (it is stuck: a hung disk) further mail is journaled at once instead of piling up.
+# Store work runs inline, on the libmilter thread that called us, inside Store.session
+# (see ReplyTrackMilter for why a session, not a connection per thread): a hand-off to
+# worker threads cost more CPU than the lookups and, under load, journaled mail that could
+# have been decided at once (bench/README.md). Bounds instead: the session ends every call
+# by STORE_CALL_TIMEOUT seconds, and once MAX_IN_STORE mails are inside the store at the
+# same time (it is stuck: a hung disk) further mail is journaled at once, not piled up.
 MAX_IN_STORE = 32
 STORE_CALL_TIMEOUT = 3.0
 
 
-class StoreBusy(Exception):
-    """MAX_IN_STORE mails are already waiting on the store: journal this one at once."""
+class StoreBusy(StoreError):
+    """MAX_IN_STORE mails are already inside the store: this one is journaled at once, as
+    for any store that cannot take it."""
 
 
 class _Gate:
@@ -136,7 +132,7 @@ class ReplyTrackMilter(Milter.Base):
     ``threading.local`` lives as long as one SMTP connection: a per-thread store connection
     would be opened for every connection and never closed. Store work therefore runs
     inside ``Store.session``, which lends the callback a pooled connection and takes it
-    back (see :func:`_with_store` for the bounds).
+    back.
     """
 
     engine: Engine
@@ -235,9 +231,9 @@ class ReplyTrackMilter(Milter.Base):
             skip_reason = None
         return Screening(
             skip_reason=skip_reason,
-            strip_count=sum(1 for n, _ in msg.headers if n.lower() == HEADER.lower()),
+            strip_count=outside_copies(msg.headers),
             store_failed=True,
-            evidence=[why],
+            evidence=(why,),
         )
 
     @_fail_open(Milter.ACCEPT)
@@ -285,7 +281,7 @@ class ReplyTrackMilter(Milter.Base):
             verdict, recorded, write_error = _with_store(
                 self.engine, self._decide_and_record, msg, screening
             )
-        except (StoreError, StoreBusy) as exc:
+        except StoreError as exc:
             self._journal(msg, str(exc))
             return Milter.ACCEPT
         except Exception as exc:
@@ -369,14 +365,10 @@ class ReplyTrackMilterTCP(ReplyTrackMilter):
     Over TCP, Postfix's smtpd sends the DATA-stage macros without waiting for an answer,
     then hands the milter connection to cleanup, which writes the headers. With nothing to
     answer, the milter's kernel delays its ACK (40 ms on Linux) and Nagle's algorithm holds
-    cleanup's first write until that ACK comes: 40 ms per mail, a trivial milter measured
-    at a third of Postfix's rate. Answering DATA carries the ACK at once. Over a unix
-    socket there is no Nagle and no delayed ACK, so the plain class skips DATA.
-
-    The rest stays as in the plain class, by measurement (bench/milter_bench.py): with DATA
-    answered, tcpdump found no delayed-ACK stall left in any mail, and answering MAIL, RCPT
-    and every header as well only added round trips (0.47x against 0.56x of Postfix
-    alone); not asking for RCPT at all made no measurable difference.
+    cleanup's first write until that ACK comes. Answering DATA carries the ACK at once.
+    Over a unix socket there is no Nagle and no delayed ACK, so the plain class skips DATA.
+    Every other callback stays as in the plain class: answering more of them only adds
+    round trips (measured: bench/README.md).
     """
 
     def data(self) -> int:
@@ -403,15 +395,6 @@ def install(engine: Engine, journal: Journal | JournalChain, *, tcp: bool = Fals
     Milter.factory = ReplyTrackMilterTCP if tcp else ReplyTrackMilter
     Milter.set_flags(FLAGS)
     Milter.set_exception_policy(Milter.ACCEPT)
-
-
-def _inet_port(spec: str) -> int | None:
-    """The port of a libmilter ``inet:PORT@HOST`` / ``inet6:PORT@HOST`` spec (else None)."""
-    kind, _, rest = spec.partition(":")
-    if kind not in ("inet", "inet6"):
-        return None
-    port = rest.partition("@")[0]
-    return int(port) if port.isdigit() else None
 
 
 def set_listener_nodelay(port: int) -> bool:
@@ -457,10 +440,12 @@ def set_listener_nodelay(port: int) -> bool:
 def run(socket: str, *, timeout: int) -> None:
     """Serve the milter protocol on ``socket`` until SIGTERM/SIGINT (blocks).
 
-    For TCP sockets, TCP_NODELAY is set on the listener right after libmilter opens it
-    (see :func:`set_listener_nodelay`).
+    For TCP sockets, TCP_NODELAY is set on the listener right after libmilter opens it.
     """
-    port = _inet_port(socket)
+    try:
+        port = parse_socket_spec(socket).port
+    except ValueError:
+        port = None  # libmilter says what is wrong with it
     if port is None:
         Milter.runmilter("replytrack", socket, timeout)
         return

@@ -37,7 +37,8 @@ from typing import Any
 
 from replytrack.config import Config
 from replytrack.metrics import JOURNAL_BACKLOG
-from replytrack.milter.engine import Inbound, Verdict
+from replytrack.milter.decision import Verdict
+from replytrack.milter.inbound import Inbound
 from replytrack.store.errors import StoreError
 
 log = logging.getLogger(__name__)

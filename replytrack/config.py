@@ -66,6 +66,13 @@ class Config:
     # Hostname we announce in EHLO/banners; never looked up per connection.
     hostname: str = "replytrack.localhost"
     log_level: str = "info"
+    # Where the daemons log: "stderr" (the journal under systemd) or "syslog" (/dev/log,
+    # with log_facility, "mail" beside Postfix's own lines).
+    log_target: str = "stderr"
+    log_facility: str = "mail"
+    # "auto": no time stamp of our own under systemd (journald adds one), else one;
+    # "plain": never; "timestamped": always.
+    log_format: str = "auto"
 
     # Outbound proxy.
     proxy_listen: str = "127.0.0.1:10025"
@@ -110,6 +117,13 @@ class Config:
     # (possibly sent). Far above any transaction's length, so a live one is never touched,
     # also on another host sharing the store.
     proxy_unconfirmed_after: float = 900.0
+    # Whose Message-ID leaves: "always" ours; "campaign" ours on campaign mail, the
+    # client's own on other mail that has one (a person's Sent copy then matches the
+    # replies they get); "missing" the client's whenever it has one. README explains.
+    proxy_stamp: str = "campaign"
+    # Make every campaign step after the first a reply in the recipient's earlier thread,
+    # as X-ReplyTrack-Thread: previous does for one mail ("new" declines it).
+    proxy_thread_followups: bool = False
 
     # Inbound milter.
     milter_socket: str = "inet:8894@127.0.0.1"
@@ -132,10 +146,19 @@ class Config:
     milter_ooo_default_days: int = 7
     milter_ooo_max_days: int = 60
 
+    # The bounce brake: a campaign with more than brake_ratio x brake_window hard bounces
+    # among its last brake_window sends is braked (its mail deferred) until resumed.
+    # brake_window = 0 turns it off. Read by the milter, which records the bounces.
+    campaign_brake_window: int = 50
+    campaign_brake_ratio: float = 0.05
+
     # Notifications.
     notify_webhooks: list[str] = field(default_factory=list)
     # Kept out of repr() so that no log line or traceback that shows a Config shows it.
     notify_secret: str = field(default="", repr=False)
+    # The secret in a file of its own (not world-readable), so it need not sit in this
+    # group-readable file; read by the daemons that send webhooks, again at each reload.
+    notify_secret_file: str = ""
     # Webhooks without notify.secret are a start-up error unless this says they may go out
     # unsigned (receivers then cannot tell our events from forged ones).
     notify_allow_unsigned: bool = False
@@ -340,11 +363,41 @@ def validate(config: Config) -> None:
             f" proxy.auth_lockout_max ({config.proxy_auth_lockout_max:g})"
         )
     check_unsubscribe(config)
+    if config.proxy_stamp not in ("always", "campaign", "missing"):
+        raise ConfigError(
+            f"proxy.stamp: {config.proxy_stamp!r} is not one of always, campaign, missing"
+        )
+    if config.campaign_brake_window < 0 or not 0 < config.campaign_brake_ratio <= 1:
+        raise ConfigError(
+            f"campaign.brake_window ({config.campaign_brake_window}) must be 0 (off) or more"
+            f" and campaign.brake_ratio ({config.campaign_brake_ratio:g}) above 0, at most 1"
+        )
+    check_log(config)
     if config.proxy_unconfirmed_after < 4 * config.proxy_timeout:
         raise ConfigError(
             f"proxy.unconfirmed_after: {config.proxy_unconfirmed_after:g} s is shorter than four"
             f" times proxy.timeout ({config.proxy_timeout:g} s): a mail still being relayed"
             " would be marked unconfirmed"
+        )
+
+
+LOG_TARGETS = ("stderr", "syslog")
+LOG_FORMATS = ("auto", "plain", "timestamped")
+# The facilities a mail daemon may log to (syslog's names).
+LOG_FACILITIES = ("mail", "daemon", "user", *(f"local{n}" for n in range(8)))
+
+
+def check_log(config: Config) -> None:
+    """Refuse log settings that would only fail when the daemon sets up its log."""
+    if config.log_target not in LOG_TARGETS:
+        raise ConfigError(f"log.target: {config.log_target!r} is not one of stderr, syslog")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"log.format: {config.log_format!r} is not one of auto, plain, timestamped"
+        )
+    if config.log_facility not in LOG_FACILITIES:
+        raise ConfigError(
+            f"log.facility: {config.log_facility!r} is not one of {', '.join(LOG_FACILITIES)}"
         )
 
 
@@ -467,6 +520,60 @@ def read_db_password(config: Config) -> str | None:
     return password
 
 
+# --- secrets kept in files of their own (*_file settings) ------------------------------------
+
+# Secrets with a *_file twin: the daemons read the file into the value at start and reload.
+SECRET_FILES = {
+    "notify_secret": "notify_secret_file",
+    "proxy_upstream_password": "proxy_upstream_password_file",
+}
+
+
+def read_secret_file(path: str, *, setting: str) -> str:
+    """The secret in ``path`` (its first line), refusing a file anyone may read.
+
+    As libpq does for .pgpass, but the service group keeps access: the group model lets
+    its members run the ops commands that need the same secret.
+    """
+    file = Path(path)
+    try:
+        info = file.stat()
+        if not file.is_file():
+            raise ConfigError(f"{setting}: {file} is not a regular file")
+        if info.st_mode & 0o007:
+            raise ConfigError(
+                f"{setting}: {file} has mode {info.st_mode & 0o777:o}; others must have no"
+                f" access (chmod o-rwx {file})"
+            )
+        secret = file.read_text(encoding="utf-8").partition("\n")[0].strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{setting}: {file} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"{setting}: {file} is empty")
+    return secret
+
+
+def load_secret_files(config: Config) -> Config:
+    """``config`` with every secret that has a ``*_file`` setting read from its file.
+
+    Setting both the value and its file is refused: which one wins would be a guess.
+    """
+    values: dict[str, str] = {}
+    for name, file_name in SECRET_FILES.items():
+        path = getattr(config, file_name)
+        if not path:
+            continue
+        setting = file_name.replace("_", ".", 1)
+        if getattr(config, name):
+            raise ConfigError(
+                f"{setting} and {name.replace('_', '.', 1)} are both set; keep one"
+            )
+        values[name] = read_secret_file(path, setting=setting)
+    return dataclasses.replace(config, **values) if values else config  # type: ignore[arg-type]
+
+
 # --- notifications (checked by the processes that send webhooks, and by doctor) -------------
 
 # A host name label as resolvers take it: underscores occur in internal names.
@@ -534,7 +641,8 @@ def notify_problems(config: Config) -> list[str]:
         why = webhook_url_problem(url)
         if why:
             problems.append(f"notify.webhooks: {redact_url(url)!r} {why}")
-    unsigned = config.notify_webhooks and not config.notify_secret.strip()
+    secret = config.notify_secret.strip() or config.notify_secret_file
+    unsigned = config.notify_webhooks and not secret
     if unsigned and not config.notify_allow_unsigned:
         problems.append(
             "notify.secret is not set, so webhooks would go out unsigned: set notify.secret"

@@ -245,14 +245,57 @@ def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
     (tmp_path / unit).write_text(
         text.replace("/opt/replytrack/venv/bin/replytrack", str(REPLYTRACK))
     )
+    # The man pages are built into the package (scripts/make-man.py), not installed here:
+    # test_systemd_units_notify_reload_and_harden checks they are the ones built.
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / unit)],
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / unit)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
     assert unit not in result.stderr, result.stderr
+
+
+def unit_settings(unit: str) -> dict[str, list[str]]:
+    """The [Service] and [Unit] settings of ``unit``: name -> values, in order."""
+    settings: dict[str, list[str]] = {}
+    for line in (EXAMPLE / unit).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            name, _, value = line.partition("=")
+            settings.setdefault(name.strip(), []).append(value.strip())
+    return settings
+
+
+# Where scripts/build-deb.sh puts each shipped document, from the repository.
+SHIPPED_DOCS = {
+    "file:///usr/share/doc/replytrack/README.md": "README.md",
+    "file:///usr/share/doc/replytrack/examples/README.md": "postfix-example/README.md",
+}
+
+
+@pytest.mark.parametrize("unit", ["replytrack-proxy.service", "replytrack-milter.service"])
+def test_systemd_units_notify_reload_and_harden(unit: str) -> None:
+    settings = unit_settings(unit)
+    # systemd waits for READY=1, so Before=postfix.service means "after the socket listens".
+    assert settings["Type"] == ["notify"]
+    assert settings["NotifyAccess"] == ["main"]
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert settings["SystemCallFilter"] == ["@system-service"]
+    assert settings["ProtectProc"] == ["invisible"]
+    for kept in ("NoNewPrivileges", "ProtectSystem", "PrivateDevices", "CapabilityBoundingSet"):
+        assert kept in settings, kept
+    root = EXAMPLE.parent
+    build = (root / "scripts" / "build-deb.sh").read_text()
+    documentation = " ".join(settings["Documentation"]).split()
+    assert documentation
+    for target in documentation:
+        if target.startswith("man:"):
+            # replytrack(8) -> replytrack.8, as the package build names the page.
+            page = target[4:].replace("(", ".").rstrip(")")
+            assert f"man/{page}" in build, target
+        else:
+            assert (root / SHIPPED_DOCS[target]).is_file(), target
 
 
 # --- Postfix with the example files ----------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from replytrack.config import Config
-from replytrack.proxy import daemon
+from replytrack.proxy import daemon, supervisor
 from replytrack.store.sqlite import SQLiteStore
 from tests.conftest import free_port
 from tests.support.env import clean_environ
@@ -249,16 +249,16 @@ def test_a_worker_that_keeps_dying_at_once_stops_the_proxy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The store vanished after the command checked it: every worker fails as it starts.
-    monkeypatch.setattr(daemon, "RESTART_BACKOFF_MIN", 0.01)
-    monkeypatch.setattr(daemon, "RESTART_BACKOFF_MAX", 0.02)
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF_MIN", 0.01)
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF_MAX", 0.02)
     config = Config(db=str(tmp_path / "gone" / "replytrack.db"), domain="track.example.com")
     sockets = daemon.bind("127.0.0.1", 0)
     started = time.monotonic()
     with caplog.at_level("INFO", logger="replytrack.proxy"):
-        status = daemon.Supervisor(config, sockets, 2).run()
+        status = supervisor.Supervisor(config, sockets, 2).run()
     assert status == 1
     assert "giving up" in caplog.text
-    assert caplog.text.count("started (pid") >= daemon.QUICK_DEATHS_MAX
+    assert caplog.text.count("started (pid") >= supervisor.QUICK_DEATHS_MAX
     assert time.monotonic() - started < 60
     # The listening socket is closed with it: nobody is left to answer there.
     assert all(s.fileno() == -1 for s in sockets)

@@ -7,7 +7,6 @@ import datetime as dt
 import functools
 import io
 import json
-import logging
 import os
 import re
 import select
@@ -23,6 +22,7 @@ import click
 
 from replytrack import __version__
 from replytrack.config import Config, ConfigError, load_config, read_db_password
+from replytrack.logs import setup_logging as setup_logging  # the daemon commands use it
 from replytrack.store import Store, StoreError, open_store
 from replytrack.store.records import iso_time
 from replytrack.tokens import KeyFileError
@@ -178,15 +178,6 @@ def _quiet_broken_pipe() -> None:
     except (OSError, ValueError, AttributeError):
         pass
     raise SystemExit(128 + signal.SIGPIPE)
-
-
-def setup_logging(level: str) -> None:
-    """Logging for daemons: one line per record on stderr (systemd adds the time)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 # --- time ------------------------------------------------------------------------------------

@@ -7,17 +7,29 @@ import contextlib
 import json
 import logging
 import re
+import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from replytrack.cli.common import State, cli, emit, pass_state, setup_logging
-from replytrack.config import ConfigError, check_notify, shown_db
+from replytrack import logs, notify, systemd
+from replytrack.cli.common import State, cli, emit, pass_state
+from replytrack.config import (
+    Config,
+    ConfigError,
+    check_notify,
+    load_config,
+    load_secret_files,
+    shown_db,
+)
 from replytrack.headers import extract_addresses, normalize_address, parse_fields, split_message
-from replytrack.milter.engine import BODY_LIMIT, Engine, Inbound
-from replytrack.tokens import load_keyring
+from replytrack.milter.engine import Engine
+from replytrack.milter.inbound import BODY_LIMIT, Inbound
+from replytrack.reload import MILTER_RESTART_ONLY, changed_settings, keep_restart_only
+from replytrack.tokens import KeyFileError, load_keyring
 
 log = logging.getLogger("replytrack.milter")
 
@@ -125,21 +137,22 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
 
     Classifies inbound mail, matches replies to recorded Message-IDs, stops campaigns, adds
     X-ReplyTrack to replies. Fails open: set default_action=accept for it in Postfix.
+    SIGHUP re-reads the configuration while serving (the socket and the store take a
+    restart); SIGTERM stops it.
 
     \b
     Example:
       replytrack milter --socket inet:8894@127.0.0.1
       # main.cf: smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }
     """
-    import Milter
-
-    from replytrack import metrics, notify
+    from replytrack import metrics
     from replytrack.milter import adapter
     from replytrack.milter.journal import JournalChain, Replayer
     from replytrack.milter.journal import probe as journal_probe
     from replytrack.store import open_store
 
-    config = state.config(milter_socket=socket_spec, milter_journal=journal)
+    flags = {"milter_socket": socket_spec, "milter_journal": journal}
+    config = state.config(**flags)
     if not _SOCKET.match(config.milter_socket):
         raise click.ClickException(
             f"--socket {config.milter_socket!r}: expected inet:PORT@HOST or unix:/PATH"
@@ -147,14 +160,17 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
     try:
         # The milter sends webhooks itself: refuse unusable webhook settings (a bad URL, no
         # secret) now, before anything is opened, not at the first reply.
-        check_notify(config)
+        config = _checked(config)
+        logs.setup_from(config)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
-    setup_logging(config.log_level)
+    except OSError as exc:
+        raise click.ClickException(f"log.target = syslog: {logs.SYSLOG_SOCKET}: {exc}") from None
     keyring = load_keyring(config.secret_path)
     timeout_ms = min(MILTER_BUSY_TIMEOUT_MS, round(config.db_timeout * 1000))
     store = open_store(config.db, busy_timeout_ms=timeout_ms)
     engine = Engine(config, keyring, store)
+    tcp = config.milter_socket.startswith("inet")
     # The configured journal, then a second location, then the log: verdicts the store
     # cannot take survive the store's filesystem; the replayer empties every location.
     journal_file = JournalChain.for_config(config)
@@ -163,7 +179,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         # Not fatal (mail must flow: inbound fails open), but said at once, not at the first
         # store failure: until fixed, the fallback location and then the log take the entries.
         log.warning("%s; journal entries go to the fallback location, then the log", problem)
-    adapter.install(engine, journal_file, tcp=config.milter_socket.startswith("inet"))
+    adapter.install(engine, journal_file, tcp=tcp)
     if config.milter_metrics_listen:
         metrics.serve(config.milter_metrics_listen, metrics.MILTER)
     replayer = Replayer(
@@ -173,7 +189,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
     # Webhooks go out from the milter process itself: replies, bounces and stops are
     # recorded here, and the outbox lease keeps a second sender (proxy, `replytrack notify`)
     # from delivering the same row twice.
-    sender = notify.start_sender_thread(config, store)
+    senders = [notify.start_sender_thread(config, store)]
     # dateparser loads its language data on first use; do that now, off the mail path.
     from replytrack.classify import dates
 
@@ -185,20 +201,133 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         threading.Thread(
             target=_open_socket_to_postfix, args=(path,), name="replytrack-socket", daemon=True
         ).start()
+
+    def reload() -> None:
+        nonlocal config, engine
+        try:
+            new = _checked(load_config(state.config_path, overrides={**state.overrides, **flags}))
+            new = keep_restart_only(config, new, MILTER_RESTART_ONLY)
+            new_keyring = load_keyring(new.secret_path, create=False)
+            logs.setup_from(new)
+        except (ConfigError, KeyFileError, OSError) as exc:
+            log.error("reload refused, still serving with the earlier configuration: %s", exc)
+            return
+        changed = changed_settings(config, new)
+        config, engine = new, Engine(new, new_keyring, store)
+        writing = JournalChain.for_config(new)
+        # Callbacks from now on (also of mails under way) take the new engine and journal.
+        adapter.install(engine, writing, tcp=tcp)
+        # Entries still waiting in a journal location that is no longer configured are
+        # replayed from it all the same: none is left behind.
+        kept = [loc.journal for loc in writing.locations]
+        paths = {j.path for j in kept}
+        old = replayer.journal.locations if isinstance(replayer.journal, JournalChain) else []
+        kept += [loc.journal for loc in old if loc.journal.path not in paths]
+        replayer.journal, replayer.process = JournalChain(kept), engine.process
+        old_sender = senders.pop()
+        if old_sender is not None:
+            old_sender.stop(timeout=5)
+        senders.append(notify.start_sender_thread(new, store))
+        log.info("reloaded the configuration; changed: %s", ", ".join(changed) or "nothing")
+
     log.info("milter listening on %s (store %s)", config.milter_socket, shown_db(config.db))
     try:
-        adapter.run(config.milter_socket, timeout=config.milter_timeout)
-    except Milter.milter.error as exc:
-        # libmilter says only "cannot opensocket": name the likely causes, no traceback.
-        raise click.ClickException(
-            f"cannot listen on {config.milter_socket} ({exc}): address in use, directory"
-            " missing or not writable?"
-        ) from None
+        _serve(config.milter_socket, config.milter_timeout, reload)
     finally:
         replayer.stop()
+        sender = senders.pop()
         if sender is not None:
             sender.stop(timeout=5)
         log.info("milter stopped")
+
+
+def _checked(config: Config) -> Config:
+    """What the milter needs of the configuration beyond what every command checks; with
+    its secrets read from their files. At start and at each reload."""
+    check_notify(config)
+    return load_secret_files(config)
+
+
+def _serve(socket_spec: str, timeout: int, reload: Callable[[], None]) -> None:
+    """Run libmilter on ``socket_spec`` until SIGTERM or SIGINT; SIGHUP calls ``reload``.
+
+    libmilter would take SIGHUP as a stop: the thread that calls its main loop blocks
+    SIGHUP, SIGTERM and SIGINT, and a thread of its own waits for them. So the main loop
+    runs in another thread, and this one, which keeps them unblocked and so is the one the
+    kernel hands a signal sent to the process, handles all three itself.
+    """
+    import Milter
+
+    from replytrack.milter import adapter
+
+    wake = threading.Event()
+    wanted: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        wanted.append("reload" if signum == signal.SIGHUP else "stop")
+        wake.set()
+
+    listening = threading.Event()
+    real_opensocket = Milter.milter.opensocket
+
+    def opensocket(*args: Any) -> Any:
+        # libmilter listens once this returns: Postfix's connections wait in the backlog
+        # until its main loop accepts them, a moment later.
+        result = real_opensocket(*args)
+        listening.set()
+        wake.set()
+        return result
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            adapter.run(socket_spec, timeout=timeout)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            wake.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in _SIGNALS}
+    Milter.milter.opensocket = opensocket
+    libmilter = threading.Thread(target=run, name="replytrack-libmilter")
+    try:
+        libmilter.start()
+        announced = stopping = False
+        while libmilter.is_alive():
+            wake.wait(1.0)
+            wake.clear()
+            if listening.is_set() and not announced:
+                announced = True
+                systemd.ready("serving")
+            while wanted:
+                what = wanted.pop(0)
+                if what == "reload" and not stopping:
+                    systemd.reloading()
+                    log.info("reloading the configuration")
+                    reload()
+                    systemd.ready("serving")
+                elif what == "stop" and not stopping:
+                    stopping = True
+                    systemd.stopping()
+                    log.info("stopping: finishing the mails under way")
+                    Milter.milter.stop()
+    finally:
+        Milter.milter.opensocket = real_opensocket
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    libmilter.join()
+    for exc in failed:
+        if isinstance(exc, Milter.milter.error):
+            # libmilter says only "cannot opensocket": name the likely causes, no traceback.
+            raise click.ClickException(
+                f"cannot listen on {socket_spec} ({exc}): address in use, directory"
+                " missing or not writable?"
+            ) from None
+        raise exc
+
+
+_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 def _open_socket_to_postfix(path: Path, timeout: float = 30.0) -> None:

@@ -9,7 +9,7 @@ from types import FrameType
 import click
 
 from replytrack.cli.common import State, cli, pass_state, setup_logging
-from replytrack.config import ConfigError, check_notify
+from replytrack.config import ConfigError, check_notify, load_secret_files
 from replytrack.notify import Sender
 
 
@@ -72,6 +72,7 @@ def notify_command(
         # Before the store is opened: a setting that can never work is one line, not a
         # sender that fails (or posts unsigned) on every event.
         check_notify(config)
+        config = load_secret_files(config)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
     setup_logging(config.log_level)

@@ -8,16 +8,17 @@ from collections.abc import Callable
 
 import click
 
-from replytrack import metrics, notify
-from replytrack.cli.common import State, cli, pass_state, setup_logging
+from replytrack import logs, metrics, notify
+from replytrack.cli.common import State, cli, pass_state
 from replytrack.config import (
     MAX_PROXY_WORKERS,
     Config,
     ConfigError,
-    check_notify,
+    load_config,
     parse_hostport,
 )
-from replytrack.tokens import load_keyring
+from replytrack.store import Store
+from replytrack.tokens import KeyFileError, Keyring, load_keyring
 
 log = logging.getLogger("replytrack.proxy")
 
@@ -59,43 +60,31 @@ def proxy_command(
     from replytrack.proxy import daemon
 
     daemon.exit_if_stopped_while_starting(signal.SIGTERM)
-    config = state.config(proxy_listen=listen, proxy_upstream=upstream, proxy_workers=workers)
-    setup_logging(config.log_level)
-    from replytrack.proxy.server import ProxyServer, check_bind
+    flags = {"proxy_listen": listen, "proxy_upstream": upstream, "proxy_workers": workers}
+    config = state.config(**flags)
+
+    def load() -> Config:
+        # A reload reads what a start would: the same file, environment and flags.
+        return load_config(state.config_path, overrides={**state.overrides, **flags})
 
     try:
-        # Refuse an unsafe listen address before anything is created.
-        host, port = parse_hostport(config.proxy_listen, setting="proxy.listen")
-        check_bind(config, host)
-        daemon.loop_factory(config)
-        # The settings every worker will use are checked here, once, with a clear message.
-        ProxyServer._client_security(config)
-        # The proxy sends webhooks too (one sender, in the first worker).
-        check_notify(config)
+        config = daemon.check_settings(config)
+        logs.setup_from(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"log.target = syslog: {logs.SYSLOG_SOCKET}: {exc}") from None
+    host, port = parse_hostport(config.proxy_listen, setting="proxy.listen")
     daemon.quiet_aiosmtpd(config)
     store = state.store()
     keyring = load_keyring(config.secret_path)
     count = daemon.worker_count(config)
 
     if count == 1:
-        if config.proxy_metrics_listen:
-            listen = config.proxy_metrics_listen
-            _serve_metrics(lambda: metrics.serve(listen, metrics.PROXY), config)
-        # Webhooks go out from the daemon that queues the events; several senders on one
-        # store share the outbox safely (rows are leased).
-        sender = notify.start_sender_thread(config, store)
-        try:
-            daemon.serve(config, store=store, keyring=keyring)
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-            ) from None
-        finally:
-            if sender is not None:
-                sender.stop(timeout=5)
+        _serve_alone(config, store, keyring, load, f"{host}:{port}")
         return
+
+    from replytrack.proxy import supervisor
 
     try:
         sockets = daemon.bind(host, port)
@@ -111,25 +100,68 @@ def proxy_command(
         count,
         config.proxy_upstream,
     )
-    directory = daemon.metrics_dir() if config.proxy_metrics_listen else None
+    directory = supervisor.metrics_dir() if config.proxy_metrics_listen else None
     try:
         if directory:
             listen_at = config.proxy_metrics_listen
-            _serve_metrics(lambda: daemon.serve_metrics(listen_at, directory), config)
+            _serve_metrics(lambda: supervisor.serve_metrics(listen_at, directory), config)
         # The workers open their own connections; this process keeps none while it waits.
         store.close()
-        status = daemon.Supervisor(config, sockets, count, metrics_dir=directory).run()
+        status = supervisor.Supervisor(
+            config, sockets, count, metrics_dir=directory, load=load
+        ).run()
     finally:
         if directory:
-            daemon.cleanup_metrics(directory)
+            supervisor.cleanup_metrics(directory)
     if status:
         raise SystemExit(status)
+
+
+def _serve_alone(
+    config: Config, store: Store, keyring: Keyring, load: Callable[[], Config], address: str
+) -> None:
+    """One process, no workers: it serves, sends webhooks and reloads itself."""
+    from replytrack.proxy import daemon
+
+    if config.proxy_metrics_listen:
+        listen = config.proxy_metrics_listen
+        _serve_metrics(lambda: metrics.serve(listen, metrics.PROXY), config)
+    # Webhooks go out from the daemon that queues the events; several senders on one
+    # store share the outbox safely (rows are leased).
+    senders = [notify.start_sender_thread(config, store)]
+
+    def reload() -> tuple[Config, Keyring] | None:
+        nonlocal config
+        new = daemon.reread(config, load)
+        if new is None:
+            return None
+        try:
+            # A new first line in the key file (a rotation) signs from now on.
+            new_keyring = load_keyring(new.secret_path, create=False)
+        except (KeyFileError, ConfigError) as exc:
+            log.error("reload refused, still serving with the earlier configuration: %s", exc)
+            return None
+        config = new
+        # The sender takes the new webhooks and secret; rows it had leased go back on the
+        # lease's expiry, so none is lost and none sent twice.
+        old = senders.pop()
+        if old is not None:
+            old.stop(timeout=5)
+        senders.append(notify.start_sender_thread(new, store))
+        return new, new_keyring
+
+    try:
+        daemon.serve(config, store=store, keyring=keyring, reload=reload)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    finally:
+        sender = senders.pop()
+        if sender is not None:
+            sender.stop(timeout=5)
 
 
 def _serve_metrics(start: Callable[[], None], config: Config) -> None:
     try:
         start()
     except OSError as exc:
-        raise click.ClickException(
-            f"proxy.metrics_listen: {exc.strerror or exc}"
-        ) from None
+        raise click.ClickException(f"proxy.metrics_listen: {exc.strerror or exc}") from None

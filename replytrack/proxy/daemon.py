@@ -14,31 +14,37 @@ A worker gets its settings on stdin (so passwords never show in its environment 
 line) and asks the kernel for SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``): a
 killed supervisor leaves no orphan accepting mail nobody watches. Webhooks are sent by
 worker 0 only, as one sender per proxy.
+
+SIGHUP reloads the configuration without dropping a session. The supervisor re-reads and
+checks it (a bad one is logged and the running one kept), then replaces the workers one at
+a time: the new worker accepts from the socket before the old one is told (SIGUSR1) to stop
+accepting, finish its sessions and exit. A single process does the same within itself: a
+new server on the same socket, the old one drained. What cannot change under open sessions
+(the listening address, the store, the number of workers) is kept, and the log says so.
+systemd hears READY=1 once every worker serves, RELOADING=1/READY=1 around a reload and
+STOPPING=1 at the end (``Type=notify``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
-import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from replytrack.config import Config, ConfigError
+from replytrack import systemd
+from replytrack.config import Config, ConfigError, check_notify, load_secret_files, parse_hostport
+from replytrack.reload import PROXY_RESTART_ONLY, changed_settings, keep_restart_only
 
 if TYPE_CHECKING:
+    from replytrack.proxy.server import ProxyServer
     from replytrack.store import Store
     from replytrack.tokens import Keyring
 
@@ -46,14 +52,9 @@ log = logging.getLogger("replytrack.proxy")
 
 # How long open transactions may take to finish after SIGTERM before connections are cut.
 SHUTDOWN_GRACE = 30.0
-# A worker that dies sooner than this after it started is restarted after a growing pause
-# (1 s, 2 s, 4 s ... at most RESTART_BACKOFF_MAX) instead of at once.
-QUICK_DEATH = 10.0
-RESTART_BACKOFF_MIN = 1.0
-RESTART_BACKOFF_MAX = 30.0
-# A worker that died this many times in a row that quickly is given up on, and so is the
-# proxy (exit 1, for systemd or the admin to see) rather than restart it forever.
-QUICK_DEATHS_MAX = 6
+# How long a server replaced at a reload waits for its clients to end their sessions; then
+# the next MAIL is answered 421 (the client retries) and open transactions get SHUTDOWN_GRACE.
+DRAIN_GRACE = 60.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -114,8 +115,46 @@ def bind(host: str, port: int, *, backlog: int = 1024) -> list[socket.socket]:
 def quiet_aiosmtpd(config: Config) -> None:
     """aiosmtpd logs every command line at INFO: per mail that is a dozen log records, a
     measurable share of the proxy's CPU. Our own line per mail says what matters."""
-    if config.log_level.lower() != "debug":
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
+    debug = config.log_level.lower() == "debug"
+    logging.getLogger("mail.log").setLevel(logging.NOTSET if debug else logging.WARNING)
+
+
+def check_settings(config: Config) -> Config:
+    """Check what every worker will use, once, with a clear message (ConfigError), and
+    return ``config`` with its secrets read from their files. At start and at each reload."""
+    from replytrack.proxy.access import check_bind
+    from replytrack.proxy.server import client_security
+
+    host, _ = parse_hostport(config.proxy_listen, setting="proxy.listen")
+    # Refuse an unsafe listen address before anything is created.
+    check_bind(config, host)
+    loop_factory(config)
+    client_security(config)
+    # The proxy sends webhooks too (one sender, in the first worker).
+    check_notify(config)
+    return load_secret_files(config)
+
+
+def reread(running: Config, load: Callable[[], Config]) -> Config | None:
+    """The configuration ``load`` gives now, checked, with what takes a restart kept as
+    running; None (logged) when it is unusable: the proxy goes on with ``running``."""
+    from replytrack import logs
+
+    try:
+        new = keep_restart_only(running, check_settings(load()), PROXY_RESTART_ONLY)
+        logs.setup_from(new)
+    except (ConfigError, OSError) as exc:
+        log.error("reload refused, still serving with the earlier configuration: %s", exc)
+        return None
+    quiet_aiosmtpd(new)
+    log.info(
+        "configuration re-read; changed: %s", ", ".join(changed_settings(running, new)) or "nothing"
+    )
+    return new
+
+
+# What a new server is given: the configuration and key file to use, re-read at a reload.
+Reloaded = tuple[Config, "Keyring"]
 
 
 def serve(
@@ -125,214 +164,121 @@ def serve(
     keyring: Keyring,
     sockets: list[socket.socket] | None = None,
     connection_prefix: str = "c",
+    reload: Callable[[], Reloaded | None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run one proxy until SIGTERM or SIGINT, then finish open transactions and return.
 
     With ``sockets`` it accepts on those (a worker); otherwise it binds ``proxy.listen``.
-    Raises OSError when it cannot listen.
+    SIGUSR1 retires it: no new connections, open sessions end as their clients end them.
+    With ``reload``, SIGHUP calls it and serves with what it returns (None: as before).
+    ``on_ready`` is called once it accepts. Raises OSError when it cannot listen.
     """
+    if sockets is None:
+        host, port = parse_hostport(config.proxy_listen, setting="proxy.listen")
+        sockets = bind(host, port)
+    listening = sockets
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
+            runner.run(
+                _serve(config, store, keyring, listening, connection_prefix, reload, on_ready)
+            )
+    finally:
+        for sock in listening:
+            sock.close()
+
+
+async def _serve(
+    config: Config,
+    store: Store,
+    keyring: Keyring,
+    sockets: list[socket.socket],
+    prefix: str,
+    reload: Callable[[], Reloaded | None] | None,
+    on_ready: Callable[[], None] | None,
+) -> None:
     # Imported here, not at the top: a worker takes over SIGTERM before its slow imports.
     from replytrack.proxy.server import ProxyServer
 
-    server = ProxyServer(config, store=store, keyring=keyring, connection_prefix=connection_prefix)
+    generation = 1
 
-    async def run() -> None:
-        await server.start(sockets=sockets)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        log.info("stopping: no new connections, finishing open transactions")
-        await server.stop(grace=SHUTDOWN_GRACE)
-        log.info("stopped")
-
-    with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
-        runner.run(run())
-
-
-# --- the supervisor --------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Slot:
-    index: int
-    proc: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
-    # When the next start is due (after a worker died), and the pause after a quick death.
-    due: float = 0.0
-    pause: float = 0.0
-    quick_deaths: int = 0
-
-
-class Supervisor:
-    """Start ``count`` workers on ``sockets``, replace the ones that die, stop them all on
-    SIGTERM/SIGINT. ``run()`` returns the exit status for the command."""
-
-    def __init__(
-        self,
-        config: Config,
-        sockets: list[socket.socket],
-        count: int,
-        *,
-        metrics_dir: str | None = None,
-    ) -> None:
-        self.config = config
-        self.sockets = sockets
-        self.slots = [_Slot(i) for i in range(count)]
-        self.metrics_dir = metrics_dir
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        # Set when a worker kept dying at once: the command then exits 1.
-        self.failed = False
-
-    def _spec(self, index: int) -> bytes:
-        return json.dumps(
-            {
-                "config": dataclasses.asdict(self.config),
-                "fds": [s.fileno() for s in self.sockets],
-                "index": index,
-                "supervisor": os.getpid(),
-                "notify": index == 0,
-            }
-        ).encode()
-
-    def _spawn(self, slot: _Slot) -> None:
-        env = dict(os.environ)
-        if self.metrics_dir:
-            env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
-        # Started from the main thread: PR_SET_PDEATHSIG fires when the thread that started
-        # the child ends, which must be the supervisor itself.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "replytrack.proxy.daemon"],
-            stdin=subprocess.PIPE,
-            pass_fds=[s.fileno() for s in self.sockets],
-            env=env,
+    async def started(config: Config, keyring: Keyring) -> ProxyServer:
+        # Each server gets its own copies of the listening sockets: closing them when it
+        # is drained leaves the socket open for the server that replaced it.
+        # Connection ids stay unique across reloads: "c1f", then "g2c1f".
+        server = ProxyServer(
+            config,
+            store=store,
+            keyring=keyring,
+            connection_prefix=prefix if generation == 1 else f"g{generation}{prefix}",
         )
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(self._spec(slot.index))
-            proc.stdin.close()
-        except OSError:
-            log.warning("worker %d (pid %d) did not take its settings", slot.index, proc.pid)
-        slot.proc, slot.started = proc, time.monotonic()
-        log.info("worker %d started (pid %d)", slot.index, proc.pid)
+        await server.start(sockets=[sock.dup() for sock in sockets])
+        return server
 
-    def _reap(self) -> None:
-        now = time.monotonic()
-        for slot in self.slots:
-            proc = slot.proc
-            if proc is None or proc.poll() is None:
-                continue
-            slot.proc = None
-            self._mark_dead(proc.pid)
-            lived = now - slot.started
-            if lived < QUICK_DEATH:
-                slot.quick_deaths += 1
-                slot.pause = min(RESTART_BACKOFF_MAX, max(RESTART_BACKOFF_MIN, slot.pause * 2))
-            else:
-                slot.quick_deaths, slot.pause = 0, 0.0
-            slot.due = now + slot.pause
-            if slot.quick_deaths >= QUICK_DEATHS_MAX:
-                log.error(
-                    "worker %d (pid %d) exited with status %s, %d times in a row within %.0f s"
-                    " of starting; giving up (see its errors above)",
-                    slot.index,
-                    proc.pid,
-                    proc.returncode,
-                    slot.quick_deaths,
-                    QUICK_DEATH,
-                )
-                self.failed = True
-                self._stop.set()
-                continue
-            log.error(
-                "worker %d (pid %d) exited with status %s after %.1f s; starting another%s",
-                slot.index,
-                proc.pid,
-                proc.returncode,
-                lived,
-                f" in {slot.pause:.0f} s" if slot.pause else "",
-            )
-
-    def _mark_dead(self, pid: int) -> None:
-        if self.metrics_dir:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(pid, self.metrics_dir)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def _on_child(self, signum: int, frame: Any) -> None:
-        self._wake.set()
-
-    def run(self) -> int:
-        """Supervise until SIGTERM or SIGINT, then stop the workers; returns 0, or 1 when
-        a worker did not stop cleanly or kept dying as it started."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child)
-        try:
-            for slot in self.slots:
-                self._spawn(slot)
-            while not self._stop.is_set():
-                self._wake.wait(1.0)
-                self._wake.clear()
-                self._reap()
-                now = time.monotonic()
-                for slot in self.slots:
-                    if slot.proc is None and slot.due <= now and not self._stop.is_set():
-                        self._spawn(slot)
-            status = self._shutdown()
-            return 1 if self.failed else status
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    def _shutdown(self) -> int:
-        log.info(
-            "stopping %d workers: no new connections, finishing open transactions",
-            sum(1 for s in self.slots if s.proc is not None),
-        )
-        # The workers hold the listening socket too; each closes its copy on SIGTERM.
-        for sock in self.sockets:
-            sock.close()
-        running = [s.proc for s in self.slots if s.proc is not None]
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + SHUTDOWN_GRACE + 10
-        status = 0
-        for proc in running:
+    server = await started(config, keyring)
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[str] = asyncio.Queue()
+    for signum, event in (
+        (signal.SIGTERM, "stop"),
+        (signal.SIGINT, "stop"),
+        (signal.SIGUSR1, "retire"),
+        (signal.SIGHUP, "reload"),
+    ):
+        loop.add_signal_handler(signum, events.put_nowait, event)
+    if on_ready is not None:
+        on_ready()
+    systemd.ready("serving")
+    # Set by SIGTERM: drains in progress stop waiting for clients and finish now.
+    cut = asyncio.Event()
+    draining: list[asyncio.Task[None]] = []
+    while True:
+        event = await events.get()
+        if event != "reload":
+            break
+        if reload is None:
+            log.info("SIGHUP: the supervisor reloads, not a worker; ignored")
+            continue
+        systemd.reloading()
+        log.info("reloading the configuration")
+        settings = reload()
+        if settings is not None:
+            generation += 1
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("worker pid %d did not stop in time; killing it", proc.pid)
-                proc.kill()
-                proc.wait()
-                status = 1
+                replacement = await started(*settings)
+            except (ConfigError, OSError) as exc:
+                log.error("reload refused, still serving with the earlier configuration: %s", exc)
             else:
-                # -SIGTERM: it was still starting (no handler yet), so nothing was open.
-                if proc.returncode not in (0, -signal.SIGTERM):
-                    log.error("worker pid %d exited with status %s", proc.pid, proc.returncode)
-                    status = 1
-        log.info("stopped")
-        return status
+                draining.append(asyncio.ensure_future(_retire(server, cut)))
+                server = replacement
+                log.info("reloaded: new sessions use the new configuration")
+        systemd.ready("serving")
+    if event == "stop":
+        systemd.stopping()
+        cut.set()
+        log.info("stopping: no new connections, finishing open transactions")
+    else:
+        log.info("retiring: no new connections, open sessions end as their clients end them")
+    draining.append(asyncio.ensure_future(_retire(server, cut)))
+    done: asyncio.Future[Any] = asyncio.gather(*draining)
+    while not done.done():
+        # A SIGTERM while retiring cuts the wait for the clients short.
+        next_event: asyncio.Future[Any] = asyncio.ensure_future(events.get())
+        await asyncio.wait([done, next_event], return_when=asyncio.FIRST_COMPLETED)
+        if next_event.done() and next_event.result() == "stop":
+            cut.set()
+        next_event.cancel()
+    await done
+    log.info("stopped")
 
 
-def metrics_dir() -> str:
-    """A fresh directory for the workers' metric files (removed by ``cleanup_metrics``)."""
-    return tempfile.mkdtemp(prefix="replytrack-proxy-metrics-")
-
-
-def serve_metrics(listen: str, directory: str) -> None:
-    """``/metrics`` on ``listen`` with the workers' metrics summed (raises OSError)."""
-    from replytrack import metrics
-
-    metrics.serve_workers(listen, directory)
-
-
-def cleanup_metrics(directory: str) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+async def _retire(server: ProxyServer, cut: asyncio.Event) -> None:
+    """Stop ``server`` accepting, wait (at most DRAIN_GRACE, or until ``cut``) for its
+    clients to end their sessions, then stop it as for SIGTERM."""
+    server.stop_accepting()
+    deadline = time.monotonic() + DRAIN_GRACE
+    while server.connections and not cut.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await server.stop(grace=SHUTDOWN_GRACE)
 
 
 # --- a worker --------------------------------------------------------------------------------
@@ -363,16 +309,27 @@ def exit_if_stopped_while_starting(*signals: signal.Signals) -> None:
 def worker_main() -> int:
     """Entry point of a worker process (``python -m replytrack.proxy.daemon``)."""
     exit_if_stopped_while_starting(signal.SIGTERM, signal.SIGINT)
+    # `systemctl kill -s HUP` reaches every process of the unit: only the supervisor reloads.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     spec = json.loads(sys.stdin.buffer.read())
     _die_with_supervisor(spec["supervisor"])
-    from replytrack import notify
-    from replytrack.logs import setup_logging
+    from replytrack import logs, notify
     from replytrack.store import StoreError, open_store
     from replytrack.tokens import KeyFileError, load_keyring
 
     config = Config(**spec["config"])
-    setup_logging(config.log_level)
+    try:
+        logs.setup_from(config)
+    except OSError as exc:
+        logs.setup_logging(config.log_level)
+        log.error("worker %d cannot log to syslog (%s); logging to stderr", spec["index"], exc)
     quiet_aiosmtpd(config)
+    ready_fd = spec["ready_fd"]
+
+    def ready() -> None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+
     index = spec["index"]
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
     try:
@@ -384,7 +341,14 @@ def worker_main() -> int:
     sender = notify.start_sender_thread(config, store) if spec["notify"] else None
     try:
         # Connection ids in the log say which worker: "w1c2f" is worker 1's connection 0x2f.
-        serve(config, store=store, keyring=keyring, sockets=sockets, connection_prefix=f"w{index}c")
+        serve(
+            config,
+            store=store,
+            keyring=keyring,
+            sockets=sockets,
+            connection_prefix=f"w{index}c",
+            on_ready=ready,
+        )
     finally:
         if sender is not None:
             sender.stop(timeout=5)

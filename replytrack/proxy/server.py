@@ -198,11 +198,15 @@ class ProxyServer:
             c.session is not None and c.session.rt_upstream is not None for c in self.connections
         )
 
+    def stop_accepting(self) -> None:
+        """Accept no new connections; the open ones go on (a reload's graceful drain)."""
+        for server in self._servers:
+            server.close()
+
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, let open transactions finish (at most ``grace`` s), close."""
         self.handler.stopping = True
-        for server in self._servers:
-            server.close()
+        self.stop_accepting()
         deadline = time.monotonic() + grace
         while self.busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -1,0 +1,171 @@
+"""``replytrack milter`` reloads on SIGHUP while serving and tells systemd how it is doing.
+
+libmilter would take SIGHUP as a stop; here it re-reads the configuration: a reply that
+arrives through a real Postfix after the reload is judged with the new stop scope. A broken
+configuration at a reload is refused and the milter serves on. ``NOTIFY_SOCKET`` is a real
+unix datagram socket: READY=1 once the milter socket accepts, RELOADING=1/READY=1 around a
+reload, STOPPING=1 at SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from email.parser import BytesHeaderParser
+from pathlib import Path
+
+import pytest
+
+from replytrack import tokens
+from replytrack.store.sqlite import SQLiteStore
+from replytrack.tokens import Keyring
+from tests.conftest import free_port
+from tests.support.env import clean_environ
+from tests.support.milter_records import record_sent
+from tests.support.postfix import PostfixLab
+from tests.test_reload import NotifySocket, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+DOMAIN = "mail.test"
+ALICE = "alice@prospect.example"
+BOB = "bob@prospect.example"
+
+
+class Milter:
+    """``replytrack --config FILE milter`` on a loopback port, store and journal in tmp."""
+
+    def __init__(self, tmp_path: Path, notify: NotifySocket) -> None:
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.config = tmp_path / "replytrack.toml"
+        self.db = tmp_path / "rt.db"
+        self.log = tmp_path / "milter.log"
+        secret = tmp_path / "rt.secret"
+        self.keyring = Keyring.generate()
+        tokens.write_keyring(secret, self.keyring)
+        store = SQLiteStore(self.db)
+        # Two mails of one campaign to two people at one company: separate threads.
+        self.to_alice = record_sent(
+            store, self.keyring, to=[ALICE], campaign="camp-1", domain=DOMAIN
+        )
+        record_sent(store, self.keyring, to=[BOB], campaign="camp-1", domain=DOMAIN)
+        store.close_all()
+        self.base = (
+            f'db = "{self.db}"\ndomain = "{DOMAIN}"\nsecret_file = "{secret}"\n'
+            f'[milter]\njournal = "{tmp_path / "journal"}"\n'
+            f'journal_fallback = "{tmp_path / "journal-fallback"}"\n'
+        )
+        self.config.write_text(self.base + 'stop_scope = "thread"\n')
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "replytrack", "--config", str(self.config)),
+                    *("milter", "--socket", f"inet:{self.port}@127.0.0.1"),
+                ],
+                cwd=tmp_path,
+                env=clean_environ(NOTIFY_SOCKET=notify.path),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def status(self, recipient: str) -> str:
+        store = SQLiteStore(self.db)
+        try:
+            [enrollment] = store.enrollments(campaign="camp-1", recipient=recipient)
+            return enrollment.status
+        finally:
+            store.close_all()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    sock = NotifySocket()
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def milter(tmp_path: Path, notify_socket: NotifySocket) -> Iterator[Milter]:
+    running = Milter(tmp_path, notify_socket)
+    yield running
+    running.stop()
+
+
+def connects(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def reply_from_alice(lab: PostfixLab, in_reply_to: str) -> None:
+    data = (
+        f"From: <{ALICE}>\r\nTo: <sales@example.test>\r\nSubject: Re: Hello\r\n"
+        f"Message-ID: <reply-1@prospect.example>\r\nIn-Reply-To: <{in_reply_to}>\r\n"
+        f"References: <{in_reply_to}>\r\n\r\nYes, let us talk on Tuesday.\r\n"
+    ).encode()
+    with smtplib.SMTP("127.0.0.1", lab.smtp_port, local_hostname="mx.prospect.example") as c:
+        c.sendmail(ALICE, ["sales@example.test"], data)
+
+
+@pytest.mark.postfix
+def test_sighup_changes_the_stop_scope_while_serving(
+    milter: Milter,
+    notify_socket: NotifySocket,
+    postfix_lab: Callable[..., PostfixLab],
+) -> None:
+    notify_socket.wait_for(1, "READY=1")
+    # Ready means listening: Postfix, started after us, finds the socket.
+    assert connects(milter.port)
+    lab = postfix_lab(milter=f"inet:127.0.0.1:{milter.port}", milter_default_action="accept")
+
+    # A broken file is refused; the milter serves on with what it had.
+    milter.config.write_text(milter.base + 'stop_scope = "everyone"\n')
+    milter.proc.send_signal(signal.SIGHUP)
+    notify_socket.wait_for(2, "READY=1")
+    assert "reload refused" in milter.text() and "milter.stop_scope" in milter.text()
+    # Stopping the whole company at a reply, from now on.
+    milter.config.write_text(milter.base + 'stop_scope = "domain"\n')
+    milter.proc.send_signal(signal.SIGHUP)
+    assert notify_socket.wait_for(3, "READY=1") == [
+        "READY=1",
+        "RELOADING=1",
+        "READY=1",
+        "RELOADING=1",
+        "READY=1",
+    ]
+    assert "changed: milter_stop_scope" in milter.text()
+    assert milter.proc.poll() is None, milter.text()
+
+    reply_from_alice(lab, milter.to_alice)
+    lab.wait_for_mail(1, timeout=60)
+    [delivered] = lab.maildir()
+    header = BytesHeaderParser().parsebytes(delivered).get("X-ReplyTrack", "")
+    assert header.startswith("reply; campaign=camp-1"), header
+    wait_until(lambda: milter.status(ALICE) == "stopped", what="alice stopped")
+    # Bob never replied and was on another thread: only the domain scope stops him.
+    assert milter.status(BOB) == "stopped"
+
+    assert milter.stop() == 0, milter.text()
+    assert notify_socket.states()[-1] == "STOPPING=1"
+    assert "Traceback" not in milter.text()

@@ -16,7 +16,7 @@ import pytest
 
 from replytrack.config import Config
 from replytrack.milter.engine import Engine
-from replytrack.proxy.server import ThreadedProxy
+from replytrack.proxy.testing import ThreadedProxy
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
 from tests.support.faults import FaultUpstream, make_message

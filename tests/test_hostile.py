@@ -21,7 +21,7 @@ import pytest
 from replytrack import tokens
 from replytrack.config import Config
 from replytrack.milter.engine import Engine, Inbound
-from replytrack.proxy.server import ThreadedProxy
+from replytrack.proxy.testing import ThreadedProxy
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
 from tests.support.faults import FaultUpstream, make_message

@@ -19,7 +19,7 @@ import pytest
 
 from replytrack.config import Config
 from replytrack.milter.engine import Engine
-from replytrack.proxy.server import ThreadedProxy
+from replytrack.proxy.testing import ThreadedProxy
 from replytrack.store.records import ACTIVE, STOPPED, OutboundRecipient, OutboundRecord
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring, load_keyring

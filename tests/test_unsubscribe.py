@@ -208,3 +208,37 @@ def test_a_request_naming_nobody_who_got_it_covers_every_recipient(
     outcome = unsubscribe.apply(any_store, "m2@t", via="mailto", requester=requester)
     assert outcome is not None
     assert outcome.addresses == ["ann@example.com", "bob@example.com"]
+
+
+def test_the_milter_engine_records_a_mailto_unsubscribe_and_never_calls_it_a_reply(
+    store: Any, keyring: Keyring
+) -> None:
+    """Mail to unsubscribe+TOKEN@ our domain, as the List-Unsubscribe mailto sends it: the
+    engine lists the sender and stops them; a forged token does nothing."""
+    from replytrack.config import Config
+    from replytrack.milter.engine import Engine
+    from tests.support.milter_records import inbound, reply_headers
+
+    domain = "track.example.com"
+    message_id = mint(keyring, domain)
+    sent(store, message_id, "spring", "ann")
+    token = unsubscribe.token_for(keyring, message_id)
+    assert token is not None
+    engine = Engine(Config(domain=domain), keyring, store)
+
+    forged = inbound("eve@elsewhere.example", reply_headers("eve@elsewhere.example"))
+    forged.recipients = [f"unsubscribe+{token[:-2]}xx@{domain}"]
+    assert engine.prescreen(forged) is None
+    engine.process(forged)
+    assert store.suppressions() == []
+    assert {e.recipient: e.status for e in store.enrollments()} == {"ann@example.com": ACTIVE}
+
+    msg = inbound("ann@example.com", reply_headers("ann@example.com", subject="unsubscribe"))
+    msg.recipients = [f"unsubscribe+{token}@{domain}"]
+    assert engine.prescreen(msg) == "unsubscribe-mail"
+    verdict = engine.process(msg)
+    assert verdict.kind != "reply"
+    assert [s.value for s in store.suppressions()] == ["ann@example.com"]
+    assert {e.recipient: e.status for e in store.enrollments()} == {"ann@example.com": STOPPED}
+    engine.process(msg)  # a replay records nothing twice
+    assert len(store.events(kind="unsubscribe")) == 1

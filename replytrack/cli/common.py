@@ -25,6 +25,7 @@ from replytrack.config import Config, ConfigError, load_config, read_db_password
 from replytrack.logs import setup_logging as setup_logging  # the daemon commands use it
 from replytrack.store import Store, StoreError, open_store
 from replytrack.store.records import iso_time
+from replytrack.store.rules import BrakeRule
 from replytrack.tokens import KeyFileError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,6 +72,10 @@ class State:
                     busy_timeout_ms=round(config.db_timeout * 1000),
                     create=create,
                     readonly=readonly,
+                )
+                # Journal replay and hand stops record bounces too: the site's brake rule.
+                self._store.use_brake(
+                    BrakeRule(config.campaign_brake_window, config.campaign_brake_ratio)
                 )
             except StoreError as exc:
                 raise click.ClickException(str(exc)) from None

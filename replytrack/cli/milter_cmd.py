@@ -146,10 +146,12 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
       # main.cf: smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }
     """
     from replytrack import metrics
+    from replytrack.do_not_contact import address_hasher
     from replytrack.milter import adapter
     from replytrack.milter.journal import JournalChain, Replayer
     from replytrack.milter.journal import probe as journal_probe
     from replytrack.store import open_store
+    from replytrack.store.rules import BrakeRule
 
     flags = {"milter_socket": socket_spec, "milter_journal": journal}
     config = state.config(**flags)
@@ -169,6 +171,10 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
     keyring = load_keyring(config.secret_path)
     timeout_ms = min(MILTER_BUSY_TIMEOUT_MS, round(config.db_timeout * 1000))
     store = open_store(config.db, busy_timeout_ms=timeout_ms)
+    # Bounces recorded here brake campaigns by the site's rule; do-not-contact entries the
+    # milter adds get their keyed hash at once.
+    store.use_brake(BrakeRule(config.campaign_brake_window, config.campaign_brake_ratio))
+    store.use_hasher(address_hasher(keyring))
     engine = Engine(config, keyring, store)
     tcp = config.milter_socket.startswith("inet")
     # The configured journal, then a second location, then the log: verdicts the store
@@ -213,6 +219,8 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
             log.error("reload refused, still serving with the earlier configuration: %s", exc)
             return
         changed = changed_settings(config, new)
+        store.use_brake(BrakeRule(new.campaign_brake_window, new.campaign_brake_ratio))
+        store.use_hasher(address_hasher(new_keyring))
         config, engine = new, Engine(new, new_keyring, store)
         writing = JournalChain.for_config(new)
         # Callbacks from now on (also of mails under way) take the new engine and journal.

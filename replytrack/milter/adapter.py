@@ -22,6 +22,7 @@ own exception policy is ACCEPT as a second net. What the store cannot take is jo
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
@@ -47,6 +48,7 @@ from replytrack.milter.inbound import (
 )
 from replytrack.milter.journal import Journal, JournalChain
 from replytrack.milter.socket_spec import parse_socket_spec
+from replytrack.store.base import Store
 from replytrack.store.errors import StoreError
 
 log = logging.getLogger("replytrack.milter")
@@ -55,7 +57,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 MAX_RECIPIENTS = 1000
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
-# Store work runs inline, on the libmilter thread that called us, inside Store.session
+# SQLite store work runs inline, on the libmilter thread that called us, inside Store.session
 # (see ReplyTrackMilter for why a session, not a connection per thread): a hand-off to
 # worker threads cost more CPU than the lookups and, under load, journaled mail that could
 # have been decided at once (bench/README.md). Bounds instead: the session ends every call
@@ -92,15 +94,44 @@ class _Gate:
 _gate = _Gate()
 
 
+_store_threads: concurrent.futures.ThreadPoolExecutor | None = None
+_store_threads_lock = threading.Lock()
+
+
+def _own_threads() -> concurrent.futures.ThreadPoolExecutor:
+    global _store_threads
+    with _store_threads_lock:
+        if _store_threads is None:
+            _store_threads = concurrent.futures.ThreadPoolExecutor(
+                max_workers=MAX_IN_STORE, thread_name_prefix="replytrack-store"
+            )
+        return _store_threads
+
+
+def _in_session(store: Store, deadline: float, func: Callable[..., T], args: Any) -> T:
+    with store.session(deadline=deadline):
+        return func(*args)
+
+
 def _with_store(engine: Engine, func: Callable[..., T], *args: Any) -> T:
-    """Run ``func`` here, on one pooled store connection, within the bounds above."""
+    """Run ``func`` on one pooled store connection, within the bounds above: here, on
+    libmilter's thread, or on a thread of our own for a store that must not run on it
+    (``Store.runs_on_foreign_threads``)."""
     if not _gate.enter():
         raise StoreBusy(f"{MAX_IN_STORE} mails already waiting on the store")
     try:
-        if engine.store is None:
+        store = engine.store
+        if store is None:
             return func(*args)
-        with engine.store.session(deadline=time.monotonic() + STORE_CALL_TIMEOUT):
-            return func(*args)
+        deadline = time.monotonic() + STORE_CALL_TIMEOUT
+        if store.runs_on_foreign_threads:
+            return _in_session(store, deadline, func, args)
+        future = _own_threads().submit(_in_session, store, deadline, func, args)
+        try:
+            # The session bounds the call itself; this bounds the wait for a thread too.
+            return future.result(timeout=STORE_CALL_TIMEOUT + 1.0)
+        except concurrent.futures.TimeoutError:
+            raise StoreError(f"store call not done in {STORE_CALL_TIMEOUT:g} s") from None
     finally:
         _gate.leave()
 
@@ -216,6 +247,11 @@ class ReplyTrackMilter(Milter.Base):
             log.exception("qid=%s screening failed; journaling the mail", msg.queue_id)
             screening = self._unscreened(msg, "screening-error")
         self.screening = screening
+        if screening.skip_reason == "unsubscribe-mail":
+            try:
+                _with_store(self.engine, self.engine.record_unsubscribes, msg)
+            except Exception as exc:
+                self._journal(msg, f"unsubscribe not recorded: {exc}")
         if screening.accept_now:
             metrics.MILTER_VERDICTS.labels("unrelated").inc()
             metrics.MILTER_LATENCY.observe(time.perf_counter() - self.started)

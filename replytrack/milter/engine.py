@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass
 
 from replytrack import classify as classifier
+from replytrack import unsubscribe
 from replytrack.config import Config
 from replytrack.headers import extract_msgids, normalize_address
 from replytrack.milter import decision, policy
@@ -76,6 +77,8 @@ class Engine:
         self.keyring = keyring
         self.store = store
         self.domain = config.domain.lower()
+        # Mail to unsubscribe+TOKEN@ this address is a mailto unsubscribe (List-Unsubscribe).
+        self.unsubscribe_address = config.unsubscribe_address or f"unsubscribe@{self.domain}"
 
     # --- end of headers ----------------------------------------------------------------------
     def prescreen(self, msg: Inbound) -> str | None:
@@ -87,6 +90,8 @@ class Engine:
                 return "own-message"
         if msg.authenticated:
             return "authenticated-submission"
+        if self.unsubscribe_requests(msg):
+            return "unsubscribe-mail"
         internal = self.config.milter_internal_domains
         if internal:
             if policy.is_internal(msg.sender, internal):
@@ -235,6 +240,30 @@ class Engine:
 
     def process(self, msg: Inbound) -> Verdict:
         """Screen, decide and record in one go (journal replay, tests)."""
+        self.record_unsubscribes(msg)
         verdict = self.decide(msg, self.screen(msg, strict=True))
         self.apply(verdict)
         return verdict
+
+    # --- unsubscribe by mail ---------------------------------------------------------------
+    def unsubscribe_requests(self, msg: Inbound) -> list[str]:
+        """The Message-IDs this mail unsubscribes from: envelope recipients of the form
+        ``unsubscribe+TOKEN@…`` whose token verifies (forged ones count for nothing)."""
+        return unsubscribe.recognise(
+            msg.recipients,
+            address=self.unsubscribe_address,
+            keyring=self.keyring,
+            domain=self.domain,
+        )
+
+    def record_unsubscribes(self, msg: Inbound) -> int:
+        """Put the requesters on the do-not-contact list and stop them in every campaign;
+        safe to repeat (replay). Raises StoreError when the store cannot take it (the
+        caller journals the mail). Returns how many unsubscribes were recorded."""
+        found = self.unsubscribe_requests(msg)
+        if not found or self.store is None:
+            return 0
+        done = unsubscribe.apply_all(
+            self.store, found, via="mailto", requester=msg.sender, queue_id=msg.queue_id
+        )
+        return sum(1 for outcome in done if outcome.recorded)

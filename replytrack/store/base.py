@@ -37,6 +37,10 @@ class Store(abc.ABC):
     #: How often (seconds) :meth:`upkeep` wants to run while a daemon serves mail; None:
     #: never.
     upkeep_interval: float | None = None
+    #: Whether calls may run on threads Python did not start (libmilter's C threads, on
+    #: which pymilter moves one borrowed thread state). False: the milter hands each call
+    #: to threads of its own.
+    runs_on_foreign_threads: bool = True
     #: Hashes addresses for the do-not-contact list (given at open, or by
     #: :meth:`use_hasher`). Without one, entries are kept and matched by address and
     #: domain only, and erased entries (hash only) cannot be matched.

@@ -255,6 +255,12 @@ class PgConnections:
         finally:
             self._local.deadline = outer
 
+    #: psycopg_pool's worker threads and condition waits, and libpq's callbacks, crashed the
+    #: milter (a segmentation fault in about one PostgreSQL outage in three, the mail then
+    #: neither flagged nor journaled) when run on libmilter's threads; on Python threads of
+    #: the milter's own they never did (tests/test_e2e_multihost.py, bench/README.md).
+    runs_on_foreign_threads = False
+
     def prepare_for_event_loop(self) -> bool:
         """False: every PostgreSQL call waits for the network, so the proxy's event loop
         runs each one in its executor's threads."""

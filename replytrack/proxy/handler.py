@@ -331,6 +331,9 @@ class ProxyHandler:
         refused: dict[str, str],
     ) -> MailOutcome:
         """Stamp, check suppression, record, relay, settle."""
+        # One time for the record and the thread index built from it: a step's child block
+        # is rebuilt later from the recorded time and must come out the same.
+        now = time.time()
         message_id = mint(self.keyring, self.config.domain)
         try:
             stamped = await self._stamp(envelope.original_content or b"", message_id)
@@ -352,7 +355,7 @@ class ProxyHandler:
                 size=stamped.size,
                 status="relaying",
                 recipients=build_recipients(stamped, recipients, blocked, refused),
-                created_at=time.time(),
+                created_at=now,
                 thread=stamped.thread_root,
             )
 
@@ -368,6 +371,7 @@ class ProxyHandler:
                     self.keyring,
                     self._store_call,
                     self._stamp,
+                    now=now,
                 )
             except Exception as exc:
                 raise await self._store_failed(cid, upstream, "cannot read the store") from exc

@@ -12,7 +12,6 @@ store need not wait), and only for the mails that need them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,6 +32,8 @@ async def prepare(
     keyring: Keyring,
     store_call: StoreCall,
     stamp: Callable[[bytes | bytearray, str, str], Awaitable[Stamped]],
+    *,
+    now: float,
 ) -> Stamped:
     """``stamped`` as it is to be recorded and relayed; store errors propagate.
 
@@ -48,4 +49,4 @@ async def prepare(
     if stamped.campaign is None or recipient is None:
         return stamped
     history = await store_call(threading.look_up, store, stamped.campaign, recipient)
-    return threading.follow_up(stamped, history, recipient, now=time.time())
+    return threading.follow_up(stamped, history, recipient, now=now)

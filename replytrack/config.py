@@ -133,6 +133,11 @@ class Config:
     # Count mail from an enrolled recipient of an active campaign as a reply without
     # threading headers (weaker evidence, recorded as such).
     milter_weak_match: bool = True
+    # Count mail without threading headers from another address at a (not free-mail) domain
+    # we sent campaign mail to in the last subject_match_days days, whose subject answers
+    # that mail ("Re: <its subject>"), as a reply (the weakest evidence, recorded as such).
+    milter_subject_match: bool = True
+    milter_subject_match_days: int = 14
     milter_internal_domains: list[str] = field(default_factory=list)
     milter_freemail_domains: list[str] = field(default_factory=list)
     # Verdicts the store could not take wait here for replay: on another directory than the
@@ -366,6 +371,10 @@ def validate(config: Config) -> None:
     if config.proxy_stamp not in ("always", "campaign", "missing"):
         raise ConfigError(
             f"proxy.stamp: {config.proxy_stamp!r} is not one of always, campaign, missing"
+        )
+    if config.milter_subject_match_days < 1:
+        raise ConfigError(
+            f"milter.subject_match_days: {config.milter_subject_match_days} is not 1 or more"
         )
     if config.campaign_brake_window < 0 or not 0 < config.campaign_brake_ratio <= 1:
         raise ConfigError(

@@ -3,6 +3,7 @@ database. What the store does with a verdict is tested in test_milter_engine.py.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 
@@ -11,10 +12,12 @@ import pytest
 from replytrack.classify import Classification
 from replytrack.config import Config
 from replytrack.milter import decision
+from replytrack.milter import match as matching
 from replytrack.milter.decision import NO_FACTS, Facts, decide, reads
 from replytrack.milter.engine import Engine
 from replytrack.milter.inbound import Inbound
 from replytrack.milter.match import Match
+from replytrack.proxy import threading
 from replytrack.store.records import (
     ACTIVE,
     BOUNCED,
@@ -146,6 +149,19 @@ def test_out_of_office_pauses_the_sender_until_return_and_stops_nothing():
     )
     assert verdict.ooo == ("ann@acme.example", until)
     assert verdict.event is not None and verdict.event.detail["paused_until"] == until
+    # A pause goes to the webhooks with the date the engine may send again.
+    assert verdict.notify
+    assert verdict.event.to_json()["detail"]["resume_at"] == "2026-12-08T00:00:00Z"
+
+
+def test_an_out_of_office_that_pauses_nobody_is_not_notified():
+    away = Classification(
+        "auto_reply", ("subject:out-of-office",), "out_of_office", dt.date(2026, 12, 8)
+    )
+    # The sender is not enrolled (a colleague's absence notice): nothing pauses.
+    facts = Facts(MATCHED, (enrolled("bob@acme.example"),))
+    verdict = decide(mail("carl@acme.example"), away, facts, CONFIG, now=NOW)
+    assert verdict.kind == "auto_reply" and verdict.set_status == ()
     assert not verdict.notify
 
 
@@ -215,3 +231,99 @@ def test_a_verdict_cannot_be_changed_after_the_decision():
     verdict = decide(mail(), PERSON, NO_FACTS, CONFIG, now=NOW)
     with pytest.raises(dataclasses.FrozenInstanceError):
         verdict.kind = "reply"  # type: ignore[misc]
+
+
+# --- evidence without threading headers --------------------------------------------------------
+def test_a_reply_matched_by_thread_index_is_recorded_as_such():
+    found = Match(method="thread-index", sent=(SENT,), evidence=("thread-index:0102",))
+    facts = Facts(found, (enrolled("ann@acme.example"), enrolled("bob@acme.example")))
+    verdict = decide(mail("ann@home.example"), PERSON, facts, CONFIG, now=NOW)
+    assert verdict.kind == "reply" and verdict.method == "thread-index"
+    assert verdict.add_header == "reply; campaign=spring; match=thread-index"
+    assert "thread-index:0102" in verdict.evidence
+    assert verdict.event is not None and verdict.event.detail["match"] == "thread-index"
+
+
+def test_a_colleagues_answer_matched_by_subject_stops_the_thread():
+    found = Match(method="subject", sent=(SENT,), evidence=("subject:domain:acme.example",))
+    facts = Facts(found, (enrolled("ann@acme.example"), enrolled("bob@acme.example")))
+    verdict = decide(mail("carl@acme.example"), PERSON, facts, CONFIG, now=NOW)
+    assert verdict.kind == "reply" and verdict.method == "subject"
+    assert verdict.relation == "other_address_same_domain"
+    assert verdict.stopped == ["ann@acme.example", "bob@acme.example"]
+    assert verdict.event is not None and verdict.event.evidence[-1] == "subject:domain:acme.example"
+
+
+def test_our_own_mail_matched_by_subject_is_never_a_reply():
+    found = Match(method="subject", sent=(SENT,), evidence=())
+    verdict = decide(mail("sales@vendor.example"), PERSON, Facts(found), CONFIG, now=NOW)
+    assert verdict.kind == "unrelated" and "own-sender" in verdict.evidence
+
+
+def test_thread_guid_reads_outlooks_index_and_ignores_what_is_not_one():
+    guid = bytes(range(1, 17))
+    root = threading.index_root(NOW, guid)
+    grown = base64.b64encode(threading.thread_index(root, [(NOW + 60, "x")])).decode()
+    assert matching.thread_guid([("Thread-Index", grown)]) == guid
+    assert matching.thread_guid([("thread-index", f" {grown[:20]}\r\n {grown[20:]}")]) == guid
+    for bad in ("not base64!", base64.b64encode(b"short").decode(), base64.b64encode(bytes(22))):
+        assert matching.thread_guid([("Thread-Index", str(bad))]) is None
+    assert matching.thread_guid([]) is None
+
+
+def test_match_thread_index_asks_the_store_by_guid_and_a_miss_is_no_match():
+    guid = bytes(range(1, 17))
+    header = [("Thread-Index", base64.b64encode(threading.index_root(NOW, guid)).decode())]
+    asked: list[bytes] = []
+
+    def find(g: bytes) -> list[SentMessage]:
+        asked.append(g)
+        return [SENT] if g == guid else []
+
+    found = matching.match_thread_index(header, find)
+    assert found is not None and found.method == "thread-index" and found.sent == (SENT,)
+    assert asked == [guid]
+    other = [("Thread-Index", base64.b64encode(threading.index_root(NOW, b"x" * 16)).decode())]
+    assert matching.match_thread_index(other, find) is None
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("Re: Hello", "hello"),
+        ("AW: RE: hello", "hello"),
+        ("SV: VS: Antw: Hello", "hello"),
+        ("Réf. : RV: Fwd: Hello", "hello"),
+        ("RE[2]:  Hello ", "hello"),
+        ("=?utf-8?q?AW=3A_Hello?=", "hello"),
+    ],
+)
+def test_answer_subject_strips_reply_prefixes(subject: str, expected: str):
+    assert matching.answer_subject(subject) == (expected, True)
+    assert matching.answer_subject("Hello") == ("hello", False)
+
+
+def test_subject_domain_only_for_headerless_mail_from_a_company_domain():
+    assert matching.subject_domain([], "carl@acme.example") == "acme.example"
+    assert matching.subject_domain([], "carl@gmail.com") is None
+    assert matching.subject_domain([], "carl@mail.corp.example", ["corp.example"]) is None
+    assert matching.subject_domain([("References", "<a@b>")], "carl@acme.example") is None
+    assert matching.subject_domain([("In-Reply-To", "<a@b>")], "carl@acme.example") is None
+
+
+def test_match_subject_takes_campaign_mail_with_the_answered_subject():
+    other = dataclasses.replace(SENT, id=2, message_id="other@x", subject="Pricing")
+    one_to_one = dataclasses.replace(SENT, id=3, message_id="solo@x", campaign=None)
+    ours = dataclasses.replace(SENT, id=4, message_id="ours@x", sender="sue@acme.example")
+
+    def recent(domain: str) -> list[SentMessage]:
+        assert domain == "acme.example"
+        return [other, one_to_one, ours, SENT]
+
+    found = matching.match_subject("carl@acme.example", "AW: Hello", "acme.example", recent)
+    assert found is not None and found.method == "subject" and found.sent == (SENT,)
+    assert found.evidence == ("subject:domain:acme.example", f"subject:answers:<{SENT.message_id}>")
+    assert matching.match_subject("carl@acme.example", "Hello", "acme.example", recent) is None
+    assert matching.match_subject("carl@acme.example", "Re: Bye", "acme.example", recent) is None
+    # The addressed person themselves: weak evidence's to judge, not the subject's.
+    assert matching.match_subject("ann@acme.example", "Re: Hello", "acme.example", recent) is None

@@ -32,6 +32,7 @@ from replytrack.store.records import (
     Event,
     SentMessage,
     StatusChange,
+    iso_time,
 )
 
 # Bounds against hostile mail: failed recipients acted on, campaigns one mail touches.
@@ -98,7 +99,8 @@ class Verdict:
 
     @property
     def method(self) -> str | None:
-        """How it was matched (in-reply-to, references, report, weak), or None."""
+        """How it was matched (in-reply-to, references, report, thread-index, weak,
+        subject), or None."""
         return self.match.method if self.match else None
 
     @property
@@ -108,8 +110,11 @@ class Verdict:
 
     @property
     def notify(self) -> bool:
-        """Whether the recorded event goes to the webhooks."""
-        return self.kind in ("reply", "bounce")
+        """Whether the recorded event goes to the webhooks: replies, bounces, and an
+        out-of-office that pauses someone (the engine reschedules by its ``resume_at``)."""
+        return self.kind in ("reply", "bounce") or (
+            self.kind == "auto_reply" and bool(self.set_status)
+        )
 
     @property
     def ooo(self) -> tuple[str, float] | None:
@@ -357,7 +362,7 @@ def _auto_reply(
         "set_status": tuple(changes),
         **known,
     }
-    return _recorded(msg, now, "auto_reply", fields, paused_until=until)
+    return _recorded(msg, now, "auto_reply", fields, paused_until=until, resume_at=iso_time(until))
 
 
 def _bounce(

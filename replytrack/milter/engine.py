@@ -31,7 +31,7 @@ from replytrack.milter.decision import NO_FACTS, Facts, Verdict
 from replytrack.milter.inbound import Inbound, outside_copies, weak_sender
 from replytrack.store.base import Store
 from replytrack.store.errors import StoreError
-from replytrack.store.records import ACTIVE, PAUSED, Enrollment
+from replytrack.store.records import ACTIVE, PAUSED, Enrollment, SentMessage
 from replytrack.tokens import Keyring, verify
 
 __all__ = ["Engine", "Inbound", "Screening", "Verdict"]
@@ -123,8 +123,12 @@ class Engine:
         if self.store is not None:
             try:
                 found = matching.match(screened, self.store.find_sent)
+                if found is None:
+                    found = matching.match_thread_index(msg.headers, self.store.find_by_thread_guid)
                 if found is None and self.config.milter_weak_match:
                     weak = self._weak_enrollments(msg, evidence)
+                if found is None and not weak and self.config.milter_subject_match:
+                    found = self._subject_match(msg)
             except StoreError as exc:
                 if strict:
                     raise
@@ -153,6 +157,26 @@ class Engine:
         found = self.store.enrollments(recipient=sender, status=(ACTIVE, PAUSED))
         found.sort(key=lambda e: e.status != ACTIVE)
         return tuple(found[: decision.MAX_CAMPAIGNS])
+
+    def _subject_match(self, msg: Inbound) -> matching.Match | None:
+        """A header-less answer from another address at a campaign mail's domain, by its
+        subject (the weakest evidence). Only when the envelope sender is the From address:
+        without threading headers the sender is all there is, and a From alone is anyone's
+        to write."""
+        assert self.store is not None
+        sender = weak_sender(msg)
+        if sender is None:
+            return None
+        domain = matching.subject_domain(msg.headers, sender, self.config.milter_freemail_domains)
+        if domain is None:
+            return None
+        store = self.store
+        since = msg.received_at - self.config.milter_subject_match_days * 86400
+
+        def recent(at: str) -> list[SentMessage]:
+            return store.recent_campaign_mail(at, since=since)
+
+        return matching.match_subject(sender, msg.header("Subject"), domain, recent)
 
     # --- end of message -------------------------------------------------------------------
     def decide(self, msg: Inbound, screening: Screening, *, now: float | None = None) -> Verdict:

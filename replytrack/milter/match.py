@@ -3,8 +3,14 @@
 1. In-Reply-To names the mail answered.
 2. References, at any position (the newest reference first): long threads, quoting
    clients and mailing lists put our ID anywhere in the chain.
-3. Weak: the sender is an enrolled recipient of an active campaign (the engine does this
+3. Thread-Index: Outlook's conversation index names the GUID of one of our threads
+   (:func:`match_thread_index`). Weaker: some Outlook versions put their own GUID there, so
+   a miss says nothing, and a client may copy the header into unrelated mail.
+4. Weak: the sender is an enrolled recipient of an active campaign (the engine does this
    one, it needs no threading header).
+5. Subject: a mail with no threading headers at all, from another address at the domain of
+   a recent campaign mail, whose subject answers that mail (:func:`match_subject`). The
+   weakest: a colleague answering a forwarded mail, or a client that drops the headers.
 
 Every candidate ID is screened before any store lookup: an ID shaped like one of our tokens
 at our domain must verify (HMAC), otherwise it is forged and never looked up. Other IDs may
@@ -15,18 +21,36 @@ first ``MAX_IDS`` references) reach the store per message, in one lookup.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import base64
+import binascii
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 
 # The source labels of candidates (re-exported: callers compare a match's method to them).
 from replytrack.classify.thread_ids import IN_REPLY_TO as IN_REPLY_TO
 from replytrack.classify.thread_ids import REFERENCES as REFERENCES
 from replytrack.classify.thread_ids import answered_ids
-from replytrack.headers import MAX_IDS, normalize_msgid
+from replytrack.headers import MAX_IDS, address_domain, normalize_msgid
+from replytrack.milter import policy
 from replytrack.store.records import SentMessage
 from replytrack.tokens import TOKEN_LEN, VERSION, Keyring, verify
 
 WEAK = "weak"
+THREAD_INDEX = "thread-index"
+SUBJECT = "subject"
+
+# Mails one Thread-Index GUID or one subject may name: a GUID is one enrollment's; a
+# subject sent to many people at one domain names the newest few.
+MAX_HEADERLESS_HITS = 20
+# Reply and forward prefixes of many languages and clients (Re, AW, SV, VS, Antw, Réf, RV,
+# Fwd, WG, TR, ...), with Outlook's and Thunderbird's counters ("Re[2]:", "Re(2):").
+_ANSWER_PREFIX = re.compile(
+    r"^\s*(?:re|aw|sv|vs|antw|r[ée]f|rv|fwd?|wg|tr|odp|enc)"
+    r"\.?\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]\s*",
+    re.IGNORECASE,
+)
 
 # Unverified IDs (possibly a client's original Message-ID) looked up per message. Verified
 # tokens are always looked up: each one cost an HMAC to prove and is certainly ours.
@@ -154,3 +178,108 @@ def match(
     if not hits:
         return None
     return Match(method=method, sent=tuple(hits), evidence=(*evidence, *screened.evidence))
+
+
+# --- evidence without threading headers --------------------------------------------------------
+def thread_guid(headers: Sequence[tuple[str, str]]) -> bytes | None:
+    """The conversation GUID of the mail's ``Thread-Index`` (bytes 6 to 22 of the decoded
+    value, MS-OXOMSG 2.2.1.3), or None when there is none or it is not one."""
+    values = header_values(headers, "Thread-Index")
+    if not values:
+        return None
+    raw = "".join(values[0].split())
+    try:
+        index = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    guid = index[6:22]
+    # An all-zero GUID is no conversation's: it would match every broken root alike.
+    if len(index) < 22 or not any(guid):
+        return None
+    return guid
+
+
+def match_thread_index(
+    headers: Sequence[tuple[str, str]], find_thread: Callable[[bytes], list[SentMessage]]
+) -> Match | None:
+    """Match by the GUID of the mail's Thread-Index: ``find_thread(guid)`` gives the newest
+    mail of each of our threads with that GUID. No hit is no evidence either way."""
+    guid = thread_guid(headers)
+    if guid is None:
+        return None
+    found = find_thread(guid)[:MAX_HEADERLESS_HITS]
+    if not found:
+        return None
+    label = f"{THREAD_INDEX}:{guid.hex()}"
+    return Match(method=THREAD_INDEX, sent=tuple(found), evidence=(label,))
+
+
+def decoded_subject(subject: str | None) -> str:
+    """A Subject header's text, RFC 2047 words decoded (as it is when they do not decode)."""
+    if not subject:
+        return ""
+    try:
+        return str(make_header(decode_header(subject)))
+    except (ValueError, LookupError, UnicodeError):
+        return subject
+
+
+def answer_subject(subject: str | None) -> tuple[str, bool]:
+    """The subject without reply and forward prefixes, spaces folded and case ignored, and
+    whether it had any (a mail without one answers nothing)."""
+    text = " ".join(decoded_subject(subject).split())
+    prefixed = False
+    while True:
+        stripped = _ANSWER_PREFIX.sub("", text, count=1)
+        if stripped == text:
+            break
+        prefixed, text = True, stripped
+    return text.strip().casefold(), prefixed
+
+
+def subject_domain(
+    headers: Sequence[tuple[str, str]], sender: str, freemail: Iterable[str] = ()
+) -> str | None:
+    """The domain whose campaign mail a header-less answer from ``sender`` may answer, or
+    None: the mail must carry no In-Reply-To or References (those that named nothing of
+    ours answer someone else's mail) and come from a domain that is not free mail."""
+    if header_values(headers, "In-Reply-To") or header_values(headers, "References"):
+        return None
+    domain = address_domain(sender)
+    if not domain or policy.is_freemail(domain, freemail):
+        return None
+    return domain
+
+
+def match_subject(
+    sender: str,
+    subject: str | None,
+    domain: str,
+    find_recent: Callable[[str], list[SentMessage]],
+) -> Match | None:
+    """Match a header-less mail from ``sender`` at ``domain`` by its subject:
+    ``find_recent(domain)`` gives the recent campaign mail sent to that domain, newest
+    first; those whose subject, prefixes stripped, is the one this mail answers match.
+
+    Only another address than the mail went to answers this way (the addressed person is
+    weak evidence's, ``milter.weak_match``), and mail of ours never does: a candidate sent
+    from the sender's own domain (a colleague of the salesperson) is left out.
+    """
+    wanted, prefixed = answer_subject(subject)
+    if not wanted or not prefixed:
+        return None
+    hits: list[SentMessage] = []
+    for sent in find_recent(domain):
+        ours = {address_domain(sent.sender), address_domain(sent.from_address or "")}
+        if sent.campaign is None or domain in ours:
+            continue
+        if any(r.address == sender for r in sent.recipients):
+            continue
+        if answer_subject(sent.subject)[0] == wanted:
+            hits.append(sent)
+            if len(hits) == MAX_HEADERLESS_HITS:
+                break
+    if not hits:
+        return None
+    evidence = (f"{SUBJECT}:domain:{domain}", f"{SUBJECT}:answers:<{hits[0].message_id}>")
+    return Match(method=SUBJECT, sent=tuple(hits), evidence=evidence)

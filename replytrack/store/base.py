@@ -114,6 +114,19 @@ class Store(abc.ABC):
         """Recorded mails whose stamped or original Message-ID is among ``message_ids``."""
 
     @abc.abstractmethod
+    def find_by_thread_guid(self, guid: bytes, *, limit: int = 20) -> list[SentMessage]:
+        """The newest mail of each threaded enrollment whose Thread-Index root carries the
+        conversation GUID ``guid`` (16 bytes), newest first: Outlook's thread key as evidence."""
+
+    @abc.abstractmethod
+    def recent_campaign_mail(
+        self, domain: str, *, since: float, limit: int = 200
+    ) -> list[SentMessage]:
+        """Campaign mails sent (relayed or unconfirmed) since ``since`` to an enrolled
+        recipient at ``domain``, newest first: what a header-less answer from that domain
+        may answer."""
+
+    @abc.abstractmethod
     def enrollments_of(self, address: str) -> list[Enrollment]:
         """All enrollments of one recipient address."""
 

@@ -155,6 +155,12 @@ LEGACY_MIGRATIONS: list[str] = [
     """
     ALTER TABLE enrollments ADD COLUMN thread_index TEXT;
     """,
+    # 7 -> 8: answers without threading headers (Thread-Index GUID, sender's domain).
+    """
+    CREATE INDEX IF NOT EXISTS enrollments_thread_guid ON enrollments (substr(thread_index, 9))
+        WHERE thread_index IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS enrollments_at_domain ON enrollments (domain);
+    """,
 ]
 
 

@@ -178,6 +178,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE enrollments ADD COLUMN IF NOT EXISTS thread_index TEXT;
     """,
+    # 7 -> 8: answers without threading headers. Outlook's thread key is looked up by the
+    # GUID part of each enrollment's Thread-Index root (its base64 from the 9th character),
+    # a header-less answer by the enrollments at the sender's domain.
+    """
+    CREATE INDEX IF NOT EXISTS enrollments_thread_guid ON enrollments (substr(thread_index, 9))
+        WHERE thread_index IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS enrollments_at_domain ON enrollments (domain);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

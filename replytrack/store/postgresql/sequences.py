@@ -1,5 +1,6 @@
 """What campaign sequences need from the PostgreSQL store beyond recording: the history of
-a threaded follow-up, the Thread-Index root kept per enrollment, and the bounce brake.
+a threaded follow-up, the Thread-Index root kept per enrollment, and the bounce brake; and
+what the milter reads to match answers without threading headers.
 
 As on SQLite (``replytrack.store.sqlite.sequences``), the brake is evaluated where a bounce
 is recorded. Several milters may record bounces of one campaign at once: its campaigns row
@@ -9,11 +10,12 @@ second ``braked`` event.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 
 from replytrack.store import rules
 from replytrack.store.postgresql.connection import Conn, PgConnections, text
-from replytrack.store.records import BRAKED, Event, OutboundRecord, ThreadHistory
+from replytrack.store.records import BRAKED, Event, OutboundRecord, SentMessage, ThreadHistory
 
 # Earlier steps a follow-up looks at: far more than any real sequence has.
 HISTORY_LIMIT = 200
@@ -59,6 +61,37 @@ class PgSequences(PgConnections):
             )
 
         return self.read(read)
+
+    def find_by_thread_guid(self, guid: bytes, *, limit: int = 20) -> list[SentMessage]:
+        # As on SQLite: the GUID is the root's base64 from its 9th character, the
+        # expression enrollments_thread_guid indexes.
+        def read(conn: Conn) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT campaign, recipient FROM enrollments"
+                " WHERE substr(thread_index, 9) = %s AND thread_index IS NOT NULL LIMIT %s",
+                (base64.b64encode(guid).decode("ascii"), limit),
+            ).fetchall()
+            return [(r["campaign"], r["recipient"]) for r in rows]
+
+        found = [
+            sent
+            for campaign, recipient in self.read(read)
+            if (sent := self.last_message_to(recipient, campaign)) is not None  # type: ignore[attr-defined]
+        ]
+        return sorted(found, key=lambda s: s.created_at, reverse=True)
+
+    def recent_campaign_mail(
+        self, domain: str, *, since: float, limit: int = 200
+    ) -> list[SentMessage]:
+        # Through the enrollments at the domain (enrollments_at_domain), as on SQLite.
+        return self._messages(  # type: ignore[attr-defined]
+            "SELECT m.* FROM messages m WHERE m.id IN (SELECT r.message FROM enrollments e"
+            " JOIN recipients r ON r.address = e.recipient AND r.status = 'sent'"
+            " WHERE e.domain = %s) AND m.campaign IS NOT NULL AND m.created_at >= %s"
+            " AND m.status IN ('relayed', 'unconfirmed')"
+            " ORDER BY m.created_at DESC, m.id DESC LIMIT %s",
+            (text(domain.lower()), since, limit),
+        )
 
     @staticmethod
     def _keep_thread_root(conn: Conn, record: OutboundRecord) -> None:

@@ -232,7 +232,22 @@ def _v7(conn: sqlite3.Connection) -> None:
     _tables(conn).table("enrollments").add_column("thread_index", "TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(conn: sqlite3.Connection) -> None:
+    """7 -> 8: answers without threading headers. Outlook's thread key is looked up by the
+    GUID part of each enrollment's Thread-Index root (its base64 from the 9th character), a
+    header-less answer by the enrollments at the sender's domain (enrollments_domain leads
+    with the campaign, so it cannot serve that)."""
+    _sql(
+        conn,
+        """
+        CREATE INDEX IF NOT EXISTS enrollments_thread_guid ON enrollments (substr(thread_index, 9))
+            WHERE thread_index IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS enrollments_at_domain ON enrollments (domain)
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

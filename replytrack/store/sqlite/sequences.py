@@ -1,5 +1,7 @@
 """What campaign sequences need from the SQLite store beyond recording: the history of a
-threaded follow-up, the Thread-Index root kept per enrollment, and the bounce brake.
+threaded follow-up, the Thread-Index root kept per enrollment, and the bounce brake; and
+what the milter reads to match answers without threading headers (a thread's GUID, recent
+campaign mail to a domain).
 
 The brake is evaluated where a bounce is recorded (``record_event``), not on the proxy's
 per-mail path: bounces are rare, campaign mail is not, and a campaign's state is one row
@@ -8,11 +10,12 @@ the proxy reads anyway.
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from collections.abc import Iterable
 
 from replytrack.store import rules
-from replytrack.store.records import BRAKED, OutboundRecord, ThreadHistory
+from replytrack.store.records import BRAKED, OutboundRecord, SentMessage, ThreadHistory
 from replytrack.store.sqlite.connection import SQLiteConnections, text
 
 # Earlier steps a follow-up looks at: far more than any real sequence has.
@@ -56,6 +59,37 @@ class SQLiteSequences(SQLiteConnections):
             first_subject=found[0]["subject"] if found else None,
             index=root[0]["thread_index"] if root else None,
         )
+
+    def find_by_thread_guid(self, guid: bytes, *, limit: int = 20) -> list[SentMessage]:
+        # A root is 22 bytes in base64: its first 8 characters are the 6 time bytes, the
+        # rest is the GUID's own base64 (6 bytes are whole base64 groups). The expression
+        # is the one enrollments_thread_guid indexes, written the same way.
+        threads = self.query(
+            "SELECT campaign, recipient FROM enrollments"
+            " WHERE substr(thread_index, 9) = ? AND thread_index IS NOT NULL LIMIT ?",
+            (base64.b64encode(guid).decode("ascii"), limit),
+        )
+        found = [
+            sent
+            for row in threads
+            if (sent := self.last_message_to(row["recipient"], row["campaign"])) is not None  # type: ignore[attr-defined]
+        ]
+        return sorted(found, key=lambda s: s.created_at, reverse=True)
+
+    def recent_campaign_mail(
+        self, domain: str, *, since: float, limit: int = 200
+    ) -> list[SentMessage]:
+        # Through the enrollments at the domain (enrollments_at_domain): every campaign
+        # mail's recipients are enrolled, and recipients has no domain of its own.
+        found = self.query(
+            "SELECT m.* FROM messages m WHERE m.id IN (SELECT r.message FROM enrollments e"
+            " JOIN recipients r ON r.address = e.recipient AND r.status = 'sent'"
+            " WHERE e.domain = ?) AND m.campaign IS NOT NULL AND m.created_at >= ?"
+            " AND m.status IN ('relayed', 'unconfirmed')"
+            " ORDER BY m.created_at DESC, m.id DESC LIMIT ?",
+            (text(domain.lower()), since, limit),
+        )
+        return self._messages_from_rows(found)  # type: ignore[attr-defined]
 
     @staticmethod
     def _keep_thread_root(conn: sqlite3.Connection, record: OutboundRecord) -> None:

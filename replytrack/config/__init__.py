@@ -13,7 +13,6 @@ to ``REPLYTRACK_DB`` and ``REPLYTRACK_DOMAIN``.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 import tomllib
@@ -24,6 +23,44 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from replytrack.config.db import (
+    check_db_url as check_db_url,
+)
+from replytrack.config.db import (
+    is_postgresql_url as is_postgresql_url,
+)
+from replytrack.config.db import (
+    read_db_password as read_db_password,
+)
+from replytrack.config.db import (
+    scrub_secrets as scrub_secrets,
+)
+from replytrack.config.db import (
+    shown_db as shown_db,
+)
+from replytrack.config.errors import ConfigError
+from replytrack.config.notify import (
+    check_notify as check_notify,
+)
+from replytrack.config.notify import (
+    notify_problems as notify_problems,
+)
+from replytrack.config.notify import (
+    redact_url as redact_url,
+)
+from replytrack.config.notify import (
+    webhook_url_problem as webhook_url_problem,
+)
+from replytrack.config.secrets import (
+    SECRET_FILES as SECRET_FILES,
+)
+from replytrack.config.secrets import (
+    load_secret_files as load_secret_files,
+)
+from replytrack.config.secrets import (
+    read_secret_file as read_secret_file,
+)
 
 ENV_PREFIX = "REPLYTRACK_"
 DEFAULT_CONFIG_PATHS = (Path("replytrack.toml"), Path("/etc/replytrack/replytrack.toml"))
@@ -39,10 +76,6 @@ DEFAULT_JOURNAL = "/var/spool/replytrack/journal"
 
 # More proxy processes than this only add SQLite write contention.
 MAX_PROXY_WORKERS = 64
-
-
-class ConfigError(Exception):
-    """A configuration value or file is unusable; the message says which and why."""
 
 
 @dataclass
@@ -437,239 +470,6 @@ def check_unsubscribe(config: Config) -> None:
                 f"unsubscribe.url_base: {base!r} is not an https:// URL without query"
             )
     parse_hostport(config.unsubscribe_listen, setting="unsubscribe.listen")
-
-
-# --- the PostgreSQL store's URL and password ----------------------------------------------
-
-# libpq's own values; a typo here would only show as a failed connection later.
-_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
-
-
-def is_postgresql_url(db: str) -> bool:
-    """True when ``db`` names a PostgreSQL store rather than a SQLite file."""
-    return db.startswith(("postgresql://", "postgres://"))
-
-
-def _url_password(db: str) -> str:
-    """The password written in a URL's user part, as written (empty when none)."""
-    rest = db.partition("://")[2]
-    authority = rest[: min((i for i in (rest.find(c) for c in "/?") if i >= 0), default=len(rest))]
-    userinfo = authority.rpartition("@")[0]
-    return userinfo.partition(":")[2]
-
-
-def shown_db(db: str) -> str:
-    """``db`` fit for messages and logs: a password in the URL (user part or ``password=``
-    parameter) replaced by ``***``. Works on the text, so a URL too broken to parse is
-    shown without its password too."""
-    if not is_postgresql_url(db):
-        return db
-    shown = db
-    password = _url_password(db)
-    if password:
-        shown = shown.replace(":" + password + "@", ":***@", 1)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
-
-
-def scrub_secrets(text: str, db: str) -> str:
-    """``text`` (a driver's error message) without the URL or password it may quote."""
-    secrets = [db, _url_password(db), urllib.parse.unquote(_url_password(db))]
-    secrets += re.findall(r"[?&]password=([^&]*)", db)
-    for secret in sorted(filter(None, set(secrets)), key=len, reverse=True):
-        text = text.replace(secret, "***" if secret != db else shown_db(db))
-    return text
-
-
-def check_db_url(db: str) -> None:
-    """Raise ConfigError, without the password, when ``db`` is not a usable libpq URL."""
-    try:
-        from psycopg import Error as PsycopgError
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:
-        # Opening the store says that psycopg is missing and how to install it.
-        return
-    try:
-        params = conninfo_to_dict(db)
-    except PsycopgError as exc:
-        why = scrub_secrets(str(exc).strip(), db)
-        raise ConfigError(f"db: {shown_db(db)} is not a PostgreSQL URL: {why}") from None
-    for port in str(params.get("port", "")).split(","):
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(f"db: {shown_db(db)} has an invalid port {port!r}")
-    attrs = params.get("target_session_attrs")
-    if attrs is not None and attrs not in _SESSION_ATTRS:
-        raise ConfigError(
-            f"db: target_session_attrs={attrs!r} is not one of {', '.join(_SESSION_ATTRS)}"
-        )
-
-
-def read_db_password(config: Config) -> str | None:
-    """The password in ``db_password_file`` (None when the setting is empty).
-
-    Like libpq with a .pgpass file, a file that the group or others may read is refused:
-    a password readable by more than the service user is not a secret any more.
-    """
-    if not config.db_password_file:
-        return None
-    path = Path(config.db_password_file)
-    try:
-        info = path.stat()
-        if not path.is_file():
-            raise ConfigError(f"db_password_file: {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"db_password_file: {path} has mode {info.st_mode & 0o777:o}; group and others"
-                f" must have no access (chmod 600 {path})"
-            )
-        password = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigError(f"db_password_file: cannot read {path}: {exc.strerror or exc}") from None
-    if not password:
-        raise ConfigError(f"db_password_file: {path} is empty")
-    return password
-
-
-# --- secrets kept in files of their own (*_file settings) ------------------------------------
-
-# Secrets with a *_file twin: the daemons read the file into the value at start and reload.
-SECRET_FILES = {
-    "notify_secret": "notify_secret_file",
-    "proxy_upstream_password": "proxy_upstream_password_file",
-}
-
-
-def read_secret_file(path: str, *, setting: str) -> str:
-    """The secret in ``path`` (its first line), refusing a file anyone may read.
-
-    As libpq does for .pgpass, but the service group keeps access: the group model lets
-    its members run the ops commands that need the same secret.
-    """
-    file = Path(path)
-    try:
-        info = file.stat()
-        if not file.is_file():
-            raise ConfigError(f"{setting}: {file} is not a regular file")
-        if info.st_mode & 0o007:
-            raise ConfigError(
-                f"{setting}: {file} has mode {info.st_mode & 0o777:o}; others must have no"
-                f" access (chmod o-rwx {file})"
-            )
-        secret = file.read_text(encoding="utf-8").partition("\n")[0].strip()
-    except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{setting}: {file} is not UTF-8 text") from None
-    if not secret:
-        raise ConfigError(f"{setting}: {file} is empty")
-    return secret
-
-
-def load_secret_files(config: Config) -> Config:
-    """``config`` with every secret that has a ``*_file`` setting read from its file.
-
-    Setting both the value and its file is refused: which one wins would be a guess.
-    """
-    values: dict[str, str] = {}
-    for name, file_name in SECRET_FILES.items():
-        path = getattr(config, file_name)
-        if not path:
-            continue
-        setting = file_name.replace("_", ".", 1)
-        if getattr(config, name):
-            raise ConfigError(
-                f"{setting} and {name.replace('_', '.', 1)} are both set; keep one"
-            )
-        values[name] = read_secret_file(path, setting=setting)
-    return dataclasses.replace(config, **values) if values else config  # type: ignore[arg-type]
-
-
-# --- notifications (checked by the processes that send webhooks, and by doctor) -------------
-
-# A host name label as resolvers take it: underscores occur in internal names.
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-
-
-def redact_url(url: str) -> str:
-    """A webhook URL fit for logs and messages: user and password, query and fragment hidden.
-
-    Works on the text, not on a parse, so that a URL too broken to parse is still shown
-    without the credentials it may carry.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    authority, tail = rest[:cut], rest[cut:]
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    tail = tail.partition("#")[0]
-    path, qmark, _ = tail.partition("?")
-    return f"{scheme}{sep}{authority}{path}{qmark and '?***'}"
-
-
-def webhook_url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be posted to, or None when it can.
-
-    These are the URLs that urllib would only refuse when the first event is sent, which
-    may be days after a deployment; a daemon refuses them at start instead.
-    """
-    if not url.isascii() or any(ch.isspace() or not ch.isprintable() for ch in url):
-        return "has spaces, control or non-ASCII characters (percent-encode them)"
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:
-        return f"cannot be read as a URL ({exc})"
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if parts.scheme not in ("http", "https"):
-        return "is not an http:// or https:// URL"
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        return "names no host"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")) or len(host) > 253:
-            return f"has an invalid host {host!r}"
-    if port == 0:
-        return "has an invalid port (1 to 65535)"
-    return None
-
-
-def notify_problems(config: Config) -> list[str]:
-    """What stops webhooks from being sent as configured, one line each; empty when fine.
-
-    Settings that only a sender uses are checked by senders (``milter``, ``proxy``,
-    ``notify``) and reported by ``doctor``, not by every command that reads the config.
-    No line shows the secret, nor credentials carried in a URL.
-    """
-    problems = []
-    for url in config.notify_webhooks:
-        why = webhook_url_problem(url)
-        if why:
-            problems.append(f"notify.webhooks: {redact_url(url)!r} {why}")
-    secret = config.notify_secret.strip() or config.notify_secret_file
-    unsigned = config.notify_webhooks and not secret
-    if unsigned and not config.notify_allow_unsigned:
-        problems.append(
-            "notify.secret is not set, so webhooks would go out unsigned: set notify.secret"
-            " (or REPLYTRACK_NOTIFY_SECRET), or notify.allow_unsigned = true to send"
-            " them unsigned anyway"
-        )
-    if not config.notify_timeout > 0:
-        problems.append(f"notify.timeout: {config.notify_timeout} is not a positive number")
-    if config.notify_max_attempts < 1:
-        problems.append(f"notify.max_attempts: {config.notify_max_attempts} is not 1 or more")
-    return problems
-
-
-def check_notify(config: Config) -> None:
-    """Raise :class:`ConfigError` with the first of :func:`notify_problems`, if any."""
-    problems = notify_problems(config)
-    if problems:
-        raise ConfigError(problems[0])
 
 
 def parse_hostport(value: str, *, setting: str = "address") -> tuple[str, int]:

@@ -110,7 +110,7 @@ def test_answered_ids_order_and_sources() -> None:
 
 
 def test_every_detector_has_a_description() -> None:
-    assert len(DETECTORS) == 7
+    assert len(DETECTORS) == 8
     for detector in DETECTORS:
         assert (detector.check.__doc__ or "").strip()
         assert (detector.signals.__doc__ or "").strip()

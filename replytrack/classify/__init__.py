@@ -22,6 +22,8 @@ from email.utils import parsedate_to_datetime
 from . import _mime
 from .dates import read_return_date
 from .detectors import Context, first_finding, header_signals
+from .detectors.auto_reply import LEFT_ORGANISATION
+from .intent import Intent, label_intent
 
 KINDS = ("human", "auto_reply", "bounce", "receipt", "feedback")
 
@@ -33,6 +35,9 @@ class Classification:
     ``kind`` is one of :data:`KINDS`; "human" means written by a person (the
     caller turns human+matched into "reply" and human+unmatched into
     "unrelated"). ``evidence`` holds short machine-readable reasons.
+    ``intent`` is what a person's mail means (:mod:`replytrack.classify.intent`), read
+    when the body was: set for "human" and for an auto-reply of subtype
+    ``left_organisation`` (whose referral names the successor's address); None otherwise.
     """
 
     kind: str
@@ -42,6 +47,16 @@ class Classification:
     referenced_ids: tuple[str, ...] = ()
     failed_recipients: tuple[str, ...] = ()
     permanent: bool | None = None
+    intent: Intent | None = None
+
+
+def _intent(ctx: Context) -> Intent | None:
+    """The intent of the new text, when the body was read."""
+    if not ctx.view.body_seen:
+        return None
+    return label_intent(
+        ctx.new_text, subject=ctx.subject, sender=ctx.from_addr, words=ctx.new_words
+    )
 
 
 def _mail_date(view: _mime.MailView) -> dt.date | None:
@@ -60,7 +75,7 @@ def _classify_view(
     ctx = Context.build(view, envelope_from)
     finding = first_finding(ctx)
     if finding is None:
-        return Classification("human", ("no-automation-signal",))
+        return Classification("human", ("no-automation-signal",), intent=_intent(ctx))
     return_date = None
     if finding.kind == "auto_reply" and finding.subtype in (
         "out_of_office",
@@ -81,6 +96,7 @@ def _classify_view(
         referenced_ids=tuple(finding.referenced_ids),
         failed_recipients=tuple(finding.failed_recipients),
         permanent=finding.permanent,
+        intent=_intent(ctx) if finding.subtype == LEFT_ORGANISATION else None,
     )
 
 
@@ -143,4 +159,13 @@ def classify_message(
     return classify(headers, body, envelope_from=envelope_from, today=today)
 
 
-__all__ = ["KINDS", "Classification", "classify", "classify_message", "needs_body"]
+__all__ = [
+    "KINDS",
+    "LEFT_ORGANISATION",
+    "Classification",
+    "Intent",
+    "classify",
+    "classify_message",
+    "label_intent",
+    "needs_body",
+]

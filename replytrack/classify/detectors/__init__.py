@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .._mime import MailView
 from . import (
+    acknowledgement,
     auto_reply,
     challenge,
     delivery_status,
@@ -35,12 +36,15 @@ class Detector:
 
 # Reports with a machine-readable structure come first because their structure is proof;
 # wording-based detectors follow from the most to the least specific. A challenge comes
-# before delivery reports because some are shaped like one.
+# before delivery reports because some are shaped like one. An acknowledgement comes before
+# the prose bounce and MAILER-DAEMON detectors: one from a null sender is no bounce unless
+# it says why delivery failed (it then declines and they decide).
 DETECTORS: tuple[Detector, ...] = (
     Detector(challenge.check, challenge.signals),
     Detector(delivery_status.check, delivery_status.signals),
     Detector(read_receipt.check, read_receipt.signals),
     Detector(feedback.check, feedback.signals),
+    Detector(acknowledgement.check, acknowledgement.signals),
     Detector(prose_bounce.check, prose_bounce.signals),
     Detector(auto_reply.check, auto_reply.signals),
     Detector(mailer_daemon.check, mailer_daemon.signals),

@@ -11,6 +11,7 @@ from functools import cached_property
 from replytrack.headers import extract_msgids, parse_mailbox
 
 from .. import _patterns as pat
+from .._anchored import anchors
 from .._mime import Headers, MailView, decode_words
 from ..new_text import MARKER_SPAN, NEW_TEXT_LIMIT, new_text
 from ..thread_ids import answered_ids
@@ -83,6 +84,16 @@ class Context:
     def new_text(self) -> str:
         """The opening of what the sender wrote now, above any quoted earlier message."""
         return new_text(self.head(NEW_TEXT_LIMIT + MARKER_SPAN))
+
+    @cached_property
+    def new_low(self) -> str:
+        """The new text lower-cased, for anchored phrase tables."""
+        return self.new_text.lower()
+
+    @cached_property
+    def new_words(self) -> frozenset[str]:
+        """The anchor words of the new text (see :mod:`replytrack.classify._anchored`)."""
+        return anchors(self.new_low)
 
     @property
     def null_sender(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from .. import _notice_phrases as notice
 from .. import _patterns as pat
 from .._mime import Headers
 from ..new_text import quotes_earlier
@@ -25,6 +26,8 @@ from ._context import (
 
 # Evidence weights: ENOUGH decides alone; weaker signals must add up to it.
 ENOUGH = 3
+# The subtype of a notice that the person has left the organisation.
+LEFT_ORGANISATION = "left_organisation"
 
 _AUTO_HEADERS: tuple[tuple[str, str], ...] = (
     # (header, evidence) — presence (with a value other than "no") marks an auto-reply.
@@ -42,7 +45,7 @@ _VACATION = re.compile(
 )
 
 
-def _header_evidence(headers: Headers) -> tuple[list[str], int]:
+def header_evidence(headers: Headers) -> tuple[list[str], int]:
     """Header evidence of an automatic reply, with its weight."""
     evidence: list[str] = []
     score = 0
@@ -94,7 +97,7 @@ def _subject_evidence(subject: str) -> str | None:
     return _labelled("subject:auto-reply", pat.AUTO_SUBJECT_SET.first(subject))
 
 
-def _short_and_unquoted(ctx: Context) -> bool:
+def short_and_unquoted(ctx: Context) -> bool:
     """True when the raw own text is short and quotes no earlier message."""
     raw = ctx.view.own_text(limit=4000)
     return len(raw.strip()) <= 1500 and not quotes_earlier(raw)
@@ -102,7 +105,7 @@ def _short_and_unquoted(ctx: Context) -> bool:
 
 def check(ctx: Context) -> Finding | None:
     """Headers, subject and the new text's wording, weighed together."""
-    evidence, score = _header_evidence(ctx.headers)
+    evidence, score = header_evidence(ctx.headers)
     subject_ev = _subject_evidence(ctx.subject)
     if subject_ev:
         evidence.append(subject_ev)
@@ -121,7 +124,7 @@ def check(ctx: Context) -> Finding | None:
     if ooo_ev:
         evidence.append(ooo_ev)
         score += 2
-        if _short_and_unquoted(ctx):
+        if short_and_unquoted(ctx):
             # A notice that quotes nothing and says little else: people's replies
             # quote what they answer, autoresponders do not.
             evidence.append("body:unquoted-notice")
@@ -137,6 +140,24 @@ def check(ctx: Context) -> Finding | None:
     if declared_ev:
         evidence.append(declared_ev)
         score += 3
+    left_lang = notice.LEFT_ORGANISATION.first(ctx.new_low, ctx.new_words)
+    left_ev = _labelled("body:left-organisation", left_lang)
+    if left_ev:
+        # The third person or the mailbox speaking: a server rule or a template.
+        evidence.append(left_ev)
+        score += 2
+    else:
+        left_ev = _labelled(
+            "body:left-organisation-self",
+            notice.LEFT_ORGANISATION_SELF.first(ctx.new_low, ctx.new_words),
+        )
+        if left_ev:
+            # "I have left the company": a person writes that too; it only supports.
+            evidence.append(left_ev)
+            score += 1
+    if left_ev and not ooo_ev and short_and_unquoted(ctx):
+        evidence.append("body:unquoted-notice")
+        score += 1
     if ctx.null_sender:
         # People's mail clients never send with an empty MAIL FROM (RFC 5321 4.5.5:
         # it is for notifications); RFC 3834 asks auto-responders to use it.
@@ -144,12 +165,17 @@ def check(ctx: Context) -> Finding | None:
         score += 3
     if score < ENOUGH:
         return None
-    if is_mailer_daemon(ctx) and not (subject_ev or ooo_ev or responder_ev or declared_ev):
+    if is_mailer_daemon(ctx) and not (
+        subject_ev or ooo_ev or responder_ev or declared_ev or left_ev
+    ):
         # Header signals alone on a MAILER-DAEMON mail: a delivery report in a
         # wording we do not know, left to the mailer_daemon detector.
         return None
     subtype = "autoresponder"
-    if ooo_ev or _OOO_SUBJECT.search(ctx.subject):
+    if left_ev:
+        # Gone for good, not away: the engine marks the address like a bounce.
+        subtype = LEFT_ORGANISATION
+    elif ooo_ev or _OOO_SUBJECT.search(ctx.subject):
         subtype = "out_of_office"
     elif _VACATION.search(ctx.subject + ctx.head(1500)):
         subtype = "vacation"
@@ -158,6 +184,6 @@ def check(ctx: Context) -> Finding | None:
 
 def signals(ctx: Context) -> list[str]:
     """Auto-reply headers (even the weak ones) or an auto-reply subject."""
-    found, _ = _header_evidence(ctx.headers)
+    found, _ = header_evidence(ctx.headers)
     subject_ev = _subject_evidence(ctx.subject)
     return [*found, subject_ev] if subject_ev else found

@@ -47,6 +47,47 @@ def storable(record: _D, text: Callable[[Any], Any]) -> _D:
     return dataclasses.replace(record, **changes) if changes else record  # type: ignore[type-var]
 
 
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+def conditions(
+    equal: Iterable[tuple[str, Any]],
+    *,
+    mark: str,
+    since: float | None = None,
+    text: Callable[[Any], Any] = _unchanged,
+) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions of a listing and their parameters: ``column = mark`` for each
+    (column, value) pair whose value is given (passed through the backend's ``text``), and
+    ``created_at >= mark`` when ``since`` is. ``mark`` is the backend's placeholder."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in equal:
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            params.append(text(value))
+    if since is not None:
+        where.append(f"created_at >= {mark}")
+        params.append(since)
+    return where, params
+
+
+def select(table: str, where: Sequence[str], order: str | None = None) -> str:
+    """``SELECT * FROM table`` with ``where`` AND-ed and, when given, ``ORDER BY order``;
+    the caller adds a LIMIT in its own dialect."""
+    sql = f"SELECT * FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if order is not None:
+        sql += f" ORDER BY {order}"
+    return sql
+
+
+# Listings show the newest first; the id breaks ties between rows of one instant.
+NEWEST_FIRST = "created_at DESC, id DESC"
+
+
 # The columns of an events row, in the order INSERT statements list them.
 EVENT_COLUMNS = (
     "kind",

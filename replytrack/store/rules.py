@@ -18,6 +18,7 @@ from replytrack.store.records import (
     CAMPAIGN_BRAKED,
     CAMPAIGN_STATES,
     CAMPAIGN_STOPPED,
+    DNC_ADDRESS,
     FAILED,
     INBOUND_KINDS,
     PAUSED,
@@ -271,3 +272,15 @@ def brake_event(
             "release": f"replytrack resume --campaign {campaign}",
         },
     )
+
+
+def hash_only_entry(
+    held: Iterable[Suppression], digest: str, *, actor: str, now: float
+) -> tuple[str, str, str | None, str | None, float]:
+    """The (kind, digest, reason, actor, created_at) of the do-not-contact entry that stands
+    for an erased address: the oldest of its ``held`` entries keeps its reason, actor and
+    time; with none, the erasure itself is the reason."""
+    first = min(held, key=lambda e: (e.created_at, e.id or 0), default=None)
+    if first is None:
+        return (DNC_ADDRESS, digest, "erased on request", actor, now)
+    return (DNC_ADDRESS, digest, first.reason, first.actor, first.created_at)

@@ -17,6 +17,15 @@ from replytrack.store.records import (
 )
 
 
+def limited(sql: str, params: list[Any], limit: int | None) -> str:
+    """``sql`` with a LIMIT of ``limit`` rows (none below zero) when one is given; its
+    parameter is appended to ``params``."""
+    if limit is not None:
+        sql += " LIMIT %s"
+        params.append(max(0, int(limit)))
+    return sql
+
+
 class PgListing(PgConnections):
     """What the listing commands read."""
 
@@ -47,22 +56,10 @@ class PgListing(PgConnections):
         limit: int | None = None,
         status: str | None = None,
     ) -> list[SentMessage]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("campaign", campaign), ("status", status)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(text(value))
-        if since is not None:
-            where.append("created_at >= %s")
-            params.append(since)
-        sql = "SELECT * FROM messages"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(max(0, int(limit)))
+        where, params = rows.conditions(
+            (("campaign", campaign), ("status", status)), mark="%s", since=since, text=text
+        )
+        sql = limited(rows.select("messages", where, rows.NEWEST_FIRST), params, limit)
         return self._messages(sql, params)
 
     def events(
@@ -73,22 +70,10 @@ class PgListing(PgConnections):
         since: float | None = None,
         limit: int | None = None,
     ) -> list[Event]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("kind", kind), ("campaign", campaign)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(text(value))
-        if since is not None:
-            where.append("created_at >= %s")
-            params.append(since)
-        sql = "SELECT * FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(max(0, int(limit)))
+        where, params = rows.conditions(
+            (("kind", kind), ("campaign", campaign)), mark="%s", since=since, text=text
+        )
+        sql = limited(rows.select("events", where, rows.NEWEST_FIRST), params, limit)
         return [rows.event(row) for row in self.rows(sql, params)]
 
     def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:

@@ -20,7 +20,7 @@ from replytrack.store import rows, rules
 from replytrack.store.base import AddressHasher, Store
 from replytrack.store.postgresql import schema
 from replytrack.store.postgresql.connection import Conn, text, texts
-from replytrack.store.postgresql.listing import PgListing
+from replytrack.store.postgresql.listing import PgListing, limited
 from replytrack.store.postgresql.outbox import PgOutbox
 from replytrack.store.postgresql.sequences import PgSequences
 from replytrack.store.postgresql.suppressions import PgSuppressions
@@ -314,25 +314,18 @@ class PostgreSQLStore(PgListing, PgOutbox, PgSuppressions, PgSequences, Store):
         status: str | Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[Enrollment]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("campaign", campaign), ("recipient", recipient), ("domain", domain)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(text(value))
+        where, params = rows.conditions(
+            (("campaign", campaign), ("recipient", recipient), ("domain", domain)),
+            mark="%s",
+            text=text,
+        )
         if isinstance(status, str):
             where.append("status = %s")
             params.append(status)
         elif status is not None:
             where.append("status = ANY(%s)")
             params.append(list(status))
-        sql = "SELECT * FROM enrollments"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY campaign, recipient"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(max(0, int(limit)))
+        sql = limited(rows.select("enrollments", where, "campaign, recipient"), params, limit)
         return [rows.enrollment(row) for row in self.rows(sql, params)]
 
     def last_message_to(self, address: str, campaign: str | None = None) -> SentMessage | None:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import psycopg
 
 from replytrack import do_not_contact
+from replytrack.store import rows, rules
 from replytrack.store.base import AddressHasher
 from replytrack.store.errors import StoreError
 from replytrack.store.postgresql.connection import Conn, PgConnections, text
+from replytrack.store.postgresql.listing import limited
 from replytrack.store.records import DNC_ADDRESS, Event, Suppression
 from replytrack.store.rows import suppression
 
@@ -92,15 +93,8 @@ class PgSuppressions(PgConnections):
     def suppressions(
         self, *, kind: str | None = None, limit: int | None = None
     ) -> list[Suppression]:
-        sql = "SELECT * FROM suppressions"
-        params: list[Any] = []
-        if kind is not None:
-            sql += " WHERE kind = %s"
-            params.append(kind)
-        sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(max(0, int(limit)))
+        where, params = rows.conditions((("kind", kind),), mark="%s")
+        sql = limited(rows.select("suppressions", where, rows.NEWEST_FIRST), params, limit)
         return [suppression(row) for row in self.rows(sql, params)]
 
     def _suppressed(self, conn: Conn, addresses: Iterable[str]) -> dict[str, Suppression]:
@@ -179,17 +173,10 @@ class PgSuppressions(PgConnections):
                     (address, digests),
                 )
             ]
-            first = min(held, key=lambda e: (e.created_at, e.id or 0)) if held else None
             conn.execute(
                 "INSERT INTO suppressions (kind, value, digest, reason, actor, created_at)"
                 " VALUES (%s, NULL, %s, %s, %s, %s)",
-                (
-                    DNC_ADDRESS,
-                    digests[0],
-                    first.reason if first else "erased on request",
-                    first.actor if first else actor,
-                    first.created_at if first else now,
-                ),
+                rules.hash_only_entry(held, digests[0], actor=actor, now=now),
             )
             self._insert_event(  # type: ignore[attr-defined]
                 conn,

@@ -36,6 +36,12 @@ def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def limited(sql: str, limit: int | None) -> str:
+    """``sql`` with a LIMIT of ``limit`` rows when one is given (written into the SQL: it is
+    an int, and SQLite reads a negative one as no limit)."""
+    return sql if limit is None else f"{sql} LIMIT {int(limit)}"
+
+
 class SQLiteListing(SQLiteConnections):
     """What the listing commands and the export read."""
 
@@ -61,21 +67,10 @@ class SQLiteListing(SQLiteConnections):
         limit: int | None = None,
         status: str | None = None,
     ) -> list[SentMessage]:
-        where: list[str] = []
-        params: list[object] = []
-        for column, value in (("campaign", campaign), ("status", status)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(since)
-        sql = "SELECT * FROM messages"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        where, params = rows.conditions(
+            (("campaign", campaign), ("status", status)), mark="?", since=since
+        )
+        sql = limited(rows.select("messages", where, rows.NEWEST_FIRST), limit)
         return self._messages_from_rows(self.query(sql, params))
 
     def events(
@@ -86,21 +81,10 @@ class SQLiteListing(SQLiteConnections):
         since: float | None = None,
         limit: int | None = None,
     ) -> list[Event]:
-        where: list[str] = []
-        params: list[object] = []
-        for column, value in (("kind", kind), ("campaign", campaign)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(since)
-        sql = "SELECT * FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        where, params = rows.conditions(
+            (("kind", kind), ("campaign", campaign)), mark="?", since=since
+        )
+        sql = limited(rows.select("events", where, rows.NEWEST_FIRST), limit)
         return [rows.event(row) for row in self.query(sql, params)]
 
     def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:

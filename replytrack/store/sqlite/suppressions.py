@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from replytrack import do_not_contact
+from replytrack.store import rows, rules
 from replytrack.store.base import AddressHasher
 from replytrack.store.errors import StoreError
 from replytrack.store.records import DNC_ADDRESS, Event, Suppression
 from replytrack.store.rows import suppression
 from replytrack.store.sqlite.connection import SQLiteConnections, text
-from replytrack.store.sqlite.listing import chunks
+from replytrack.store.sqlite.listing import chunks, limited
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,10 @@ class SQLiteSuppressions(SQLiteConnections):
     def suppressions(
         self, *, kind: str | None = None, limit: int | None = None
     ) -> list[Suppression]:
-        sql = "SELECT * FROM suppressions"
-        params: list[Any] = []
-        if kind is not None:
-            sql += " WHERE kind = ?"
-            params.append(kind)
-        sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
-            sql += f" LIMIT {max(0, int(limit))}"
+        where, params = rows.conditions((("kind", kind),), mark="?")
+        sql = rows.select("suppressions", where, rows.NEWEST_FIRST)
+        # Unlike the SQLite store's other listings, a limit below zero lists nothing here.
+        sql = limited(sql, None if limit is None else max(0, int(limit)))
         return [suppression(row) for row in self.query(sql, params)]
 
     def suppressed(self, addresses: Iterable[str]) -> dict[str, Suppression]:
@@ -191,27 +187,23 @@ class SQLiteSuppressions(SQLiteConnections):
         """Replace the address's list entries by one that holds only its hash (the oldest
         entry's reason, actor and time kept); add one when it was not listed."""
         marks = ",".join("?" * len(digests))
-        held = conn.execute(
-            "SELECT * FROM suppressions WHERE kind = 'address' AND (value = ?"
-            f" OR digest IN ({marks})) ORDER BY created_at, id",
-            (address, *digests),
-        ).fetchall()
+        held = [
+            suppression(row)
+            for row in conn.execute(
+                "SELECT * FROM suppressions WHERE kind = 'address' AND (value = ?"
+                f" OR digest IN ({marks}))",
+                (address, *digests),
+            )
+        ]
         conn.execute(
             "DELETE FROM suppressions WHERE kind = 'address' AND (value = ?"
             f" OR digest IN ({marks}))",
             (address, *digests),
         )
-        first = suppression(held[0]) if held else None
         conn.execute(
             "INSERT INTO suppressions (kind, value, digest, reason, actor, created_at)"
             " VALUES (?, NULL, ?, ?, ?, ?)",
-            (
-                DNC_ADDRESS,
-                digests[0],
-                first.reason if first else "erased on request",
-                first.actor if first else actor,
-                first.created_at if first else now,
-            ),
+            rules.hash_only_entry(held, digests[0], actor=actor, now=now),
         )
 
     def _clear_freed_space(self) -> bool:

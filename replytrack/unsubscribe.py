@@ -202,6 +202,7 @@ def apply(
     requester: str | None = None,
     queue_id: str | None = None,
     now: float | None = None,
+    only_requester: bool = False,
 ) -> Outcome | None:
     """Unsubscribe the recipients of mail ``message_id`` (found through the store): put
     each on the do-not-contact list, stop each enrollment of theirs in every campaign, and
@@ -209,7 +210,8 @@ def apply(
     or ``one-click``. None when the mail is not (or no longer) recorded.
 
     Safe to repeat: an event already recorded for this mail and address is not recorded
-    again, and the list keeps its first entry.
+    again, and the list keeps its first entry. ``only_requester``: a written "remove me"
+    covers its writer alone, whoever else the mail went to.
     """
     now = time.time() if now is None else now
     found = store.find_sent([message_id])
@@ -217,7 +219,10 @@ def apply(
         return None
     sent = found[0]
     outcome = Outcome(message_id=sent.message_id, campaign=sent.campaign)
-    outcome.addresses = who_unsubscribes(sent, requester)
+    if only_requester:
+        outcome.addresses = [requester.lower()] if requester else []
+    else:
+        outcome.addresses = who_unsubscribes(sent, requester)
     reason = f"{REASON} ({via})"
     for address in outcome.addresses:
         changes = [

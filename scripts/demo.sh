@@ -23,109 +23,12 @@ DOMAIN=example.test
 ID_DOMAIN=track.example.test
 CAMPAIGN=spring-demo
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-say() { printf '   %s\n' "$*"; }
-die() { printf '\ndemo: FAILED: %s\n' "$*" >&2; exit 1; }
+DEMO=demo
+KEPT="Logs, store and delivered mail"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 [ "$(id -u)" = 0 ] || die "run as root: Postfix's master must start as root (it drops to user postfix)"
-
-# --- stopping: used at exit and for leftovers of an interrupted earlier run ---------------
-
-stop_pid() {  # stop_pid PID NAME: TERM, wait up to 20 s, then KILL; only our replytrack
-  local pid=$1 name=$2 i
-  [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 0
-  grep -qa replytrack "/proc/$pid/cmdline" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
-  if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-  say "stopped $name (pid $pid)"
-}
-
-stop_postfix() {  # stop_postfix ETC_DIR SPOOL_DIR
-  local etc=$1 spool=$2 pid i
-  [ -f "$spool/pid/master.pid" ] || return 0
-  pid=$(tr -dc '0-9' <"$spool/pid/master.pid")
-  [ -n "$pid" ] && [ -d "/proc/$pid" ] && grep -q master "/proc/$pid/comm" 2>/dev/null || return 0
-  script -qec "postfix -c $etc stop" /dev/null >/dev/null 2>&1 || true
-  for i in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
-  [ -d "/proc/$pid" ] && die "Postfix master $pid did not stop"
-  say "stopped Postfix (master pid $pid)"
-}
-
-stop_all() {
-  [ -f "$STATE" ] || return 0
-  local kind a b
-  while read -r kind a b; do
-    case "$kind" in
-      pid) stop_pid "$a" "$b";;
-      postfix) stop_postfix "$a" "$b";;
-    esac
-  done < <(tac "$STATE")
-  rm -f "$STATE"
-}
-
-on_exit() {
-  local rc=$?
-  trap - EXIT INT TERM
-  step "Stopping everything"
-  stop_all
-  if [ "$rc" = 0 ]; then
-    printf '\ndemo: OK. Logs, store and delivered mail are in %s\n' "${RUN#"$ROOT"/}"
-  else
-    printf '\ndemo: failed (exit %s). Logs are in %s\n' "$rc" "${RUN#"$ROOT"/}" >&2
-  fi
-  exit "$rc"
-}
-
-# --- helpers -------------------------------------------------------------------------------
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-pick_port() {  # pick_port DEFAULT: the default when free, else any free loopback port
-  if ! port_open "$1"; then echo "$1"; return; fi
-  "$ROOT/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {  # wait_port PORT NAME PID LOG
-  local i
-  for i in $(seq 150); do
-    port_open "$1" && return 0
-    [ -d "/proc/$3" ] || { tail -20 "$4" >&2; die "$2 exited at start (log: $4)"; }
-    sleep 0.2
-  done
-  tail -20 "$4" >&2; die "$2 not listening on 127.0.0.1:$1"
-}
-
-delivered() {  # delivered SUBJECT: path of the delivered message with that Subject (waits)
-  local i f
-  for i in $(seq 150); do
-    f=$(grep -lsx "Subject: $1" "$PFBASE"/mail/maildir/new/* 2>/dev/null | head -1 || true)
-    [ -n "$f" ] && { echo "$f"; return 0; }
-    sleep 0.2
-  done
-  tail -15 "$PFBASE/log/maillog" >&2
-  die "'$1' was not delivered"
-}
-
-header() {  # header NAME FILE: the first value of that header (unfolded), empty when absent
-  awk -v name="$1" 'BEGIN { IGNORECASE = 1 }
-    found && /^[ \t]/ { sub(/^[ \t]+/, " "); value = value $0; next }
-    found { exit }
-    /^$/ { exit }
-    tolower($0) ~ "^" tolower(name) ":" { found = 1; value = substr($0, length(name) + 2) }
-    END { sub(/^[ \t]+/, "", value); gsub(/\r/, "", value); print value }' "$2"
-}
-
-start_daemon() {  # start_daemon NAME PORT ARGS...: replytrack in the background
-  local name=$1 port=$2 log=$RUN/$1.log
-  shift 2
-  "$RT" --db "$RUN/replytrack.db" --domain "$ID_DOMAIN" "$@" >"$log" 2>&1 &
-  local pid=$!
-  echo "pid $pid $name" >>"$STATE"
-  wait_port "$port" "replytrack $name" "$pid" "$log"
-  say "replytrack $name listening on 127.0.0.1:$port (pid $pid, log ${log#"$ROOT"/})"
-}
 
 # --- 0. set up -----------------------------------------------------------------------------
 
@@ -202,8 +105,8 @@ print(f"   smtpd_milters = {lab.postconf('-h', 'smtpd_milters').strip()}")
 EOF
 
 step "replytrack proxy and milter"
-start_daemon milter "$MILTER" milter --socket "inet:$MILTER@127.0.0.1"
-start_daemon proxy "$PROXY" proxy --listen "127.0.0.1:$PROXY" --upstream "127.0.0.1:$REINJECT"
+start_daemon milter "$MILTER" --db "$RUN/replytrack.db" --domain "$ID_DOMAIN" milter --socket "inet:$MILTER@127.0.0.1"
+start_daemon proxy "$PROXY" --db "$RUN/replytrack.db" --domain "$ID_DOMAIN" proxy --listen "127.0.0.1:$PROXY" --upstream "127.0.0.1:$REINJECT"
 
 SWAKS=(swaks --server 127.0.0.1 --helo demo.client.test --suppress-data --hide-informational)
 
@@ -216,7 +119,7 @@ step "1. The campaign engine sends step 1 through the proxy (127.0.0.1:$PROXY)"
   --body "Hello, a spring offer for you." >"$RUN/swaks-step1.log" 2>&1 \
   || { cat "$RUN/swaks-step1.log" >&2; die "step 1 was not accepted by the proxy"; }
 grep -E '^ *<- +250 ' "$RUN/swaks-step1.log" | tail -1 | sed -E 's/^ *<- +/   proxy said: /'
-STEP1=$(delivered "Spring offer, step 1")
+STEP1=$(delivered "$PFBASE" "Spring offer, step 1")
 MID=$(header Message-ID "$STEP1")
 say "delivered to prospect@$DOMAIN: ${STEP1#"$ROOT"/}"
 say "  Message-ID:            $MID"
@@ -234,7 +137,7 @@ step "2. The prospect replies; the mail arrives at Postfix (127.0.0.1:$SMTP)"
   --header "In-Reply-To: $MID" --header "References: $MID" \
   --body "Sounds good, call me tomorrow." >"$RUN/swaks-reply.log" 2>&1 \
   || { cat "$RUN/swaks-reply.log" >&2; die "Postfix did not accept the reply"; }
-REPLY=$(delivered "Re: Spring offer, step 1")
+REPLY=$(delivered "$PFBASE" "Re: Spring offer, step 1")
 FLAG=$(header X-ReplyTrack "$REPLY")
 say "delivered to sales@$DOMAIN: ${REPLY#"$ROOT"/}"
 say "  X-ReplyTrack: $FLAG"

@@ -18,11 +18,12 @@ from click.testing import CliRunner, Result
 
 from replytrack.cli import cli
 from replytrack.config import load_config
-from replytrack.store import Event, OutboundRecipient, OutboundRecord, StatusChange
+from replytrack.store import Event, StatusChange
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import load_keyring
 from tests.conftest import free_port
 from tests.support.env import clean_environ
+from tests.support.milter_records import record_mail
 
 REPLYTRACK = Path(sys.executable).with_name("replytrack")
 
@@ -61,24 +62,6 @@ def store(db: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(db)
     yield s
     s.close_all()
-
-
-def _sent(store: SQLiteStore, message_id: str, campaign: str, *addresses: str, at: float) -> None:
-    store.record_outbound(
-        OutboundRecord(
-            message_id=message_id,
-            original_message_id=None,
-            campaign=campaign,
-            step=1,
-            sender="sales@example.com",
-            from_address="sales@example.com",
-            subject="Hello",
-            size=100,
-            status="relayed",
-            recipients=tuple(OutboundRecipient(a, "to", True) for a in addresses),
-            created_at=at,
-        )
-    )
 
 
 def _reply(store: SQLiteStore, campaign: str, sender: str, message_id: str, at: float) -> None:
@@ -141,8 +124,8 @@ def test_init_creates_key_store_and_config(run: Invoke, db: Path, tmp_path: Path
 
 def test_listings_json_table_csv(run: Invoke, store: SQLiteStore) -> None:
     now = time.time()
-    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now - 100)
-    _sent(store, "b1@mail.example.com", "fall", "cy@y.org", at=now - 10 * 86400)
+    record_mail(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now - 100)
+    record_mail(store, "b1@mail.example.com", "fall", "cy@y.org", at=now - 10 * 86400)
     _reply(store, "spring", "ann@x.org", "a1@mail.example.com", now - 50)
 
     events = json.loads(run("events", "--json").output)
@@ -182,8 +165,8 @@ def test_stop_and_resume_record_who_and_why(
 ) -> None:
     monkeypatch.setenv("SUDO_USER", "alice")
     now = time.time()
-    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
-    _sent(store, "b1@mail.example.com", "fall", "ann@x.org", at=now)
+    record_mail(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
+    record_mail(store, "b1@mail.example.com", "fall", "ann@x.org", at=now)
 
     run("stop", "--campaign", "spring", "--reason", "pricing changed")
     assert {e.recipient: e.status for e in store.enrollments(campaign="spring")} == {
@@ -211,7 +194,7 @@ def test_stop_and_resume_record_who_and_why(
 
 def test_resume_of_bounced_or_replied_needs_force(run: Invoke, store: SQLiteStore) -> None:
     now = time.time()
-    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
+    record_mail(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
     store.record_event(
         Event(kind="bounce", created_at=now, campaign="spring", recipient="bob@x.org"),
         set_status=[StatusChange("spring", "bob@x.org", "bounced", "5.1.1 user unknown")],
@@ -303,8 +286,8 @@ def test_import_rejects_wrong_format(run: Invoke, tmp_path: Path) -> None:
 def test_prune_drops_old_records_only(run: Invoke, store: SQLiteStore) -> None:
     now = time.time()
     old = now - 400 * 86400
-    _sent(store, "old@mail.example.com", "spring", "ann@x.org", at=old)
-    _sent(store, "new@mail.example.com", "spring", "bob@x.org", at=now)
+    record_mail(store, "old@mail.example.com", "spring", "ann@x.org", at=old)
+    record_mail(store, "new@mail.example.com", "spring", "bob@x.org", at=now)
     _reply(store, "spring", "ann@x.org", "old@mail.example.com", old)  # outbox still pending
     store.record_event(Event(kind="unrelated", created_at=old), notify=False)
     store.record_event(Event(kind="unrelated", created_at=now), notify=False)
@@ -328,7 +311,7 @@ def test_prune_drops_old_records_only(run: Invoke, store: SQLiteStore) -> None:
 
 def test_export_jsonl_and_csv(run: Invoke, store: SQLiteStore, tmp_path: Path) -> None:
     now = time.time()
-    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
+    record_mail(store, "a1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now)
     _reply(store, "spring", "ann@x.org", "a1@mail.example.com", now)
     lines = run("export", "messages").output.splitlines()
     (message,) = [json.loads(line) for line in lines]
@@ -379,7 +362,7 @@ def test_campaign_stop_is_a_campaign_status(
     run: Invoke, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SUDO_USER", "alice")
-    _sent(store, "a1@mail.example.com", "spring", "ann@x.org", at=time.time())
+    record_mail(store, "a1@mail.example.com", "spring", "ann@x.org", at=time.time())
     run("stop", "--campaign", "spring", "--reason", "pricing changed")
     # Addresses the campaign has not mailed yet are blocked too.
     blocked = store.blocked_enrollments("spring", ["ann@x.org", "new@y.org"])
@@ -489,7 +472,7 @@ def test_daemons_refuse_a_lost_key_file_and_keep_recorded_ids(tmp_path: Path) ->
     key = tmp_path / "replytrack.secret"
     _daemon(db, "init")
     store = SQLiteStore(db)
-    _sent(store, "1ab@mail.example.com", "spring", "ann@x.org", at=time.time())
+    record_mail(store, "1ab@mail.example.com", "spring", "ann@x.org", at=time.time())
     store.close_all()
     key.unlink()
     for args in _daemons()[:2]:

@@ -7,34 +7,14 @@ recorded before the rule existed stays reachable."""
 from __future__ import annotations
 
 import mailbox
-import time
 from pathlib import Path
 
 import pytest
 
 from replytrack.headers import CAMPAIGN_ID_RULE
-from replytrack.store import OutboundRecipient, OutboundRecord
 from replytrack.store.sqlite import SQLiteStore
+from tests.support.milter_records import record_mail
 from tests.test_cli import Invoke, _mail, db, run, store  # noqa: F401  (fixtures)
-
-
-def _sent(store: SQLiteStore, message_id: str, campaign: str, *addresses: str) -> None:
-    store.record_outbound(
-        OutboundRecord(
-            message_id=message_id,
-            original_message_id=None,
-            campaign=campaign,
-            step=1,
-            sender="sales@example.com",
-            from_address="sales@example.com",
-            subject="Hello",
-            size=100,
-            status="relayed",
-            recipients=tuple(OutboundRecipient(a, "to", True) for a in addresses),
-            created_at=time.time(),
-        )
-    )
-
 
 BAD_IDS = ["", "   ", "\t", "a;b", "a b", 'a"b', "früh", "x" * 201]
 
@@ -44,7 +24,7 @@ BAD_IDS = ["", "   ", "\t", "a;b", "a b", 'a"b', "früh", "x" * 201]
 def test_stop_and_resume_refuse_an_empty_or_invalid_campaign(
     run: Invoke, store: SQLiteStore, command: str, campaign: str
 ) -> None:
-    _sent(store, "a1@mail.example.com", "spring", "ann@x.org")
+    record_mail(store, "a1@mail.example.com", "spring", "ann@x.org")
     result = run(command, "--campaign", campaign, code=2)
     assert "--campaign" in result.output
     assert "empty" in result.output or "200" in result.output
@@ -67,7 +47,7 @@ def test_a_campaign_recorded_before_the_rule_can_still_be_stopped(
     run: Invoke, store: SQLiteStore
 ) -> None:
     legacy = "spring; match=in-reply-to"
-    _sent(store, "a1@mail.example.com", legacy, "ann@x.org")
+    record_mail(store, "a1@mail.example.com", legacy, "ann@x.org")
     run("stop", "--campaign", legacy)
     assert [e.status for e in store.enrollments(campaign=legacy)] == ["stopped"]
     run("resume", "--campaign", legacy)
@@ -89,7 +69,7 @@ def test_a_campaign_recorded_before_the_rule_can_still_be_stopped(
 def test_listing_filters_refuse_an_empty_or_invalid_campaign(
     run: Invoke, store: SQLiteStore, args: tuple[str, ...]
 ) -> None:
-    _sent(store, "a1@mail.example.com", "spring", "ann@x.org")
+    record_mail(store, "a1@mail.example.com", "spring", "ann@x.org")
     result = run(*args, code=2)
     assert "--campaign" in result.output and "Traceback" not in result.output
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from replytrack.store.sqlite import SQLiteStore
 from tests.support.env import clean_environ
-from tests.test_cli import Invoke, _mail, _reply, _sent, db, run, store  # noqa: F401  (fixtures)
+from tests.support.milter_records import record_mail
+from tests.test_cli import Invoke, _mail, _reply, db, run, store  # noqa: F401  (fixtures)
 
 REPLYTRACK = Path(sys.executable).with_name("replytrack")
 LONG_ID = "a-very-long-message-id-that-a-table-would-cut-0123456789abcdef@mail.example.com"
@@ -27,7 +28,7 @@ LONG_ID = "a-very-long-message-id-that-a-table-would-cut-0123456789abcdef@mail.e
 def test_a_list_cut_at_limit_says_so_on_stderr(run: Invoke, store: SQLiteStore) -> None:
     now = time.time()
     for n in range(3):
-        _sent(store, f"m{n}@mail.example.com", "spring", f"p{n}@x.org", at=now - n)
+        record_mail(store, f"m{n}@mail.example.com", "spring", f"p{n}@x.org", at=now - n)
         _reply(store, "spring", f"p{n}@x.org", f"m{n}@mail.example.com", now - n)
     for command, what in (("messages", "messages"), ("events", "events")):
         cut = run(command, "--limit", "2", "--json")
@@ -43,7 +44,7 @@ def test_a_list_cut_at_limit_says_so_on_stderr(run: Invoke, store: SQLiteStore) 
 def test_a_closed_pipe_ends_the_listing_quietly(db: Path, store: SQLiteStore) -> None:
     now = time.time()
     for n in range(50):
-        _sent(store, f"m{n}@mail.example.com", "spring", f"p{n}@x.org", at=now - n)
+        record_mail(store, f"m{n}@mail.example.com", "spring", f"p{n}@x.org", at=now - n)
     # The reader is gone before we write: as `replytrack messages | head` once head exits.
     read_end, write_end = os.pipe()
     os.close(read_end)
@@ -63,7 +64,7 @@ def test_a_closed_pipe_ends_the_listing_quietly(db: Path, store: SQLiteStore) ->
 
 
 def test_wide_shows_whole_message_ids(run: Invoke, store: SQLiteStore) -> None:
-    _sent(store, LONG_ID, "spring", "ann@x.org", at=time.time())
+    record_mail(store, LONG_ID, "spring", "ann@x.org", at=time.time())
     assert LONG_ID not in run("messages").stdout
     assert "..." in run("messages").stdout
     assert LONG_ID in run("messages", "--wide").stdout
@@ -72,11 +73,19 @@ def test_wide_shows_whole_message_ids(run: Invoke, store: SQLiteStore) -> None:
 def test_events_show_who_acted_and_why_in_every_format(
     run: Invoke, store: SQLiteStore, monkeypatch
 ) -> None:
-    _sent(store, "m1@mail.example.com", "spring", "ann@x.org", at=time.time() - 60)
+    record_mail(store, "m1@mail.example.com", "spring", "ann@x.org", at=time.time() - 60)
     _reply(store, "spring", "ann@x.org", "m1@mail.example.com", time.time() - 30)
     monkeypatch.setenv("SUDO_USER", "carol")
-    run("resume", "--campaign", "spring", "--recipient", "ann@x.org", "--force",
-        "--reason", "asked by phone")
+    run(
+        "resume",
+        "--campaign",
+        "spring",
+        "--recipient",
+        "ann@x.org",
+        "--force",
+        "--reason",
+        "asked by phone",
+    )
 
     events = json.loads(run("events", "--json").stdout)
     assert [(e["kind"], e["actor"], e["reason"]) for e in events] == [
@@ -95,8 +104,8 @@ def test_events_show_who_acted_and_why_in_every_format(
 
 def test_since_takes_words_and_tz_shows_times_in_a_zone(run: Invoke, store: SQLiteStore) -> None:
     now = time.time()
-    _sent(store, "old@mail.example.com", "spring", "ann@x.org", at=now - 3 * 86400)
-    _sent(store, "new@mail.example.com", "spring", "bob@x.org", at=now - 60)
+    record_mail(store, "old@mail.example.com", "spring", "ann@x.org", at=now - 3 * 86400)
+    record_mail(store, "new@mail.example.com", "spring", "bob@x.org", at=now - 60)
 
     def ids(*args: str) -> list[str]:
         return [m["message_id"] for m in json.loads(run("messages", *args, "--json").stdout)]
@@ -118,10 +127,10 @@ def test_since_takes_words_and_tz_shows_times_in_a_zone(run: Invoke, store: SQLi
 
 def test_recipient_filter_on_messages_and_events(run: Invoke, store: SQLiteStore) -> None:
     now = time.time()
-    _sent(store, "ann1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now - 5000)
+    record_mail(store, "ann1@mail.example.com", "spring", "ann@x.org", "bob@x.org", at=now - 5000)
     # Newer mail to others than the first window the filter reads: it reads further back.
     for n in range(600):
-        _sent(store, f"bob{n}@mail.example.com", "spring", "bob@x.org", at=now - 4000 + n)
+        record_mail(store, f"bob{n}@mail.example.com", "spring", "bob@x.org", at=now - 4000 + n)
     _reply(store, "spring", "ann@x.org", "ann1@mail.example.com", now - 10)
 
     mine = json.loads(run("messages", "--recipient", "ANN@x.org", "--json").stdout)

@@ -10,14 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from replytrack.store import OutboundRecipient, OutboundRecord
 from replytrack.tokens import load_keyring, mint
+from tests.support.milter_records import record_mail as support_record_mail
 from tests.support.net import free_port
 from tests.support.pg import PgServer
 
@@ -96,21 +95,7 @@ def record_mail(url: str, message_id: str, campaign: str, *addresses: str) -> No
 
     store = PostgreSQLStore(url, create=False)
     try:
-        store.record_outbound(
-            OutboundRecord(
-                message_id=message_id,
-                original_message_id=None,
-                campaign=campaign,
-                step=1,
-                sender="sales@example.com",
-                from_address="sales@example.com",
-                subject="Hello",
-                size=100,
-                status="relayed",
-                recipients=tuple(OutboundRecipient(a, "to", True) for a in addresses),
-                created_at=time.time(),
-            )
-        )
+        support_record_mail(store, message_id, campaign, *addresses)
     finally:
         store.close_all()
 

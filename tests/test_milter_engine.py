@@ -535,3 +535,38 @@ def test_stop_scope_recipient_reply_from_cc_also_stops_the_to_recipients(store, 
     assert status(store, "spring", "ann@acme.example") == STOPPED
     # Another CC'd person is not the mail's addressee.
     assert status(store, "spring", "dora@acme.example") == ACTIVE
+
+
+def test_a_written_remove_me_lists_its_writer_and_carries_its_intent(store, keyring):
+    """The reply's intent reaches check --json, the event and the webhook payload; an
+    "unsubscribe" puts the writer alone on the do-not-contact list."""
+    mid = record_sent(store, keyring, to=["ann@acme.example", "bob@acme.example"])
+    engine = make_engine(store, keyring)
+    msg = inbound(
+        "ann@acme.example",
+        reply_headers("ann@acme.example", in_reply_to=f"<{mid}>"),
+        body=b"Please remove me from your mailing list.\n\n> Hello Ann, our offer...\n",
+    )
+    verdict = engine.process(msg)
+    assert verdict.kind == "reply"
+    assert verdict.to_json()["intent"] == "unsubscribe"
+    [event] = store.events(kind="reply")
+    assert event.to_json()["intent"] == "unsubscribe"
+    assert [s.value for s in store.suppressions()] == ["ann@acme.example"]
+    assert store.blocked_enrollments("autumn", ["bob@acme.example"]) == {}
+    engine.process(msg)  # a replay lists nobody twice
+    assert len(store.events(kind="unsubscribe")) == 1
+
+
+def test_a_positive_reply_stops_the_thread_and_lists_nobody(store, keyring):
+    mid = record_sent(store, keyring, to=["ann@acme.example"])
+    engine = make_engine(store, keyring)
+    msg = inbound(
+        "ann@acme.example",
+        reply_headers("ann@acme.example", in_reply_to=f"<{mid}>"),
+        body=b"Sounds good, let's book a call next week.\n\n> To unsubscribe, reply STOP\n",
+    )
+    verdict = engine.process(msg)
+    assert verdict.to_json()["intent"] == "positive"
+    assert store.suppressions() == []
+    assert status(store, "spring", "ann@acme.example") == STOPPED

@@ -17,12 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from replytrack.store import StatusChange, StoreError, StoreWouldWait, open_store
+from replytrack.store import StoreError, StoreWouldWait, open_store
 from replytrack.store.records import (
-    ACTIVE,
-    BOUNCED,
-    PAUSED,
-    STOPPED,
     Event,
     OutboundRecipient,
     OutboundRecord,
@@ -310,104 +306,6 @@ def test_read_only_file_refuses_writes_with_store_error(readonly_file: Path) -> 
 # --- outbound ---------------------------------------------------------------------------------
 
 
-def test_record_outbound_writes_message_recipients_campaign_and_enrollments(
-    store: SQLiteStore,
-) -> None:
-    recipients = (
-        OutboundRecipient("ann@example.com", "to", True),
-        OutboundRecipient("bob@example.org", "cc", False),
-        OutboundRecipient("eve@example.net", "bcc", True),
-        OutboundRecipient("old@example.com", "to", True, status="suppressed", reason="replied"),
-        OutboundRecipient("gone@example.com", "to", True, status="refused", reason="550"),
-    )
-    pk = store.record_outbound(
-        outbound("tok1@ours.example", original="client-1@mua", recipients=recipients, step=2)
-    )
-    assert pk > 0
-    [msg] = store.find_sent(["tok1@ours.example"])
-    assert msg.id == pk
-    assert (msg.campaign, msg.step, msg.original_message_id, msg.status) == (
-        "spring",
-        2,
-        "client-1@mua",
-        "relayed",
-    )
-    assert set(msg.recipients) == set(recipients) and len(msg.recipients) == len(recipients)
-    assert [s.campaign for s in store.campaign_stats()] == ["spring"]
-    enrolled = {e.recipient: e for e in store.enrollments(campaign="spring")}
-    assert set(enrolled) == {"ann@example.com", "bob@example.org", "eve@example.net"}
-    assert all(e.status == ACTIVE and e.since == NOW for e in enrolled.values())
-    assert enrolled["bob@example.org"].recipient.endswith("example.org")
-    assert store.enrollments(domain="example.org")[0].recipient == "bob@example.org"
-    suppressed = store.events(kind="suppressed")
-    assert [(e.recipient, e.detail) for e in suppressed] == [
-        ("old@example.com", {"reason": "replied", "step": 2})
-    ]
-    assert suppressed[0].message_id == "tok1@ours.example"
-    outbox = raw(store, "SELECT event FROM outbox")
-    assert [r[0] for r in outbox] == [suppressed[0].id]
-
-
-def test_mail_without_campaign_enrolls_nobody(store: SQLiteStore) -> None:
-    store.record_outbound(outbound("one@x", campaign=None, step=None))
-    assert store.enrollments() == []
-    assert store.campaign_stats() == []
-    assert [m.message_id for m in store.messages()] == ["one@x"]
-    assert store.last_message_to("ann@example.com").message_id == "one@x"  # type: ignore[union-attr]
-
-
-def test_later_steps_keep_the_first_enrollment(store: SQLiteStore) -> None:
-    store.record_outbound(outbound("s1@x", step=1, created_at=NOW))
-    store.record_outbound(outbound("s2@x", step=2, created_at=NOW + 100))
-    [enrollment] = store.enrollments()
-    assert enrollment.since == NOW
-    assert store.last_message_to("ann@example.com", "spring").message_id == "s2@x"  # type: ignore[union-attr]
-    assert store.last_message_to("ann@example.com", "other") is None
-
-
-def test_duplicate_message_id_is_a_store_error(store: SQLiteStore) -> None:
-    store.record_outbound(outbound("dup@x"))
-    with pytest.raises(StoreError):
-        store.record_outbound(outbound("dup@x"))
-    assert len(store.messages()) == 1
-
-
-def test_blocked_enrollments(store: SQLiteStore) -> None:
-    now = time.time()
-    store.record_outbound(
-        outbound(
-            "m@x",
-            recipients=tuple(
-                OutboundRecipient(f"{name}@example.com", "to", True)
-                for name in ("active", "stopped", "bounced", "future", "past", "open")
-            ),
-        )
-    )
-    store.record_event(
-        Event(kind="reply", created_at=now, actor="test"),
-        set_status=[
-            StatusChange("spring", "stopped@example.com", STOPPED, "replied"),
-            StatusChange("spring", "bounced@example.com", BOUNCED, "5.1.1"),
-            StatusChange("spring", "future@example.com", PAUSED, "ooo", now + 3600),
-            StatusChange("spring", "past@example.com", PAUSED, "ooo", now - 3600),
-            StatusChange("spring", "open@example.com", PAUSED, "by hand"),
-        ],
-    )
-    everyone = [
-        f"{n}@example.com"
-        for n in ("active", "stopped", "bounced", "future", "past", "open", "stranger")
-    ]
-    blocked = store.blocked_enrollments("spring", everyone)
-    assert set(blocked) == {
-        "stopped@example.com",
-        "bounced@example.com",
-        "future@example.com",
-        "open@example.com",
-    }
-    assert blocked["stopped@example.com"].reason == "replied"
-    assert store.blocked_enrollments("autumn", everyone) == {}
-
-
 def test_find_sent_by_stamped_and_original_ids_beyond_one_chunk(store: SQLiteStore) -> None:
     for i in range(1200):
         store.record_outbound(
@@ -425,130 +323,7 @@ def test_find_sent_by_stamped_and_original_ids_beyond_one_chunk(store: SQLiteSto
     assert store.find_sent([]) == []
 
 
-def test_text_that_is_not_utf8_is_recorded_not_refused(store: SQLiteStore) -> None:
-    # Header bytes that are not UTF-8 reach us as surrogate escapes; SQLite cannot encode
-    # them, and a mail must not be refused forever because of its Subject.
-    record = outbound("s@x", original="caf\udce9@mua")
-    record = OutboundRecord(**{**record.__dict__, "subject": "Caf\udce9 \udcff"})
-    store.record_outbound(record)
-    [msg] = store.find_sent(["caf\udce9@mua"])
-    assert msg.message_id == "s@x"
-    assert "Caf" in (msg.subject or "")
-    store.record_event(
-        Event(kind="reply", created_at=NOW, sender="x\udcff@y", inbound_message_id="\udcff@z")
-    )
-    assert store.events(kind="reply")[0].sender is not None
-
-
 # --- events and enrollments -------------------------------------------------------------------
-
-
-def test_record_event_with_dedupe_key_records_once(store: SQLiteStore) -> None:
-    store.record_outbound(outbound("m@x"))
-    event = Event(kind="reply", created_at=NOW, campaign="spring", sender="ann@example.com")
-    change = [StatusChange("spring", "ann@example.com", STOPPED, "replied")]
-    first = store.record_event(event, dedupe_key="queue-1", set_status=change)
-    assert first is not None
-    [enrollment] = store.enrollments()
-    assert enrollment.status == STOPPED and enrollment.updated_by == "reply"
-    # Someone resumes by hand; a replay of the same verdict must not stop again.
-    store.record_event(
-        Event(kind="resumed", created_at=NOW + 10, actor="ops"),
-        set_status=[StatusChange("spring", "ann@example.com", ACTIVE, "by hand")],
-        notify=False,
-    )
-    again = store.record_event(event, dedupe_key="queue-1", set_status=change)
-    assert again is None
-    assert store.enrollments()[0].status == ACTIVE
-    assert len(store.events(kind="reply")) == 1
-    assert raw(store, "SELECT count(*) FROM outbox")[0][0] == 1  # notify=False queued nothing
-    # Without a key the same event is recorded each time.
-    assert store.record_event(event) is not None
-    assert store.record_event(event) is not None
-    assert len(store.events(kind="reply")) == 3
-
-
-def test_set_status_upserts_enrollments(store: SQLiteStore) -> None:
-    store.record_event(
-        Event(kind="stopped", created_at=NOW, actor="ops"),
-        set_status=[StatusChange("never-mailed", "x@example.com", STOPPED, "by hand")],
-    )
-    [enrollment] = store.enrollments_of("x@example.com")
-    assert (enrollment.campaign, enrollment.status, enrollment.updated_by) == (
-        "never-mailed",
-        STOPPED,
-        "ops",
-    )
-    store.record_event(
-        Event(kind="paused", created_at=NOW + 5),
-        set_status=[StatusChange("never-mailed", "x@example.com", PAUSED, "ooo", NOW + 99)],
-    )
-    [enrollment] = store.enrollments_of("x@example.com")
-    assert (enrollment.status, enrollment.until, enrollment.since) == (PAUSED, NOW + 99, NOW + 5)
-
-
-def test_reactivate_due(store: SQLiteStore) -> None:
-    store.record_event(
-        Event(kind="paused", created_at=NOW),
-        set_status=[
-            StatusChange("c", "due@example.com", PAUSED, "ooo", NOW + 10),
-            StatusChange("c", "later@example.com", PAUSED, "ooo", NOW + 1000),
-            StatusChange("c", "open@example.com", PAUSED, "by hand"),
-            StatusChange("c", "stopped@example.com", STOPPED, "replied"),
-        ],
-    )
-    assert store.reactivate_due(NOW + 10) == 1
-    status = {e.recipient: (e.status, e.until) for e in store.enrollments()}
-    assert status == {
-        "due@example.com": (ACTIVE, None),
-        "later@example.com": (PAUSED, NOW + 1000),
-        "open@example.com": (PAUSED, None),
-        "stopped@example.com": (STOPPED, None),
-    }
-    assert store.reactivate_due(NOW + 10) == 0
-
-
-def test_ooo_memory(store: SQLiteStore) -> None:
-    assert store.ooo_until("a@example.com") is None
-    store.remember_ooo("a@example.com", NOW + 50)
-    store.remember_ooo("a@example.com", NOW + 70)
-    assert store.ooo_until("a@example.com") == NOW + 70
-
-
-def test_campaign_stats(store: SQLiteStore) -> None:
-    people = tuple(OutboundRecipient(f"p{i}@example.com", "to", True) for i in range(4))
-    store.record_outbound(outbound("s1@x", recipients=people, created_at=NOW))
-    store.record_outbound(outbound("s2@x", recipients=people[:2], created_at=NOW + 60))
-    store.record_outbound(outbound("f@x", status="failed", created_at=NOW + 70))
-    store.record_outbound(outbound("o@x", campaign="other", created_at=NOW + 80))
-    for sender in ("p0@example.com", "p0@example.com", "p1@example.com"):
-        store.record_event(
-            Event(kind="reply", created_at=NOW + 90, campaign="spring", sender=sender),
-            set_status=[StatusChange("spring", sender, STOPPED, "replied")],
-        )
-    store.record_event(
-        Event(kind="bounce", created_at=NOW + 95, campaign="spring"),
-        set_status=[StatusChange("spring", "p2@example.com", BOUNCED, "5.1.1")],
-    )
-    [spring] = store.campaign_stats("spring")
-    assert (spring.sent, spring.recipients, spring.replied, spring.stopped) == (2, 5, 2, 2)
-    assert (spring.bounced, spring.active, spring.paused, spring.suppressed) == (1, 2, 0, 0)
-    assert (spring.first_sent, spring.last_sent) == (NOW, NOW + 70)
-    assert [s.campaign for s in store.campaign_stats()] == ["other", "spring"]
-
-
-def test_listing_filters(store: SQLiteStore) -> None:
-    store.record_outbound(outbound("a@x", created_at=NOW))
-    store.record_outbound(outbound("b@x", created_at=NOW + 10, campaign="other"))
-    assert [m.message_id for m in store.messages()] == ["b@x", "a@x"]
-    assert [m.message_id for m in store.messages(campaign="spring")] == ["a@x"]
-    assert [m.message_id for m in store.messages(since=NOW + 5)] == ["b@x"]
-    assert [m.message_id for m in store.messages(limit=1)] == ["b@x"]
-    store.record_event(Event(kind="reply", created_at=NOW, campaign="spring"))
-    store.record_event(Event(kind="bounce", created_at=NOW + 1, campaign="other"))
-    assert [e.kind for e in store.events()] == ["bounce", "reply"]
-    assert [e.kind for e in store.events(campaign="spring")] == ["reply"]
-    assert [e.kind for e in store.events(kind="bounce", since=NOW)] == ["bounce"]
 
 
 def test_readonly_store_in_a_directory_with_uri_characters(tmp_path: Path) -> None:
@@ -557,12 +332,6 @@ def test_readonly_store_in_a_directory_with_uri_characters(tmp_path: Path) -> No
     ro = SQLiteStore(path, readonly=True)
     assert [m.message_id for m in ro.messages()] == ["a@x"]
     ro.close_all()
-
-
-def test_event_breaking_a_rule_is_an_error_not_a_silent_skip(store: SQLiteStore) -> None:
-    with pytest.raises(StoreError):
-        store.record_event(Event(kind=None, created_at=NOW), dedupe_key="k")  # type: ignore[arg-type]
-    assert store.events() == []
 
 
 def chattr(paths: list[Path], flag: str) -> bool:
@@ -668,14 +437,6 @@ def test_lookup_keys_that_collide_never_match_the_wrong_mail(
     assert [m.message_id for m in store.find_sent(["b@client"])] == ["b@ours"]
     assert [m.message_id for m in store.find_sent(["a@ours", "x@elsewhere"])] == ["a@ours"]
     assert store.find_sent(["x@elsewhere"]) == []
-
-
-def test_two_mails_with_the_same_client_id_both_match(store: SQLiteStore) -> None:
-    # A client that resends with its original Message-ID: a reply belongs to both mails.
-    store.record_outbound(outbound("first@ours", original="same@client", created_at=NOW))
-    store.record_outbound(outbound("second@ours", original="same@client", created_at=NOW + 1))
-    found = store.find_sent(["same@client"])
-    assert [m.message_id for m in found] == ["second@ours", "first@ours"]
 
 
 def test_prune_drops_the_lookup_keys_of_pruned_mails(store: SQLiteStore) -> None:

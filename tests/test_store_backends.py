@@ -98,6 +98,9 @@ def test_record_outbound_writes_message_recipients_campaign_and_enrollments(
     ]
     assert suppressed[0].message_id == "tok1@ours.example"
     assert any_store.outbox_counts(NOW)["pending"] == 1
+    # What waits to be sent is that very event.
+    [queued] = any_store.claim_outbox("t", now=NOW, lease_seconds=30, limit=10)
+    assert queued.event.id == suppressed[0].id
 
 
 def test_mail_without_campaign_enrolls_nobody(any_store: Any) -> None:
@@ -192,6 +195,7 @@ def test_find_sent_by_stamped_and_original_ids(any_store: Any) -> None:
 
 
 def test_two_mails_with_the_same_client_id_both_match(any_store: Any) -> None:
+    # A client that resends with its original Message-ID: a reply belongs to both mails.
     any_store.record_outbound(outbound("first@ours", original="same@client", created_at=NOW))
     any_store.record_outbound(outbound("second@ours", original="same@client", created_at=NOW + 1))
     found = any_store.find_sent(["same@client"])
@@ -199,6 +203,8 @@ def test_two_mails_with_the_same_client_id_both_match(any_store: Any) -> None:
 
 
 def test_text_that_is_not_utf8_is_recorded_not_refused(any_store: Any) -> None:
+    # Header bytes that are not UTF-8 reach us as surrogate escapes; a database cannot encode
+    # them, and a mail must not be refused forever because of its Subject.
     record = outbound("s@x", original="caf\udce9@mua")
     record = OutboundRecord(**{**record.__dict__, "subject": "Caf\udce9 \udcff"})
     any_store.record_outbound(record)
@@ -616,9 +622,7 @@ def test_do_not_contact_entries_add_list_check_remove(any_store: Any) -> None:
     assert found["joe@mail.example.org"].value == "example.org"
     assert any_store.remove_suppression(DNC_DOMAIN, "example.org") is True
     assert any_store.remove_suppression(DNC_DOMAIN, "example.org") is False
-    assert set(any_store.suppressed(["ann@example.com", "eve@example.org"])) == {
-        "ann@example.com"
-    }
+    assert set(any_store.suppressed(["ann@example.com", "eve@example.org"])) == {"ann@example.com"}
 
 
 def test_do_not_contact_blocks_in_every_campaign_with_its_reason(any_store: Any) -> None:

@@ -15,12 +15,11 @@ from click.testing import CliRunner, Result
 from replytrack.cli import cli
 from replytrack.store.records import (
     Event,
-    OutboundRecipient,
-    OutboundRecord,
     StatusChange,
     Suppression,
 )
 from replytrack.store.sqlite import SQLiteStore
+from tests.support.milter_records import record_mail
 
 Invoke = Callable[..., Result]
 NOW = 1_760_000_000.0
@@ -114,20 +113,9 @@ def test_import_a_csv_of_addresses(run: Invoke, tmp_path: Path) -> None:
 
 def _record_ann(store: SQLiteStore) -> None:
     for i, (campaign, who) in enumerate([("spring", ("ann",)), ("fall", ("ann", "bob"))]):
-        store.record_outbound(
-            OutboundRecord(
-                message_id=f"m{i}@mail.example.com",
-                original_message_id=None,
-                campaign=campaign,
-                step=1,
-                sender="sales@ours.example",
-                from_address="sales@ours.example",
-                subject="Hello",
-                size=100,
-                status="relayed",
-                recipients=tuple(OutboundRecipient(f"{n}@example.org", "to", True) for n in who),
-                created_at=NOW + i,
-            )
+        to = (f"{n}@example.org" for n in who)
+        record_mail(
+            store, f"m{i}@mail.example.com", campaign, *to, sender="sales@ours.example", at=NOW + i
         )
     store.record_event(
         Event(kind="reply", created_at=NOW + 5, campaign="spring", sender="ann@example.org"),

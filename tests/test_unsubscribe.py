@@ -15,11 +15,10 @@ from replytrack.store.records import (
     ACTIVE,
     STOPPED,
     Event,
-    OutboundRecipient,
-    OutboundRecord,
     StatusChange,
 )
 from replytrack.tokens import Keyring, mint, verify
+from tests.support.milter_records import record_mail
 
 DOMAIN = "track.example.com"
 NOW = 1_760_000_000.0
@@ -135,21 +134,8 @@ def test_recognise_takes_only_verified_tokens_of_our_address(keyring: Keyring) -
 
 
 def sent(store: Any, message_id: str, campaign: str, *names: str) -> None:
-    store.record_outbound(
-        OutboundRecord(
-            message_id=message_id,
-            original_message_id=None,
-            campaign=campaign,
-            step=1,
-            sender="sales@ours.example",
-            from_address="sales@ours.example",
-            subject="Hello",
-            size=100,
-            status="relayed",
-            recipients=tuple(OutboundRecipient(f"{n}@example.com", "to", True) for n in names),
-            created_at=NOW,
-        )
-    )
+    names = tuple(f"{n}@example.com" for n in names)
+    record_mail(store, message_id, campaign, *names, sender="sales@ours.example", at=NOW)
 
 
 def test_an_unsubscribe_lists_stops_everywhere_and_notifies_once(any_store: Any) -> None:

@@ -15,8 +15,8 @@ from aiohttp import web as aioweb
 
 from replytrack import unsubscribe, web
 from replytrack.do_not_contact import address_hasher
-from replytrack.store.records import OutboundRecipient, OutboundRecord
 from replytrack.tokens import Keyring, mint
+from tests.support.milter_records import record_mail
 
 pytestmark = pytest.mark.timeout(60)
 DOMAIN = "track.example.com"
@@ -83,23 +83,10 @@ def service(any_store: Any, keys: Keyring) -> Iterator[ThreadedWeb]:
 @pytest.fixture
 def campaign_mail(any_store: Any, keys: Keyring) -> Callable[..., str]:
     def send(campaign: str, *names: str) -> str:
-        message_id = mint(keys, DOMAIN)
-        any_store.record_outbound(
-            OutboundRecord(
-                message_id=message_id,
-                original_message_id=None,
-                campaign=campaign,
-                step=1,
-                sender="sales@ours.example",
-                from_address="sales@ours.example",
-                subject="Hello",
-                size=100,
-                status="relayed",
-                recipients=tuple(OutboundRecipient(f"{n}@example.com", "to", True) for n in names),
-                created_at=NOW,
-            )
+        to = (f"{n}@example.com" for n in names)
+        return record_mail(
+            any_store, mint(keys, DOMAIN), campaign, *to, sender="sales@ours.example", at=NOW
         )
-        return message_id
 
     return send
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from replytrack.classify import Classification
+from replytrack.classify import Classification, Intent
 from replytrack.config import Config
 from replytrack.headers import address_domain, header_parameter, normalize_address
 from replytrack.milter import match as matching
@@ -91,6 +91,8 @@ class Verdict:
     add_header: str | None = None
     event: Event | None = None
     dedupe_key: str | None = None
+    # What a person's mail means (unsubscribe, not_interested, referral, positive, other).
+    intent: Intent | None = None
 
     @property
     def matched(self) -> list[str]:
@@ -140,6 +142,8 @@ class Verdict:
             "paused_until": self.paused_until,
             "bounced": list(self.bounced),
             "header": self.add_header,
+            "intent": self.intent.intent if self.intent else None,
+            "intent_detail": self.intent.to_json() if self.intent else None,
         }
 
 
@@ -253,6 +257,8 @@ def decide(
         "subtype": classification.subtype,
         "return_date": classification.return_date,
     }
+    if kind == "human" and classification.intent is not None:
+        known["intent"] = classification.intent
     if found is not None:
         said += found.evidence
         known.update(
@@ -327,7 +333,19 @@ def _reply(
         "add_header": f"reply; {campaign}; match={found.method}",
         **known,
     }
-    return _recorded(msg, now, "reply", fields)
+    intent: Intent | None = known.get("intent")
+    if intent is None:
+        return _recorded(msg, now, "reply", fields)
+    return _recorded(
+        msg,
+        now,
+        "reply",
+        fields,
+        intent=intent.intent,
+        intent_evidence=list(intent.evidence),
+        referred_address=intent.referred_address,
+        language=intent.language,
+    )
 
 
 def _auto_reply(

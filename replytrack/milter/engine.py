@@ -260,6 +260,17 @@ class Engine:
             # Also for an event already recorded: a replay after the event was written but
             # this was not must still remember the absence (an upsert, so twice is once).
             self.store.remember_ooo(*verdict.ooo)
+        if verdict.kind == "reply" and verdict.intent and verdict.intent.intent == "unsubscribe":
+            # A written "remove me": its writer goes on the do-not-contact list and stops in
+            # every campaign (also on a replay: the unsubscribe is keyed, so twice is once).
+            unsubscribe.apply(
+                self.store,
+                verdict.matched[0],
+                via="reply",
+                requester=verdict.sender,
+                queue_id=verdict.event.queue_id,
+                only_requester=True,
+            )
         return event_id is not None
 
     def process(self, msg: Inbound) -> Verdict:

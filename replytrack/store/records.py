@@ -225,6 +225,8 @@ class Event:
             "detail": self.detail,
             "queue_id": self.queue_id,
             "actor": self.actor,
+            # A person's reply: what it means (also in detail, with its evidence).
+            "intent": self.detail.get("intent"),
         }
 
 

@@ -13,6 +13,34 @@ from replytrack.tokens import Keyring, mint
 DOMAIN = "track.example.com"
 
 
+def record_mail(
+    store: Store,
+    message_id: str,
+    campaign: str | None,
+    *recipients: str,
+    sender: str = "sales@example.com",
+    at: float | None = None,
+) -> str:
+    """Record one relayed campaign mail with this Message-ID to these To: recipients, as the
+    proxy does; ``at`` defaults to now. Returns the Message-ID."""
+    store.record_outbound(
+        OutboundRecord(
+            message_id=message_id,
+            original_message_id=None,
+            campaign=campaign,
+            step=1,
+            sender=sender,
+            from_address=sender,
+            subject="Hello",
+            size=100,
+            status="relayed",
+            recipients=tuple(OutboundRecipient(a, "to", True) for a in recipients),
+            created_at=time.time() if at is None else at,
+        )
+    )
+    return message_id
+
+
 def record_sent(
     store: Store,
     keyring: Keyring,

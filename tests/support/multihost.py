@@ -17,11 +17,11 @@ import os
 import smtplib
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.support.net import port_open
+from tests.support.postfix import wait_until
 
 # Every test message goes to this domain (the Postfix labs deliver it to their Maildir)
 # and every stamped Message-ID carries ID_DOMAIN.
@@ -42,17 +42,6 @@ def daemon_env(db: str, secret: Path, **more: str) -> dict[str, str]:
         "PYTHONFAULTHANDLER": "1",
         **more,
     }
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds passed (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 class Daemon:

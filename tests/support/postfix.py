@@ -117,7 +117,7 @@ def ensure_postfix(packages: Sequence[str] = PACKAGES) -> None:
         raise PostfixError(f"apt-get install {' '.join(missing)} failed:\n{tail}")
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout
     while True:
@@ -356,7 +356,7 @@ class PostfixLab:
             raise PostfixError(
                 f"postfix start failed:\n{self._clean(result.stdout)}\n{self.log_tail()}"
             )
-        if not _wait(lambda: port_open(self.smtp_port), timeout):
+        if not wait_until(lambda: port_open(self.smtp_port), timeout):
             raise PostfixError(
                 f"smtpd not listening on 127.0.0.1:{self.smtp_port}\n{self.log_tail()}"
             )
@@ -369,11 +369,11 @@ class PostfixLab:
         if pid is None or not Path(f"/proc/{pid}").exists():
             return
         self._postfix("stop")
-        if not _wait(lambda: not Path(f"/proc/{pid}").exists(), timeout):
+        if not wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout):
             # The polite way failed; the master's process group holds only this instance.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-            if not _wait(lambda: not Path(f"/proc/{pid}").exists(), 5):
+            if not wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5):
                 raise PostfixError(f"master {pid} of {self.base} did not exit")
         self._master_pid = None
 
@@ -425,7 +425,7 @@ class PostfixLab:
 
     def wait_for_mail(self, count: int = 1, timeout: float = 20) -> list[bytes]:
         """Wait until at least ``count`` messages were delivered; return all of them."""
-        if not _wait(lambda: len(self.maildir_files()) >= count, timeout):
+        if not wait_until(lambda: len(self.maildir_files()) >= count, timeout):
             have = len(self.maildir_files())
             raise PostfixError(
                 f"expected {count} delivered message(s) within {timeout}s, have {have}\n"
@@ -444,14 +444,14 @@ class PostfixLab:
 
     def wait_queue_empty(self, timeout: float = 20) -> None:
         """Wait until nothing is left in the queue."""
-        if not _wait(lambda: self.queue_size() == 0, timeout):
+        if not wait_until(lambda: self.queue_size() == 0, timeout):
             raise PostfixError(
                 f"queue not empty after {timeout}s ({self.queue_size()} left)\n{self.log_tail()}"
             )
 
     def wait_for_log(self, text: str, timeout: float = 20) -> str:
         """Wait until ``text`` appears in the maillog; return the log."""
-        if not _wait(lambda: text in self.log(), timeout):
+        if not wait_until(lambda: text in self.log(), timeout):
             raise PostfixError(f"{text!r} not logged within {timeout}s\n{self.log_tail()}")
         return self.log()
 

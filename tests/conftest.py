@@ -40,7 +40,10 @@ def keyring() -> Keyring:
 
 @pytest.fixture
 def corpus_dir() -> Path:
-    """The shared corpus of real mail; tests using it skip when it is absent."""
+    """The shared corpus of real mail beside the clone; tests using it skip when it is
+    absent, except under CI (CI=true), where a missing corpus is a failure."""
     if not CORPUS.is_dir():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"corpus not found at {CORPUS} (CI=true: it must be beside the clone)")
         pytest.skip(f"corpus not found at {CORPUS}")
     return CORPUS

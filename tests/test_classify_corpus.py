@@ -8,6 +8,7 @@ corpus inventory gives.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,9 +87,14 @@ def test_shared_corpus_kind(category: str, path: Path) -> None:
     assert verdict.kind in expected(category, path.name), verdict.evidence
 
 
-@pytest.mark.skipif(not SHARED_FILES, reason=f"research corpus not present at {SHARED}")
+# Under CI (CI=true) the corpus beside the clone is a real part: missing, this fails.
+@pytest.mark.skipif(
+    not SHARED_FILES and os.environ.get("CI", "").lower() != "true",
+    reason=f"research corpus not present at {SHARED}",
+)
 def test_shared_corpus_goals() -> None:
     """No automated mail read as human; at least 99 % of human replies kept."""
+    assert SHARED_FILES, f"research corpus not present at {SHARED}"
     false_human = 0
     humans = kept = 0
     for category, path in SHARED_FILES:

@@ -570,3 +570,20 @@ def test_a_positive_reply_stops_the_thread_and_lists_nobody(store, keyring):
     assert verdict.to_json()["intent"] == "positive"
     assert store.suppressions() == []
     assert status(store, "spring", "ann@acme.example") == STOPPED
+
+
+def test_a_left_the_organisation_notice_marks_the_address_like_a_bounce(store, keyring):
+    """An auto-reply saying the person has left answers our mail: their address gets no
+    more mail in any campaign; the colleague who got the same mail is untouched."""
+    mid = record_sent(store, keyring, to=["john@acme.example", "mary@acme.example"])
+    engine = make_engine(store, keyring)
+    headers = reply_headers(
+        "john@acme.example", in_reply_to=f"<{mid}>", extra=[("Auto-Submitted", "auto-replied")]
+    )
+    body = b"John Smith is no longer with Acme. Please contact sales@acme.example instead.\n"
+    verdict = engine.process(inbound("john@acme.example", headers, body=body))
+    assert (verdict.kind, verdict.subtype) == ("auto_reply", "left_organisation")
+    assert status(store, "spring", "john@acme.example") == BOUNCED
+    assert status(store, "spring", "mary@acme.example") == ACTIVE
+    blocked = store.blocked_enrollments("spring", ["john@acme.example", "mary@acme.example"])
+    assert list(blocked) == ["john@acme.example"]

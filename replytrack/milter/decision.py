@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from replytrack.classify import Classification, Intent
+from replytrack.classify import LEFT_ORGANISATION, Classification, Intent
 from replytrack.config import Config
 from replytrack.headers import address_domain, header_parameter, normalize_address
 from replytrack.milter import match as matching
@@ -228,6 +228,8 @@ def reads(
             if _domain_scope(sender, config):
                 domains.append((sent.campaign, address_domain(sender)))
         return Reads(pairs=tuple(pairs), domains=tuple(domains))
+    if kind == "auto_reply" and classification.subtype == LEFT_ORGANISATION:
+        return Reads(addresses=(sender,))
     if kind == "auto_reply" and _away(classification.subtype, classification.return_date):
         campaigns = list(dict.fromkeys(s.campaign for s in found.sent if s.campaign))
         return Reads(pairs=tuple((c, sender) for c in campaigns[:MAX_CAMPAIGNS]))
@@ -368,16 +370,27 @@ def _auto_reply(
             max_days=config.milter_ooo_max_days,
         )
     changes: list[StatusChange] = []
+    bounced: tuple[str, ...] = ()
     if until is not None:
         campaigns = list(dict.fromkeys(s.campaign for s in found.sent if s.campaign))
         for campaign in campaigns[:MAX_CAMPAIGNS]:
             for enrollment in facts.in_campaign(campaign):
                 if enrollment.recipient == sender and enrollment.status in (ACTIVE, PAUSED):
                     changes.append(StatusChange(campaign, sender, PAUSED, "out of office", until))
+    elif known["subtype"] == LEFT_ORGANISATION:
+        # The person has left: the address is dead, in every campaign, like a hard bounce
+        # (the store's rule keeps a stop by a reply as it is).
+        changes = [
+            StatusChange(e.campaign, sender, BOUNCED, "left the organisation")
+            for e in facts.enrollments
+            if e.recipient == sender and e.status != BOUNCED
+        ]
+        bounced = (sender,) if changes else ()
     fields = {
         "evidence": tuple(said),
         "paused_until": until,
         "set_status": tuple(changes),
+        "bounced": bounced,
         **known,
     }
     return _recorded(msg, now, "auto_reply", fields, paused_until=until, resume_at=iso_time(until))

@@ -13,7 +13,6 @@ store finds like any reference; an altered or forged token fails its tag and doe
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
@@ -50,10 +49,6 @@ URL_PATH = "/u/"
 REASON = "unsubscribed"
 
 
-def _b32(data: bytes) -> str:
-    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
-
-
 def _tag(key: bytes, kid: str, random_part: bytes, domain: str) -> bytes:
     message = _LABEL + f"{tokens.VERSION}{kid}".encode() + random_part + domain.lower().encode()
     return hmac.new(key, message, hashlib.sha256).digest()[:_TAG]
@@ -64,7 +59,8 @@ def _tag(key: bytes, kid: str, random_part: bytes, domain: str) -> bytes:
 _TO_INT_DIGITS = str.maketrans(
     "abcdefghijklmnopqrstuvwxyz234567", "0123456789abcdefghijklmnopqrstuv"
 )
-_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_ALPHABET = tokens._ALPHABET
+_b32 = tokens._b32
 # 26 bytes are 208 bits; 42 base32 characters carry 210, the last two always zero.
 _PAD_BITS = 5 * (tokens.TOKEN_LEN - 1 - _KID) - 8 * (_RANDOM + _TAG)
 

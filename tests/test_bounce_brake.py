@@ -112,6 +112,7 @@ def test_eleven_hard_bounces_in_fifty_brake_the_campaign_until_resumed(
     assert braked.detail["sends"] == 50  # the last 50 of 51 sends
     assert any_store.outbox_counts()["pending"] >= 1  # the webhook is queued
     # The proxy defers the campaign's mail, to new and enrolled recipients alike.
+    arrived, recorded = len(upstream.received), len(any_store.messages(campaign="spring"))
     with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("engine.test")
         client.mail("sam@seller.test")
@@ -121,6 +122,8 @@ def test_eleven_hard_bounces_in_fifty_brake_the_campaign_until_resumed(
     assert code == 450
     assert text.decode().startswith("4.7.1 not sent now: campaign spring is braked (11 hard")
     assert "replytrack resume --campaign spring" in text.decode()
+    assert len(upstream.received) == arrived
+    assert len(any_store.messages(campaign="spring")) == recorded
     assert send_all(proxy.port, ["x@other.test"], campaign="autumn") == [250]
     # A later hard bounce records no second brake.
     bounce(any_store, prospects[12])

@@ -85,6 +85,8 @@ def test_one_to_one_mail_to_a_listed_address_goes_out(
         client.sendmail("s@example.org", ["pat@prospect.test"], mail(None))
     [got] = upstream.received
     assert got.rcpt_tos == ["pat@prospect.test"]
+    [msg] = store.messages()
+    assert msg.status == "relayed" and msg.campaign is None
 
 
 def test_campaign_mail_leaves_with_working_unsubscribe_headers(

@@ -29,7 +29,7 @@ from tests.support.faults import (
     hold_exclusive_lock,
     small_tmpfs,
 )
-from tests.support.milter_records import inbound, record_sent, reply_headers
+from tests.support.milter_records import inbound, reply_headers
 from tests.test_faults_proxy import ProxyProcess, arrived_markers, proxy_config, send
 
 pytestmark = pytest.mark.timeout(90)
@@ -225,40 +225,6 @@ def test_proxy_killed_while_upstream_answers(tmp_path: Path, upstream: FaultUpst
             store.close_all()
     finally:
         proc.stop()
-
-
-def test_refused_mail_takes_back_only_its_own_enrollment(tmp_path: Path) -> None:
-    """An upstream refusal after recording: the enrollment that mail made goes (the client
-    may send it again), one backed by an earlier mail that went out stays."""
-    store = SQLiteStore(tmp_path / "rt.db")
-    keyring = Keyring.generate()
-    record_sent(store, keyring, to=["old@example.test"], campaign="camp-1")
-    pk = store.record_outbound(
-        OutboundRecord(
-            message_id="m2@mail.test",
-            original_message_id=None,
-            campaign="camp-1",
-            step=2,
-            sender="sales@sender.example",
-            from_address=None,
-            subject="step 2",
-            size=100,
-            status="relaying",
-            recipients=(
-                OutboundRecipient("old@example.test", "to", True),
-                OutboundRecipient("new@example.test", "to", True),
-            ),
-            created_at=time.time(),
-        )
-    )
-    # Recorded while relaying: both are enrolled before the upstream's answer.
-    assert {e.recipient for e in store.enrollments(campaign="camp-1")} == {
-        "old@example.test",
-        "new@example.test",
-    }
-    store.set_message_status(pk, "failed", "554 5.7.1 no")
-    assert {e.recipient for e in store.enrollments(campaign="camp-1")} == {"old@example.test"}
-    store.close_all()
 
 
 def test_sweep_marks_stale_relaying_unconfirmed_and_doctor_reports_it(tmp_path: Path) -> None:

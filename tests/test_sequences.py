@@ -206,6 +206,8 @@ def test_with_only_stopped_recipients_the_refusal_stays_permanent(
     stop(store, PAT)
     code, text = send(proxy.port, [PAT], step(2))
     assert code == 550 and text.startswith("5.7.1")
+    assert len(upstream.received) == 1  # only step 1 went out
+    assert [m.status for m in store.messages()] == ["suppressed", "relayed"]
 
 
 # --- proxy.stamp --------------------------------------------------------------------------------

@@ -166,9 +166,12 @@ def test_forged_and_altered_tokens_change_nothing(
     assert any_store.events() == []
 
 
-def test_oversized_posts_are_refused(service: ThreadedWeb, keys: Keyring, any_store: Any) -> None:
-    status, _, _ = service.request(
-        "POST", link(keys, mint(keys, DOMAIN)), b"x" * (web.MAX_BODY + 1), FORM
-    )
+def test_oversized_posts_are_refused(
+    service: ThreadedWeb, keys: Keyring, any_store: Any, campaign_mail: Callable[..., str]
+) -> None:
+    # A link of a recorded mail: only the size refusal keeps it from unsubscribing.
+    target = link(keys, campaign_mail("spring", "ann"))
+    status, _, _ = service.request("POST", target, b"x" * (web.MAX_BODY + 1), FORM)
     assert status == 413
-    assert any_store.events() == []
+    assert any_store.events() == [] and any_store.suppressions() == []
+    assert {e.status for e in any_store.enrollments()} == {"active"}

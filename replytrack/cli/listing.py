@@ -20,10 +20,7 @@ from replytrack.cli.common import (
 )
 from replytrack.cli.control import campaign_option
 from replytrack.store import CampaignStats, Enrollment, Event
-from replytrack.store.records import ENROLLMENT_STATES, EVENT_KINDS
-
-# The kinds the milter gives inbound mail; the rest of EVENT_KINDS are actions.
-INBOUND_KINDS = ("reply", "auto_reply", "bounce", "receipt", "feedback", "unrelated")
+from replytrack.store.records import ENROLLMENT_STATES, EVENT_KINDS, INBOUND_KINDS
 
 
 def event_row(event: Event) -> dict[str, Any]:

@@ -92,10 +92,6 @@ class MailEnded(ProxyError):
         super().__init__(reply)
         self.result = result
 
-    @property
-    def reply(self) -> str:
-        return str(self.args[0])
-
 
 def _is_utf8(text: str) -> bool:
     """False when ``text`` holds bytes that were not UTF-8 (aiosmtpd's surrogate escapes)."""

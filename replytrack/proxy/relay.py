@@ -137,10 +137,6 @@ class RelayError(ProxyError):
         self.broken = broken
 
     @property
-    def reply(self) -> str:
-        return str(self.args[0])
-
-    @property
     def code(self) -> int:
         """The SMTP code of the reply."""
         return int(self.reply[:3])

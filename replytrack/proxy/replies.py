@@ -57,11 +57,12 @@ STOCK_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 
 class ProxyError(Exception):
     """The root of the proxy's errors: each ends a command or a mail, and its ``reply`` is
-    the complete reply the client is told (``RelayError``, ``MetadataError``)."""
+    the complete reply the client is told: the first argument, unless a subclass words it
+    (``MetadataError``)."""
 
     @property
     def reply(self) -> str:
-        return f"451 4.3.0 {self}"
+        return str(self.args[0])
 
 
 # aiosmtpd's fixed replies, and ours instead (the same reply code unless a better one is

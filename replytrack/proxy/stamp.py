@@ -69,7 +69,6 @@ THREAD_VALUES = ("previous", "new")
 STAMP_ALWAYS = "always"
 STAMP_CAMPAIGN = "campaign"
 STAMP_MISSING = "missing"
-STAMP_MODES = (STAMP_ALWAYS, STAMP_CAMPAIGN, STAMP_MISSING)
 ORIGINAL_HEADER = "X-Original-Message-ID"
 META_PREFIX = "X-ReplyTrack"
 LIST_UNSUBSCRIBE = "List-Unsubscribe"

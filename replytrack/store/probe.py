@@ -68,15 +68,6 @@ def _directory_problems(path: Path) -> list[str]:
     return []
 
 
-def user_exists(name: str) -> bool:
-    """True when the system has an account of that name."""
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def probe_as(user: str, db: str, key: str | None = None) -> dict[str, list[str]]:
     """:func:`probe` run as ``user`` (with its groups), from a process that is root.
 

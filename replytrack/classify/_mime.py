@@ -74,11 +74,13 @@ def split_header_block(text: str, limit: int = MAX_HEADERS) -> tuple[list[tuple[
 
 
 def decode_words(value: str) -> str:
-    """Decode RFC 2047 encoded words, leaving the value unchanged on error."""
+    """Decode RFC 2047 encoded words in the first ``MAX_VALUE`` characters of ``value``
+    (which is all it returns), keeping them as they are when they do not decode."""
+    value = value[:MAX_VALUE]
     if "=?" not in value:
         return value
     try:
-        return str(make_header(decode_header(value[:MAX_VALUE])))
+        return str(make_header(decode_header(value)))
     except Exception:  # any decoding fault keeps the raw value.
         return value
 

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from email.header import decode_header, make_header
 
 # The source labels of candidates (re-exported: callers compare a match's method to them).
+from replytrack.classify.subjects import strip_prefixes, subject_text
 from replytrack.classify.thread_ids import IN_REPLY_TO as IN_REPLY_TO
 from replytrack.classify.thread_ids import REFERENCES as REFERENCES
 from replytrack.classify.thread_ids import answered_ids
@@ -44,13 +43,6 @@ SUBJECT = "subject"
 # Mails one Thread-Index GUID or one subject may name: a GUID is one enrollment's; a
 # subject sent to many people at one domain names the newest few.
 MAX_HEADERLESS_HITS = 20
-# Reply and forward prefixes of many languages and clients (Re, AW, SV, VS, Antw, Réf, RV,
-# Fwd, WG, TR, ...), with Outlook's and Thunderbird's counters ("Re[2]:", "Re(2):").
-_ANSWER_PREFIX = re.compile(
-    r"^\s*(?:re|aw|sv|vs|antw|r[ée]f|rv|fwd?|wg|tr|odp|enc)"
-    r"\.?\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]\s*",
-    re.IGNORECASE,
-)
 
 # Unverified IDs (possibly a client's original Message-ID) looked up per message. Verified
 # tokens are always looked up: each one cost an HMAC to prove and is certainly ours.
@@ -214,26 +206,10 @@ def match_thread_index(
     return Match(method=THREAD_INDEX, sent=tuple(found), evidence=(label,))
 
 
-def decoded_subject(subject: str | None) -> str:
-    """A Subject header's text, RFC 2047 words decoded (as it is when they do not decode)."""
-    if not subject:
-        return ""
-    try:
-        return str(make_header(decode_header(subject)))
-    except (ValueError, LookupError, UnicodeError):
-        return subject
-
-
 def answer_subject(subject: str | None) -> tuple[str, bool]:
     """The subject without reply and forward prefixes, spaces folded and case ignored, and
     whether it had any (a mail without one answers nothing)."""
-    text = " ".join(decoded_subject(subject).split())
-    prefixed = False
-    while True:
-        stripped = _ANSWER_PREFIX.sub("", text, count=1)
-        if stripped == text:
-            break
-        prefixed, text = True, stripped
+    text, prefixed = strip_prefixes(subject_text(subject))
     return text.strip().casefold(), prefixed
 
 

@@ -14,6 +14,7 @@ from .. import _patterns as pat
 from .._anchored import anchors
 from .._mime import Headers, MailView, decode_words
 from ..new_text import MARKER_SPAN, NEW_TEXT_LIMIT, new_text
+from ..subjects import subject_text
 from ..thread_ids import answered_ids
 
 MAX_IDS = 50
@@ -24,8 +25,6 @@ MAX_OWN_TEXT = 40000
 ADDRESS = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+"
 )
-FORWARD_SUBJECT = re.compile(r"^\s*(?:fwd?|fw|wg|tr|rv|i|enc|doorst|vs)\s*:", re.I)
-REPLY_SUBJECT = re.compile(r"^\s*(?:re|aw|sv|antw|r|rif|res|odp|vs)\s*:", re.I)
 
 
 @dataclass
@@ -109,7 +108,7 @@ class Context:
         envelope = None
         if envelope_from is not None:
             envelope = envelope_from.strip().strip("<>").strip()
-        subject = " ".join(decode_words(headers.get("Subject") or "").split())[:1000]
+        subject = subject_text(headers.get("Subject"))[:1000]
         name, addr = parse_mailbox(decode_words(headers.get("From") or "")[:2000])
         text = view.own_text()[:MAX_OWN_TEXT] if view.body_seen else ""
         return cls(view, envelope, subject, addr.lower(), name, text)

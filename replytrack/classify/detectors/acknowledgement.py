@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from .. import _notice_phrases as notice
 from .. import _patterns as pat
-from ._context import FORWARD_SUBJECT, REPLY_SUBJECT, Context, Finding, threading_ids
+from ..subjects import FORWARD_SUBJECT, REPLY_SUBJECT
+from ._context import Context, Finding, threading_ids
 from .auto_reply import header_evidence, short_and_unquoted
 
 SUBTYPE = "acknowledgement"

@@ -15,9 +15,8 @@ from .. import _notice_phrases as notice
 from .. import _patterns as pat
 from .._mime import Headers
 from ..new_text import quotes_earlier
+from ..subjects import FORWARD_SUBJECT, REPLY_SUBJECT
 from ._context import (
-    FORWARD_SUBJECT,
-    REPLY_SUBJECT,
     Context,
     Finding,
     is_mailer_daemon,

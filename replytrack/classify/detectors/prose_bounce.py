@@ -7,11 +7,10 @@ forwarding a bounce ("Fwd: Undeliverable") is not a bounce.
 from __future__ import annotations
 
 from .. import _patterns as pat
+from ..subjects import FORWARD_SUBJECT, REPLY_SUBJECT
 from ._context import (
-    FORWARD_SUBJECT,
     MAX_IDS,
     MAX_RECIPIENTS,
-    REPLY_SUBJECT,
     Context,
     Finding,
     sender_is_daemon,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from ..subjects import strip_prefixes
 from ._rule import Hit, compile_table, find
 from ._text import IntentText
 
@@ -109,7 +110,6 @@ _ALONE = re.compile(
     r"wypisz(?: mnie)?|rezygnuję)\W*$",
     re.I,
 )
-_REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|aw|sv|antw|r|rif|res|odp|vs|fwd?|wg|tr|rv)\s*:)+", re.I)
 
 
 def check(text: IntentText, subject: str = "") -> Hit | None:
@@ -119,7 +119,7 @@ def check(text: IntentText, subject: str = "") -> Hit | None:
     found = find(NAME, PHRASES, text, negatable=True)
     if found is not None:
         return found
-    bare = _REPLY_PREFIX.sub("", subject)
+    bare, _ = strip_prefixes(subject)
     if _ALONE.match(bare):
         return Hit(NAME, "subject", bare.strip().lower()[:40], -1)
     return None

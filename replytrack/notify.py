@@ -105,26 +105,35 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect())
 
 
-def split_credentials(url: str) -> tuple[str, dict[str, str]]:
-    """``url`` without ``user:password@``, and the Authorization header they stand for.
+@dataclass(frozen=True)
+class Webhook:
+    """One configured webhook, ready to post to: ``url`` as configured (the outbox keeps
+    which of them answered by it), ``target`` the same without ``user:password@``, and the
+    Authorization header those credentials stand for (urllib does not use credentials
+    written in a URL: it would look up "user:password@host" as a host name and fail)."""
 
-    urllib does not use credentials written in a URL: it would look up "user:password@host"
-    as a host name and fail on every attempt.
-    """
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None:
-        return url, {}
-    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    user = urllib.parse.unquote(parts.username)
-    password = urllib.parse.unquote(parts.password or "")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return bare, {"Authorization": f"Basic {token}"}
+    url: str
+    target: str
+    auth: dict[str, str]
+
+    @classmethod
+    def of(cls, url: str) -> Webhook:
+        """Split ``url``'s credentials off, once, when the sender is configured."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is None:
+            return cls(url, url, {})
+        bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        return cls(url, bare, {"Authorization": f"Basic {token}"})
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> PostResult:
-    """POST ``body`` to ``url``; any 2xx is success, everything else is a retryable failure."""
-    url, auth = split_credentials(url)
-    request = urllib.request.Request(url, data=body, headers={**headers, **auth}, method="POST")
+def post(hook: Webhook, body: bytes, headers: dict[str, str], timeout: float) -> PostResult:
+    """POST ``body`` to ``hook``; any 2xx is success, everything else is a retryable failure."""
+    request = urllib.request.Request(
+        hook.target, data=body, headers={**headers, **hook.auth}, method="POST"
+    )
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             response.read(65536)
@@ -165,6 +174,7 @@ class Sender:
         self.config = config
         self.store = store
         self.urls = list(config.notify_webhooks)
+        self.webhooks = [Webhook.of(url) for url in self.urls]
         self.signed = bool(config.notify_secret.strip())
         if self.urls and not self.signed:
             log.warning(
@@ -210,10 +220,11 @@ class Sender:
         body = json.dumps(payload(item.event), sort_keys=True).encode("utf-8")
         attempt = item.attempts + 1
         errors: list[str] = []
-        for url in self.urls:
+        for hook in self.webhooks:
+            url = hook.url
             if url in item.delivered_urls:
                 continue
-            result = post(url, body, self._headers(item, body), self.config.notify_timeout)
+            result = post(hook, body, self._headers(item, body), self.config.notify_timeout)
             outcome = "delivered" if result.ok else "failed"
             log.log(
                 logging.INFO if result.ok else logging.WARNING,

@@ -15,7 +15,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+from click.testing import CliRunner
+
+from replytrack.cli import cli
 from replytrack.store.sqlite import SQLiteStore
 from tests.support.env import clean_environ
 from tests.support.milter_records import record_mail
@@ -140,6 +145,42 @@ def test_recipient_filter_on_messages_and_events(run: Invoke, store: SQLiteStore
     events = json.loads(run("events", "--recipient", "ann@x.org", "--json").stdout)
     assert [(e["kind"], e["sender"]) for e in events] == [("reply", "ann@x.org")]
     assert json.loads(run("events", "--recipient", "bob@x.org", "--json").stdout) == []
+
+
+def test_recipient_filter_counts_toward_limit_on_both_backends(
+    any_store: Any, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--limit 1 --recipient X`` shows X's newest row though newer rows for others exist:
+    the store filters before it cuts (SQLite and PostgreSQL)."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("REPLYTRACK_") and name != "REPLYTRACK_CONFIG":
+            monkeypatch.delenv(name)
+    if isinstance(any_store, SQLiteStore):
+        db = str(any_store.path)
+    else:
+        db = request.getfixturevalue("pg_url")
+    now = time.time()
+    record_mail(any_store, "ann1@mail.example.com", "spring", "ann@x.org", at=now - 900)
+    _reply(any_store, "spring", "ann@x.org", "ann1@mail.example.com", now - 800)
+    for n in range(3):
+        record_mail(any_store, f"bob{n}@mail.example.com", "spring", "bob@x.org", at=now - 90 + n)
+        _reply(any_store, "spring", "bob@x.org", f"bob{n}@mail.example.com", now - 50 + n)
+
+    def listing(*args: str) -> tuple[list[dict[str, Any]], str]:
+        result = CliRunner().invoke(
+            cli, ["--db", db, "--domain", "mail.example.com", *args, "--limit", "1", "--json"]
+        )
+        assert result.exit_code == 0, (result.output, result.exception)
+        return json.loads(result.stdout), result.stderr
+
+    mine, said = listing("messages", "--recipient", "ANN@x.org")
+    assert [m["message_id"] for m in mine] == ["ann1@mail.example.com"] and said == ""
+    events, said = listing("events", "--recipient", "ann@x.org")
+    assert [(e["kind"], e["sender"]) for e in events] == [("reply", "ann@x.org")] and said == ""
+    bobs, said = listing("messages", "--recipient", "bob@x.org")
+    assert [m["message_id"] for m in bobs] == ["bob2@mail.example.com"]
+    assert "there are more" in said
 
 
 def test_import_shows_progress_on_a_terminal(db: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -169,6 +170,25 @@ def test_signed_event_is_delivered(
     assert f"event={event_id}" in line and "url_host=127.0.0.1:" in line
     assert "result=delivered" in line
     assert sender.deliver_due() == 0 and len(receiver.requests) == 1
+
+
+def test_url_credentials_are_split_once_when_the_sender_is_configured(
+    tmp_path: Path, store: SQLiteStore, receiver: Receiver
+) -> None:
+    """``user:password@`` becomes an Authorization header when the sender is built, and
+    every post carries it; the outbox still knows the URL as configured."""
+    url = receiver.url.replace("http://", "http://hook%40crm:p%3Ass@")
+    sender = Sender(_config(tmp_path, url), store)
+    [hook] = sender.webhooks
+    assert (hook.url, hook.target) == (url, receiver.url)
+    basic = "Basic " + base64.b64encode(b"hook@crm:p:ss").decode("ascii")
+    assert hook.auth == {"Authorization": basic}
+    _reply(store, 1)
+    _reply(store, 2)
+    assert sender.deliver_due() == 2
+    assert [r.authorization for r in receiver.requests] == [basic, basic]
+    assert store.outbox_counts()["delivered"] == 2
+    assert sender.deliver_due() == 0 and len(receiver.requests) == 2
 
 
 def test_retry_after_500_delivers_once(

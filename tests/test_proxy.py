@@ -340,6 +340,29 @@ def test_stopped_recipient_is_suppressed_and_others_get_the_mail(
     assert [(e.recipient, e.campaign) for e in events] == [("pat@prospect.test", "spring-2026")]
 
 
+def test_the_transaction_opened_again_without_a_suppressed_recipient_keeps_mail_from(
+    proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore
+) -> None:
+    """Without the stopped recipient, the upstream sees the same MAIL FROM as before the
+    RSET: the UTF-8 sender, SMTPUTF8 and 8BITMIME, never the proxy's own SIZE."""
+    stop_enrollment(store, "spring-2026", "pat@prospect.test", "replied")
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
+        client.ehlo()
+        assert client.mail("sälj@example.org", ["SMTPUTF8", "BODY=8BITMIME", "SIZE=9000"])[0] == 250
+        assert client.rcpt("pat@prospect.test")[0] == 250
+        assert client.rcpt("jöran@prospect.test")[0] == 250
+        code, _ = client.data(CAMPAIGN_MAIL)
+    assert code == 250
+    [got] = upstream.received
+    assert got.mail_from == "sälj@example.org"
+    assert got.mail_options == ["SMTPUTF8", "BODY=8BITMIME"]
+    assert got.rcpt_tos == ["jöran@prospect.test"]
+    [mail] = store.messages()
+    statuses = {r.address: r.status for r in mail.recipients}
+    assert statuses["pat@prospect.test"] == "suppressed"
+    assert statuses["jöran@prospect.test"] == "sent"
+
+
 def test_all_recipients_suppressed_gives_550_and_nothing_upstream(
     proxy: ThreadedProxy, upstream: RecordingUpstream, store: SQLiteStore
 ) -> None:

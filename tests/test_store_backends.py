@@ -432,6 +432,47 @@ def test_listing_filters(any_store: Any) -> None:
     assert [e.kind for e in any_store.events(limit=1)] == ["bounce"]
 
 
+def test_recipient_filter_is_applied_before_the_limit(any_store: Any) -> None:
+    """--recipient is in the query: ``limit=1`` gives the address's newest row even when
+    newer rows for others come first."""
+    cc = (OutboundRecipient("cy@example.com", "cc", True),)
+    any_store.record_outbound(outbound("ann@x", recipients=to("ann", "bob") + cc))
+    for n in range(5):
+        any_store.record_outbound(outbound(f"bob{n}@x", recipients=to("bob"), created_at=NOW + n))
+    for address in ("ann@example.com", "cy@example.com"):
+        [mine] = any_store.messages(recipient=address, limit=1)
+        assert mine.message_id == "ann@x"
+    assert len(any_store.messages(recipient="bob@example.com")) == 6
+    assert any_store.messages(recipient="nobody@example.com") == []
+    assert [m.message_id for m in any_store.messages(recipient="bob@example.com", limit=2)] == [
+        "bob4@x",
+        "bob3@x",
+    ]
+
+    # An event concerns its recipient, its sender, and the addresses a stop listed.
+    events = [
+        Event(kind="reply", created_at=NOW, sender="ann@example.com"),
+        Event(kind="bounce", created_at=NOW + 1, recipient="ann@example.com"),
+        Event(kind="stopped", created_at=NOW + 2, detail={"recipients": ["ann@example.com"]}),
+        Event(kind="reply", created_at=NOW + 3, detail={"stopped": ["ann@example.com"]}),
+        # A detail that names her elsewhere, or holds no list, does not.
+        Event(kind="reply", created_at=NOW + 4, detail={"subject": "ann@example.com"}),
+        Event(kind="stopped", created_at=NOW + 5, detail={"recipients": "ann@example.com"}),
+        Event(kind="stopped", created_at=NOW + 6, detail={"stopped": {"ann@example.com": 1}}),
+    ]
+    for event in events:
+        any_store.record_event(event)
+    for n in range(5):
+        any_store.record_event(Event(kind="reply", created_at=NOW + 10 + n, sender="bob@x.org"))
+    concerning = any_store.events(recipient="ann@example.com")
+    assert [e.created_at - NOW for e in concerning] == [3, 2, 1, 0]
+    [newest] = any_store.events(recipient="ann@example.com", limit=1)
+    assert newest.created_at == NOW + 3
+    [first] = any_store.events(recipient="ann@example.com", kind="reply", since=NOW - 1, limit=1)
+    assert first.created_at == NOW + 3
+    assert len(any_store.events(recipient="bob@x.org", limit=10)) == 5
+
+
 def test_event_breaking_a_rule_is_an_error_not_a_silent_skip(any_store: Any) -> None:
     with pytest.raises(StoreError):
         any_store.record_event(Event(kind=None, created_at=NOW), dedupe_key="k")  # type: ignore[arg-type]

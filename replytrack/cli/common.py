@@ -323,20 +323,6 @@ def fetch_rows(fetch: Callable[[int | None], list[R]], limit: int) -> tuple[list
     return rows[:limit], len(rows) > limit
 
 
-def fetch_matching(
-    fetch: Callable[[int | None], list[R]], keep: Callable[[R], bool], limit: int
-) -> tuple[list[R], bool]:
-    """Like ``fetch_rows`` for a filter the store cannot apply: the newest rows are read in
-    growing windows until ``limit`` + 1 match or there are no more rows."""
-    window = max(4 * (limit + 1), 500)
-    while True:
-        rows = fetch(window)
-        kept = [row for row in rows if keep(row)]
-        if len(kept) > limit or len(rows) < window:
-            return kept[:limit], len(kept) > limit
-        window *= 4
-
-
 def say_more(shown: int, what: str) -> None:
     """Tell, on stderr (pipes and --json stay clean), that a listing was cut at --limit."""
     click.echo(f"(showing the first {shown} {what}; there are more: raise --limit)", err=True)

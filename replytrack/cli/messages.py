@@ -10,7 +10,6 @@ from replytrack.cli.common import (
     State,
     cli,
     emit,
-    fetch_matching,
     fetch_rows,
     iso,
     output_options,
@@ -76,17 +75,14 @@ def messages_command(
     store = state.store()
     start = parse_since(since)
 
-    def fetch(n: int | None) -> list[SentMessage]:
-        return store.messages(campaign=campaign, since=start, limit=n, status=status)
+    address = recipient.strip().lower() if recipient else None
 
-    if recipient:
-        # The store has no recipient filter for messages: read the newest and keep matches.
-        address = recipient.strip().lower()
-        messages, more = fetch_matching(
-            fetch, lambda m: any(r.address == address for r in m.recipients), limit
+    def fetch(n: int | None) -> list[SentMessage]:
+        return store.messages(
+            campaign=campaign, since=start, limit=n, status=status, recipient=address
         )
-    else:
-        messages, more = fetch_rows(fetch, limit)
+
+    messages, more = fetch_rows(fetch, limit)
     emit(
         [message_row(m) for m in messages],
         fmt,

@@ -19,7 +19,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +214,9 @@ class Upstream:
     reused: bool = False
     idle_since: float = field(default_factory=time.monotonic)
     transactions: int = 0
+    # The MAIL FROM that opened the transaction (sender, options sent, SMTPUTF8): replay()
+    # opens it again the same way.
+    opened_by: tuple[str, tuple[str, ...], bool] | None = None
 
     def supports(self, extension: str) -> bool:
         """Whether the upstream announced ``extension`` in its EHLO reply."""
@@ -242,6 +245,19 @@ class Upstream:
         """MAIL FROM; raises RelayError with the reply for the client."""
         path = b"FROM:<" + sender.encode("utf-8" if utf8 else "ascii") + b">"
         await self._command(b"MAIL", path, options, (250,))
+        self.opened_by = (sender, tuple(options), utf8)
+
+    async def replay(self, recipients: Iterable[str]) -> None:
+        """Open the transaction again for ``recipients`` only: RSET, the MAIL FROM that
+        opened it, then RCPT for each. Raises RelayError (broken when RSET failed)."""
+        if self.opened_by is None:
+            raise RelayError("451 4.3.0 no upstream transaction to replay")
+        sender, options, utf8 = self.opened_by
+        if not await self.rset():
+            raise RelayError("451 4.4.2 upstream lost at RSET", broken=True)
+        await self.mail(sender, list(options), utf8=utf8)
+        for recipient in recipients:
+            await self.rcpt(recipient, utf8=utf8)
 
     async def rcpt(self, recipient: str, *, utf8: bool) -> str:
         """RCPT TO; returns the upstream's reply, raises RelayError when refused."""
@@ -400,7 +416,7 @@ class UpstreamPool:
             if utf8 and not upstream.supports("smtputf8"):
                 self.release(upstream)
                 raise RelayError("553 5.6.7 the upstream does not support SMTPUTF8")
-            wanted = [o for o in options if self._supported(upstream, o)]
+            wanted = [o for o in options if self._forwarded(upstream, o)]
             try:
                 await upstream.mail(sender, wanted, utf8=utf8)
             except RelayError as exc:
@@ -421,10 +437,13 @@ class UpstreamPool:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    def _supported(upstream: Upstream, option: str) -> bool:
-        if option.startswith("BODY="):
+    def _forwarded(upstream: Upstream, option: str) -> bool:
+        """Whether a client's MAIL option goes upstream (the one place that decides):
+        BODY=8BITMIME when the upstream announced 8BITMIME, and SMTPUTF8 (begin() refused
+        the mail already when the upstream lacks it). The rest (SIZE, other BODY values)
+        concern the proxy's side only."""
+        if option == "BODY=8BITMIME":
             return upstream.supports("8bitmime")
-        # SMTPUTF8: begin() refused the mail already when the upstream lacks it.
         return option == "SMTPUTF8"
 
     async def end(self, upstream: Upstream, *, reset: bool) -> None:

@@ -1,4 +1,5 @@
-"""The PostgreSQL store's listings: recorded mails, events and campaign counts."""
+"""The PostgreSQL store's side of the listings (:mod:`replytrack.store.listing`): its
+LIMIT, how it reads the recipients of a page of mails, and its JSON."""
 
 from __future__ import annotations
 
@@ -8,13 +9,9 @@ from typing import Any
 from psycopg.rows import DictRow
 
 from replytrack.store import rows
+from replytrack.store.listing import Listing
 from replytrack.store.postgresql.connection import Conn, PgConnections, text
-from replytrack.store.records import (
-    CampaignStats,
-    Event,
-    OutboundRecipient,
-    SentMessage,
-)
+from replytrack.store.records import OutboundRecipient, SentMessage
 
 
 def limited(sql: str, params: list[Any], limit: int | None) -> str:
@@ -26,8 +23,8 @@ def limited(sql: str, params: list[Any], limit: int | None) -> str:
     return sql
 
 
-class PgListing(PgConnections):
-    """What the listing commands read."""
+class PgListing(PgConnections, Listing):
+    """How the listing commands' queries run on PostgreSQL."""
 
     @staticmethod
     def _messages_from_rows(conn: Conn, found: Sequence[DictRow]) -> list[SentMessage]:
@@ -42,43 +39,29 @@ class PgListing(PgConnections):
         return rows.sent_messages(found, recipients)
 
     def _messages(self, sql: str, params: Sequence[Any]) -> list[SentMessage]:
+        """The mails ``sql`` selects, with their recipients, read in one transaction."""
+
         def read(conn: Conn) -> list[SentMessage]:
             return self._messages_from_rows(conn, conn.execute(sql, params).fetchall())
 
         return self.read(read)
 
-    # --- listing ---------------------------------------------------------------------------
-    def messages(
-        self,
-        *,
-        campaign: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-        status: str | None = None,
-    ) -> list[SentMessage]:
-        where, params = rows.conditions(
-            (("campaign", campaign), ("status", status)), mark="%s", since=since, text=text
-        )
-        sql = limited(rows.select("messages", where, rows.NEWEST_FIRST), params, limit)
-        return self._messages(sql, params)
+    # --- listing (the queries are replytrack.store.listing's) ------------------------------
+    MARK = "%s"
+    param = staticmethod(text)
 
-    def events(
-        self,
-        *,
-        kind: str | None = None,
-        campaign: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-    ) -> list[Event]:
-        where, params = rows.conditions(
-            (("kind", kind), ("campaign", campaign)), mark="%s", since=since, text=text
-        )
-        sql = limited(rows.select("events", where, rows.NEWEST_FIRST), params, limit)
-        return [rows.event(row) for row in self.rows(sql, params)]
+    def listed_rows(self, sql: str, params: list[Any], limit: int | None) -> list[DictRow]:
+        return self.rows(limited(sql, params, limit), params)
 
-    def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
-        where, params = (
-            ("WHERE c.campaign = %s", [text(campaign)]) if campaign is not None else ("", [])
+    def listed_messages(self, sql: str, params: list[Any], limit: int | None) -> list[SentMessage]:
+        return self._messages(limited(sql, params, limit), params)
+
+    def detail_names(self, key: str) -> str:
+        # ``json``, not ``jsonb``: jsonb refuses the \u0000 escape a hostile header can leave
+        # in a detail; and a key that holds no list names nobody.
+        value = f"events.detail::json -> '{key}'"
+        return (
+            "EXISTS (SELECT 1 FROM json_array_elements_text("
+            f"CASE WHEN json_typeof({value}) = 'array' THEN {value} END) AS named(address)"
+            " WHERE named.address = %s)"
         )
-        sql = rows.CAMPAIGN_STATS_SQL.format(where=where)
-        return [rows.campaign_stats(row) for row in self.rows(sql, params)]

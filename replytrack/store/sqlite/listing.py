@@ -1,5 +1,5 @@
-"""The SQLite store's listings: recorded mails, events, campaign counts, and the export
-that streams them.
+"""The SQLite store's side of the listings (:mod:`replytrack.store.listing`), and the export
+that streams recorded mails, events and enrollments.
 
 The export reads through sqlite-utils (``Table.rows_where``), one page at a time, each page
 its own short read: an export of millions of rows holds no snapshot for minutes, during
@@ -16,8 +16,8 @@ import sqlite_utils
 
 from replytrack.store import rows
 from replytrack.store.errors import StoreError
+from replytrack.store.listing import Listing
 from replytrack.store.records import (
-    CampaignStats,
     Enrollment,
     Event,
     OutboundRecipient,
@@ -42,8 +42,8 @@ def limited(sql: str, limit: int | None) -> str:
     return sql if limit is None else f"{sql} LIMIT {int(limit)}"
 
 
-class SQLiteListing(SQLiteConnections):
-    """What the listing commands and the export read."""
+class SQLiteListing(SQLiteConnections, Listing):
+    """How the listing commands' queries run on SQLite, and the export."""
 
     def _messages_from_rows(self, found: Sequence[rows.Row]) -> list[SentMessage]:
         pks = [row["id"] for row in found]
@@ -58,53 +58,41 @@ class SQLiteListing(SQLiteConnections):
                 recipients[row["message"]].append(rows.recipient(row))
         return rows.sent_messages(found, recipients)
 
-    # --- listing ---------------------------------------------------------------------------
-    def messages(
-        self,
-        *,
-        campaign: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-        status: str | None = None,
-    ) -> list[SentMessage]:
-        where, params = rows.conditions(
-            (("campaign", campaign), ("status", status)), mark="?", since=since
-        )
-        sql = limited(rows.select("messages", where, rows.NEWEST_FIRST), limit)
-        return self._messages_from_rows(self.query(sql, params))
+    # --- listing (the queries are replytrack.store.listing's) ------------------------------
+    MARK = "?"
+    param = staticmethod(text)
 
-    def events(
-        self,
-        *,
-        kind: str | None = None,
-        campaign: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-    ) -> list[Event]:
-        where, params = rows.conditions(
-            (("kind", kind), ("campaign", campaign)), mark="?", since=since
-        )
-        sql = limited(rows.select("events", where, rows.NEWEST_FIRST), limit)
-        return [rows.event(row) for row in self.query(sql, params)]
+    def listed_rows(self, sql: str, params: list[Any], limit: int | None) -> list[sqlite3.Row]:
+        return self.query(limited(sql, limit), params)
 
-    def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
-        where, params = ("WHERE c.campaign = ?", [campaign]) if campaign is not None else ("", [])
-        sql = rows.CAMPAIGN_STATS_SQL.format(where=where)
-        return [rows.campaign_stats(row) for row in self.query(sql, params)]
+    def listed_messages(self, sql: str, params: list[Any], limit: int | None) -> list[SentMessage]:
+        return self._messages_from_rows(self.listed_rows(sql, params, limit))
+
+    def detail_names(self, key: str) -> str:
+        # json_each reads a scalar as a list of one: a key that holds no list names nobody.
+        return (
+            f"EXISTS (SELECT 1 FROM json_each(events.detail, '$.{key}')"
+            f" WHERE json_type(events.detail, '$.{key}') = 'array' AND value = ?)"
+        )
 
     # --- export ----------------------------------------------------------------------------
     def _pages(
-        self, table: str, filters: dict[str, Any], *, order: tuple[str, ...], descending: bool
+        self,
+        table: str,
+        filters: tuple[list[str], list[Any]],
+        *,
+        order: tuple[str, ...],
+        descending: bool,
     ) -> Iterator[dict[str, Any]]:
-        """Every row of ``table`` matching ``filters`` (SQL condition -> parameter) in
+        """Every row of ``table`` matching ``filters`` (conditions and their parameters) in
         ``order``, read a page at a time, each page after the last row of the one before."""
         db = sqlite_utils.Database(self.conn, recursive_triggers=False)
         after: dict[str, Any] | None = None
         keys = ", ".join(order)
         marks = ", ".join("?" * len(order))
         while True:
-            where = list(filters)
-            params = [text(p) for p in filters.values()]
+            where = list(filters[0])
+            params = [text(p) for p in filters[1]]
             if after is not None:
                 where.append(f"({keys}) {'<' if descending else '>'} ({marks})")
                 params += [after[k] for k in order]
@@ -127,7 +115,7 @@ class SQLiteListing(SQLiteConnections):
     def export_messages(
         self, *, campaign: str | None = None, since: float | None = None
     ) -> Iterator[SentMessage]:
-        filters = _filters(campaign=campaign, since=since)
+        filters = rows.conditions((("campaign", campaign),), mark="?", since=since)
         page: list[dict[str, Any]] = []
         for row in self._pages("messages", filters, order=("created_at", "id"), descending=True):
             page.append(row)
@@ -139,25 +127,18 @@ class SQLiteListing(SQLiteConnections):
     def export_events(
         self, *, campaign: str | None = None, since: float | None = None
     ) -> Iterator[Event]:
-        filters = _filters(campaign=campaign, since=since)
+        filters = rows.conditions((("campaign", campaign),), mark="?", since=since)
         for row in self._pages("events", filters, order=("created_at", "id"), descending=True):
             yield rows.event(row)
 
     def export_enrollments(
         self, *, campaign: str | None = None, since: float | None = None
     ) -> Iterator[Enrollment]:
-        filters: dict[str, Any] = {} if campaign is None else {"campaign = ?": campaign}
+        filters = rows.conditions((("campaign", campaign),), mark="?")
         if since is not None:
-            filters["since >= ?"] = since
+            # An enrollment's time is when it came to its state, not a ``created_at``.
+            filters[0].append("since >= ?")
+            filters[1].append(since)
         order = ("campaign", "recipient")
         for row in self._pages("enrollments", filters, order=order, descending=False):
             yield rows.enrollment(row)
-
-
-def _filters(*, campaign: str | None, since: float | None) -> dict[str, Any]:
-    filters: dict[str, Any] = {}
-    if campaign is not None:
-        filters["campaign = ?"] = campaign
-    if since is not None:
-        filters["created_at >= ?"] = since
-    return filters

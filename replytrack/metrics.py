@@ -40,6 +40,11 @@ PROXY_RECIPIENTS_SUPPRESSED = Counter(
     "replytrack_proxy_recipients_suppressed_total",
     "Recipients not sent a campaign mail because their enrollment is stopped, bounced or paused.",
 )
+# Monitor mode (mode = "monitor"): recipients relayed to whom enforce mode would not have.
+PROXY_RECIPIENTS_MONITORED = Counter(
+    "replytrack_proxy_recipients_monitored_total",
+    "Campaign mail recipients monitor mode did not suppress, as enforce mode would have.",
+)
 PROXY_LATENCY = Histogram(
     "replytrack_proxy_relay_seconds",
     "Time from end of DATA to the reply given to the client.",
@@ -125,7 +130,13 @@ def _names(*metrics: Counter | Gauge | Histogram) -> frozenset[str]:
 
 PROXY = Daemon(
     "proxy",
-    _names(PROXY_MAILS, PROXY_RECIPIENTS_SUPPRESSED, PROXY_LATENCY, *_SHARED),
+    _names(
+        PROXY_MAILS,
+        PROXY_RECIPIENTS_SUPPRESSED,
+        PROXY_RECIPIENTS_MONITORED,
+        PROXY_LATENCY,
+        *_SHARED,
+    ),
     ("proxy", "notify"),
 )
 MILTER = Daemon(

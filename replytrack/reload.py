@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 
 from replytrack.config import Config, shown_db
+from replytrack.config.mode import describe
 
 log = logging.getLogger("replytrack")
 
@@ -34,7 +35,9 @@ MILTER_RESTART_ONLY = {
 
 def keep_restart_only(running: Config, new: Config, settings: Mapping[str, str]) -> Config:
     """``new`` with the ``settings`` that changed put back to their ``running`` values,
-    each change logged as waiting for a restart."""
+    each change logged as waiting for a restart. A change of ``mode`` (which a reload
+    applies) is logged too."""
+    say_mode(new, running)
     kept = {}
     for name, shown in settings.items():
         old_value, new_value = getattr(running, name), getattr(new, name)
@@ -59,3 +62,12 @@ def changed_settings(running: Config, new: Config) -> list[str]:
         for f in dataclasses.fields(Config)
         if f.name != "source" and getattr(running, f.name) != getattr(new, f.name)
     ]
+
+
+def say_mode(config: Config, running: Config | None = None) -> None:
+    """Log the mode at start (no ``running``) and when a reload changes it: the one line
+    that tells a reader of the log whether mail was being stopped."""
+    if running is None:
+        log.info("%s", describe(config.mode))
+    elif running.mode != config.mode:
+        log.warning("reload: mode %s -> %s; %s", running.mode, config.mode, describe(config.mode))

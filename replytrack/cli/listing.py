@@ -10,7 +10,6 @@ from replytrack.cli.common import (
     State,
     cli,
     emit,
-    fetch_matching,
     fetch_rows,
     iso,
     output_options,
@@ -19,6 +18,7 @@ from replytrack.cli.common import (
     say_more,
 )
 from replytrack.cli.control import campaign_option
+from replytrack.cli.monitor_view import MONITOR_COLUMNS, add_monitor_counts
 from replytrack.store import CampaignStats, Enrollment, Event
 from replytrack.store.records import ENROLLMENT_STATES, EVENT_KINDS, INBOUND_KINDS
 
@@ -44,13 +44,6 @@ def _reason(event: Event) -> str | None:
         subtype = event.detail.get("subtype")
         return f"{event.kind} ({subtype})" if subtype else event.kind
     return None
-
-
-def event_concerns(event: Event, address: str) -> bool:
-    """True when ``address`` is the event's recipient, the sender of the inbound mail, or
-    among the recipients a stop or resume listed."""
-    listed = [*event.detail.get("recipients", ()), *event.detail.get("stopped", ())]
-    return address in (event.recipient, event.sender) or address in listed
 
 
 def campaign_row(stats: CampaignStats) -> dict[str, Any]:
@@ -118,15 +111,12 @@ def events_command(
     store = state.store()
     start = parse_since(since)
 
-    def fetch(n: int | None) -> list[Event]:
-        return store.events(kind=kind, campaign=campaign, since=start, limit=n)
+    address = recipient.strip().lower() if recipient else None
 
-    if recipient:
-        # The store has no recipient filter for events: read the newest and keep matches.
-        address = recipient.strip().lower()
-        events, more = fetch_matching(fetch, lambda e: event_concerns(e, address), limit)
-    else:
-        events, more = fetch_rows(fetch, limit)
+    def fetch(n: int | None) -> list[Event]:
+        return store.events(kind=kind, campaign=campaign, since=start, limit=n, recipient=address)
+
+    events, more = fetch_rows(fetch, limit)
     emit(
         [event_row(e) for e in events],
         fmt,
@@ -152,7 +142,9 @@ def events_command(
 @pass_state
 def campaigns_command(state: State, campaign: str | None, fmt: str) -> None:
     """Per-campaign state and counts: whether the campaign is stopped as a whole, mails
-    sent, recipients, replies, stopped enrollments, bounces, suppressions.
+    sent, recipients, replies, stopped enrollments, bounces, suppressions. In monitor mode
+    (mode = "monitor"), would_stop and would_suppress count the recipients enforce mode
+    would have stopped (or marked bounced) and those it would not have sent the mail to.
 
     \b
     Example:
@@ -161,6 +153,7 @@ def campaigns_command(state: State, campaign: str | None, fmt: str) -> None:
     """
     campaign = campaign_option(state, campaign)
     rows = [campaign_row(s) for s in state.store().campaign_stats(campaign)]
+    add_monitor_counts(rows, state.store(), campaign)  # mode = "monitor": cli/monitor_view.py
     emit(
         rows,
         fmt,
@@ -175,6 +168,7 @@ def campaigns_command(state: State, campaign: str | None, fmt: str) -> None:
             "paused",
             "active",
             "suppressed",
+            *MONITOR_COLUMNS,
             "last_sent",
         ],
     )

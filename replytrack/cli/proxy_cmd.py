@@ -17,6 +17,7 @@ from replytrack.config import (
     load_config,
     parse_hostport,
 )
+from replytrack.reload import say_mode
 from replytrack.store import Store
 from replytrack.tokens import KeyFileError, Keyring, load_keyring
 
@@ -79,6 +80,7 @@ def proxy_command(
     store = state.store()
     keyring = load_keyring(config.secret_path)
     count = daemon.worker_count(config)
+    say_mode(config)
 
     if count == 1:
         _serve_alone(config, store, keyring, load, f"{host}:{port}")

@@ -40,6 +40,9 @@ from replytrack.config.db import (
     shown_db as shown_db,
 )
 from replytrack.config.errors import ConfigError
+from replytrack.config.mode import ENFORCE as ENFORCE
+from replytrack.config.mode import MONITOR as MONITOR
+from replytrack.config.mode import check_mode
 from replytrack.config.notify import (
     check_notify as check_notify,
 )
@@ -106,6 +109,9 @@ class Config:
     # "auto": no time stamp of our own under systemd (journald adds one), else one;
     # "plain": never; "timestamped": always.
     log_format: str = "auto"
+    # "enforce", or "monitor" for a first week: everything is classified, matched and
+    # recorded, nothing is stopped (config/mode.py says what each daemon does). Reloadable.
+    mode: str = ENFORCE
 
     # Outbound proxy.
     proxy_listen: str = "127.0.0.1:10025"
@@ -415,6 +421,7 @@ def validate(config: Config) -> None:
             f" and campaign.brake_ratio ({config.campaign_brake_ratio:g}) above 0, at most 1"
         )
     check_log(config)
+    check_mode(config.mode)
     if config.proxy_unconfirmed_after < 4 * config.proxy_timeout:
         raise ConfigError(
             f"proxy.unconfirmed_after: {config.proxy_unconfirmed_after:g} s is shorter than four"

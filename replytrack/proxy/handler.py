@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope
@@ -33,7 +33,7 @@ from replytrack.proxy import lookups
 from replytrack.proxy.access import allowed_networks, client_allowed
 from replytrack.proxy.deferral import deferral, relayed_note
 from replytrack.proxy.protocol import NULL_SENDER, ProxySession, reverse_path
-from replytrack.proxy.recipients import build_recipients, one_line, suppressed_reply
+from replytrack.proxy.recipients import build_recipients, let_through, one_line, suppressed_reply
 from replytrack.proxy.relay import RelayError, Upstream, UpstreamPool
 from replytrack.proxy.replies import (
     CONTROL_CHARS,
@@ -205,9 +205,8 @@ class ProxyHandler:
                 return S553_NEEDS_UTF8
             # A transaction left open (EHLO in the middle resets aiosmtpd's envelope) ends here.
             await self.end_transaction(session)
-            options = [o for o in mail_options if o == "BODY=8BITMIME" or o == "SMTPUTF8"]
             try:
-                session.rt_upstream = await self.pool.begin(address, options, utf8=utf8)
+                session.rt_upstream = await self.pool.begin(address, mail_options, utf8=utf8)
             except RelayError as exc:
                 log.info("[%s] MAIL FROM:<%s> not taken upstream: %s", cid, address, exc.reply)
                 return exc.reply
@@ -383,7 +382,7 @@ class ProxyHandler:
             suppressed = len(envelope.rcpt_tos) - len(send_to)
             if pk is None:
                 pk = await self._record_without_blocked(
-                    cid, envelope, upstream, make_record(blocked), blocked, send_to
+                    cid, upstream, make_record(blocked), blocked, send_to
                 )
             note = relayed_note(len(envelope.rcpt_tos), send_to, blocked)
             reply = await self._relay(cid, upstream, stamped, pk, note)
@@ -413,6 +412,7 @@ class ProxyHandler:
         blocked = (
             self.store.blocked_enrollments(campaign, recipients) if campaign is not None else {}
         )
+        blocked = let_through(self.config, blocked, campaign)  # monitor mode: relay them too
         if blocked:
             return blocked, None
         return blocked, self.store.record_outbound(make_record(blocked))
@@ -420,7 +420,6 @@ class ProxyHandler:
     async def _record_without_blocked(
         self,
         cid: str,
-        envelope: Envelope,
         upstream: Upstream,
         record: OutboundRecord,
         blocked: dict[str, Enrollment],
@@ -445,7 +444,7 @@ class ProxyHandler:
         # recipients that may get the mail. Nothing was sent, so this is safe, and any
         # different answer the second time makes the whole mail a 451.
         try:
-            await self._replay(upstream, envelope, send_to)
+            await upstream.replay(send_to)
         except RelayError as exc:
             log.warning("[%s] replay without suppressed recipients failed: %s", cid, exc)
             await self.pool.end_after(upstream, exc)
@@ -454,17 +453,6 @@ class ProxyHandler:
             return await self._store_call(self.store.record_outbound, record)
         except Exception as exc:
             raise await self._store_failed(cid, upstream, "cannot record the mail") from exc
-
-    async def _replay(self, upstream: Upstream, envelope: Envelope, send_to: Iterable[str]) -> None:
-        if not await upstream.rset():
-            raise RelayError("451 4.4.2 upstream lost at RSET", broken=True)
-        utf8 = bool(envelope.smtp_utf8)
-        options = [o for o in envelope.mail_options if o in ("BODY=8BITMIME", "SMTPUTF8")]
-        if not upstream.supports("8bitmime"):
-            options = [o for o in options if o != "BODY=8BITMIME"]
-        await upstream.mail(reverse_path(envelope), options, utf8=utf8)
-        for recipient in send_to:
-            await upstream.rcpt(recipient, utf8=utf8)
 
     async def _relay(
         self, cid: str, upstream: Upstream, stamped: Stamped, pk: int, note: str

@@ -1,11 +1,54 @@
-"""Who a mail is recorded for, and what a sender is told when nobody may get it. Pure."""
+"""Who a mail is recorded for, and what a sender is told when nobody may get it. Pure,
+but for monitor mode's log line and metric (:func:`let_through`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 
+from replytrack import metrics
+from replytrack.config import Config
+from replytrack.config.mode import MONITOR, MONITOR_REASON
 from replytrack.proxy.stamp import Stamped
 from replytrack.store import CAMPAIGN_STOPPED, Enrollment, OutboundRecipient
+from replytrack.store.records import DO_NOT_CONTACT
+
+log = logging.getLogger("replytrack.proxy")
+
+
+class Blocked(dict[str, Enrollment]):
+    """The recipients a mail must not reach (address -> the enrollment that says why), and
+    in ``watched`` those monitor mode relays to although enforce mode would not."""
+
+    def __init__(
+        self, blocked: Mapping[str, Enrollment], watched: Mapping[str, Enrollment] | None = None
+    ) -> None:
+        super().__init__(blocked)
+        self.watched = dict(watched or {})
+
+
+def let_through(config: Config, blocked: Mapping[str, Enrollment], campaign: str | None) -> Blocked:
+    """``blocked`` as the proxy enforces it. In monitor mode (``mode = "monitor"``) every
+    recipient goes in ``watched`` instead (relayed, its row noting why enforce mode would
+    not have), logged and counted, except those on the do-not-contact list: theirs is the
+    recipient's own request, honoured in both modes."""
+    if config.mode != MONITOR or not blocked:
+        return Blocked(blocked)
+    kept = {a: e for a, e in blocked.items() if (e.reason or "").startswith(DO_NOT_CONTACT)}
+    watched = {a: e for a, e in blocked.items() if a not in kept}
+    if watched:
+        metrics.PROXY_RECIPIENTS_MONITORED.inc(len(watched))
+        log.info(
+            "monitor mode: campaign %s: not suppressing %s, as enforce mode would (%s)",
+            campaign,
+            ", ".join(sorted(watched)),
+            "; ".join(_why(e) for _, e in sorted(watched.items())),
+        )
+    return Blocked(kept, watched)
+
+
+def _why(enrollment: Enrollment) -> str:
+    return enrollment.status + (f": {enrollment.reason}" if enrollment.reason else "")
 
 
 def build_recipients(
@@ -18,8 +61,10 @@ def build_recipients(
 
     An envelope recipient not named in To or Cc is a Bcc. Blocked envelope recipients are
     ``suppressed`` with their enrollment's state as reason; recipients the upstream refused
-    at RCPT are ``refused`` with its reply.
+    at RCPT are ``refused`` with its reply. Those monitor mode let through (``watched`` of
+    a :class:`Blocked`) are ``sent``, their reason ``monitor: `` and what it would have been.
     """
+    watched = blocked.watched if isinstance(blocked, Blocked) else {}
     entries: dict[str, tuple[str, bool]] = {}
     for address in stamped.to:
         entries.setdefault(address, ("to", False))
@@ -34,9 +79,9 @@ def build_recipients(
         if address in refused:
             status, reason = "refused", refused[address]
         elif on_envelope and address in blocked:
-            enrollment = blocked[address]
-            status = "suppressed"
-            reason = enrollment.status + (f": {enrollment.reason}" if enrollment.reason else "")
+            status, reason = "suppressed", _why(blocked[address])
+        elif on_envelope and address in watched:
+            reason = MONITOR_REASON + _why(watched[address])
         result.append(OutboundRecipient(address, role, on_envelope, status, reason))
     return tuple(result)
 

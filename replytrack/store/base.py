@@ -12,6 +12,7 @@ import abc
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+from replytrack.store.monitor_counts import MonitorCounts
 from replytrack.store.records import (
     CampaignStats,
     Enrollment,
@@ -126,9 +127,9 @@ class Store(abc.ABC):
         recipient at ``domain``, newest first: what a header-less answer from that domain
         may answer."""
 
-    @abc.abstractmethod
     def enrollments_of(self, address: str) -> list[Enrollment]:
         """All enrollments of one recipient address."""
+        return self.enrollments(recipient=address)
 
     @abc.abstractmethod
     def enrollments(
@@ -228,8 +229,10 @@ class Store(abc.ABC):
         since: float | None = None,
         limit: int | None = None,
         status: str | None = None,
+        recipient: str | None = None,
     ) -> list[SentMessage]:
-        """Recorded mails, newest first, with their recipients (``status``: one state only)."""
+        """Recorded mails, newest first, with their recipients (``status``: one state only;
+        ``recipient``: only mails with this address among their recipients)."""
 
     @abc.abstractmethod
     def events(
@@ -239,12 +242,19 @@ class Store(abc.ABC):
         campaign: str | None = None,
         since: float | None = None,
         limit: int | None = None,
+        recipient: str | None = None,
     ) -> list[Event]:
-        """Events, newest first."""
+        """Events, newest first (``recipient``: only those concerning this address, as the
+        event's recipient, the inbound mail's sender, or among the addresses a stop or
+        resume listed)."""
 
     @abc.abstractmethod
     def campaign_stats(self, campaign: str | None = None) -> list[CampaignStats]:
         """Counts per campaign."""
+
+    @abc.abstractmethod
+    def monitor_counts(self, campaign: str | None = None) -> dict[str, MonitorCounts]:
+        """What monitor mode let happen, per campaign (only campaigns with some)."""
 
     # --- export ----------------------------------------------------------------------------
     # Every row, for ``replytrack export``: an iterator, so that a backend can stream. The

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from replytrack.milter.socket_spec import parse_socket_spec
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
+# Neither right nor wrong, but worth knowing: monitor mode, chosen on purpose for a while.
+INFO = "INFO"
 CHECKS = (
     "config",
     "secret",

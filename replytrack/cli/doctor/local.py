@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from replytrack.cli.doctor.findings import FAIL, OK, WARN, Finding
-from replytrack.config import Config, is_postgresql_url, notify_problems
+from replytrack.cli.doctor.findings import FAIL, INFO, OK, WARN, Finding
+from replytrack.config import MONITOR, Config, is_postgresql_url, notify_problems
+from replytrack.config.mode import describe
 from replytrack.store import StoreError, open_store
 
 # Domains nobody owns (RFC 2606, RFC 6761): the examples in the docs and the placeholder
@@ -52,7 +53,22 @@ def check_config(config: Config) -> list[Finding]:
                 " then restart the proxy",
             )
         )
+    findings.append(mode_finding(config, where))
     return findings
+
+
+def mode_finding(config: Config, where: str) -> Finding:
+    """The mode, said in every run: monitor mode is a choice for a first week, so it is
+    INFO (neither a warning nor a failure), with how to end it."""
+    if config.mode != MONITOR:
+        return Finding(OK, "config", describe(config.mode))
+    return Finding(
+        INFO,
+        "config",
+        f"{describe(config.mode)}. `replytrack campaigns` shows what would have been"
+        f' stopped; to enforce, set mode = "enforce" {where} and'
+        " `systemctl reload replytrack-milter replytrack-proxy`",
+    )
 
 
 def check_journal(config: Config) -> list[Finding]:

@@ -27,6 +27,7 @@ from replytrack.store.records import (
 from replytrack.store.sqlite import schema
 from replytrack.store.sqlite.connection import text
 from replytrack.store.sqlite.listing import SQLiteListing, chunks, limited
+from replytrack.store.sqlite.monitor import SQLiteMonitor
 from replytrack.store.sqlite.outbox import SQLiteOutbox
 from replytrack.store.sqlite.sequences import SQLiteSequences
 from replytrack.store.sqlite.suppressions import SQLiteSuppressions
@@ -36,7 +37,9 @@ def _storable(record: Any) -> Any:
     return rows.storable(record, text)
 
 
-class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, SQLiteSequences, Store):
+class SQLiteStore(
+    SQLiteListing, SQLiteOutbox, SQLiteSuppressions, SQLiteSequences, SQLiteMonitor, Store
+):
     """The store in one SQLite file. Safe to share between threads."""
 
     def __init__(
@@ -278,9 +281,6 @@ class SQLiteStore(SQLiteListing, SQLiteOutbox, SQLiteSuppressions, SQLiteSequenc
                     found[row["id"]] = row
         ordered = sorted(found.values(), key=lambda r: r["created_at"], reverse=True)
         return self._messages_from_rows(ordered)
-
-    def enrollments_of(self, address: str) -> list[Enrollment]:
-        return self.enrollments(recipient=address)
 
     def enrollments(
         self,

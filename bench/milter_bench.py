@@ -23,6 +23,9 @@ Configurations (``-unix`` variants talk to the milter over a unix socket instead
   rt       ``replytrack milter``
   rtnull   ``replytrack milter`` accepting at end of headers without any lookup
   rtnagle  ``replytrack milter`` without TCP_NODELAY on its listener (as before)
+  rtcpu    ``replytrack milter`` timing its own CPU by callback and step (printed at the end)
+  rtold    ``replytrack milter`` from the copy of an earlier tree given by ``--old-tree``
+           (the directory holding its ``replytrack/``): before and after in one run
 
 ``--replies`` sends replies to a recorded, signed Message-ID instead: the milter matches
 them, reads the body and answers at end of message with ADDHEADER then ACCEPT.
@@ -117,6 +120,7 @@ Findings (2-core VM, 1 M recorded IDs, 1,000 mails, 3 rounds; see the closing re
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -338,6 +342,48 @@ adapter.install = install
 from replytrack.cli import main
 main()
 """
+
+# ``replytrack milter`` measuring its own CPU by step: each callback and the steps inside
+# them are timed with ``time.thread_time`` (the CPU of the calling thread, so waits for
+# the GIL, a lock or Postfix do not count) and the totals written to argv[1] at exit.
+# What the process used beyond the callbacks is libmilter's and pymilter's C side.
+RT_CPU = r"""
+import atexit, collections, json, signal, sys, threading, time
+import Milter
+from replytrack.milter import adapter, engine
+out = sys.argv.pop(1)
+spent = collections.Counter()
+calls = collections.Counter()
+def timed(name, func):
+    def wrapper(*args, **kwargs):
+        start = time.thread_time_ns()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            spent[name] += time.thread_time_ns() - start
+            calls[name] += 1
+    wrapper.__name__ = getattr(func, "__name__", name)
+    wrapper.__dict__.update(getattr(func, "__dict__", {}))
+    return wrapper
+for name in ("envfrom", "envrcpt", "header", "data", "eoh", "body", "eom", "abort", "close"):
+    for cls in (adapter.ReplyTrackMilter, adapter.ReplyTrackMilterTCP):
+        if name in cls.__dict__:
+            setattr(cls, name, timed("callback " + name, cls.__dict__[name]))
+Milter.Base.addheader = timed("addheader", Milter.Base.addheader)
+Milter.Base.chgheader = timed("chgheader", Milter.Base.chgheader)
+Milter.Base.getsymval = timed("getsymval", Milter.Base.getsymval)
+adapter._with_store = timed("with_store", adapter._with_store)
+for name in ("screen", "decide", "classify", "facts", "apply", "record_unsubscribes"):
+    if hasattr(engine.Engine, name):
+        setattr(engine.Engine, name, timed("engine " + name, getattr(engine.Engine, name)))
+def dump(*_):
+    with open(out, "w") as handle:
+        json.dump({"spent_ns": spent, "calls": calls}, handle)
+atexit.register(dump)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+from replytrack.cli import main
+main()
+"""
 LABELS = {
     "none": "no milter",
     "noop": "no-op (TCP, no DATA)",
@@ -346,6 +392,7 @@ LABELS = {
     "cnoop": "no-op in C (TCP)",
     "rt": "replytrack (TCP)",
     "rt-unix": "replytrack (unix)",
+    "rtold": "replytrack, old tree (TCP)",
 }
 RT_VARIANTS = {
     "rtall": "reply=envfrom+envrcpt+header",
@@ -487,8 +534,11 @@ def cpu_busy() -> int:
 class Milters:
     """The milter processes, started once and kept running across rounds."""
 
-    def __init__(self, base: Path, env: dict[str, str], sock_dir: Path) -> None:
+    def __init__(
+        self, base: Path, env: dict[str, str], sock_dir: Path, old_tree: Path | None = None
+    ) -> None:
         self.base = base
+        self.old_tree = old_tree
         self.sock_dir = sock_dir
         self.env = env
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -516,10 +566,13 @@ class Milters:
             spec, postfix = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}"
         if kind == "cnoop":
             command = [str(compile_c_noop(self.base)), spec]
-        elif kind == "rt":
+        elif kind in ("rt", "rtold"):
             command = [sys.executable, "-m", "replytrack", "milter", "--socket", spec]
         elif kind in RT_VARIANTS:
             command = [sys.executable, "-c", RT_VARIANT, RT_VARIANTS[kind], "milter"]
+            command += ["--socket", spec]
+        elif kind == "rtcpu":
+            command = [sys.executable, "-c", RT_CPU, str(self.base / "rtcpu.json"), "milter"]
             command += ["--socket", spec]
         elif kind in ("rtnull", "rtnagle"):
             code = RT_NULL if kind == "rtnull" else RT_NAGLE
@@ -533,7 +586,13 @@ class Milters:
             }.get(kind, SAMPLE_MILTER)
             command = [sys.executable, "-c", code, spec]
         log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child)
-        self.procs[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        cwd = None
+        if kind == "rtold":
+            if self.old_tree is None:
+                raise SystemExit("rtold needs --old-tree")
+            # ``-m`` puts the working directory first on sys.path: the old tree wins.
+            cwd = self.old_tree
+        self.procs[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=log, cwd=cwd)
         deadline = time.monotonic() + 30
         while True:
             ready = port_open(port) if port else path.exists()
@@ -564,6 +623,18 @@ def run_source(port: int, mails: int, sessions: int, msg: Path) -> float:
     )
 
 
+def print_cpu_steps(path: Path) -> None:
+    """The CPU by step that ``rtcpu`` wrote, per mail (all rounds, warm-up included)."""
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    mails = data["calls"].get("callback envfrom") or 1
+    print(f"\nrtcpu: CPU by step (thread_time), {mails} mails; steps nest (inclusive)")
+    for name, ns in sorted(data["spent_ns"].items(), key=lambda item: -item[1]):
+        calls = data["calls"][name]
+        print(f"  {name:<28} {ns / mails / 1000:8.1f} us a mail  ({calls / mails:.2f} calls)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mails", type=int, default=1000)
@@ -572,6 +643,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--configs", default="none,cnoop,noopdata,rt,rt-unix")
+    parser.add_argument(
+        "--old-tree",
+        type=Path,
+        help="a copy of an earlier tree (the directory holding its replytrack/): config rtold",
+    )
     parser.add_argument(
         "--replies",
         action="store_true",
@@ -606,7 +682,7 @@ def main() -> None:
         "REPLYTRACK_CONFIG": "/dev/null",
         "REPLYTRACK_LOG_LEVEL": "warning",
     }
-    milters = Milters(work, env, base / "sock")
+    milters = Milters(work, env, base / "sock", args.old_tree)
     lab = PostfixLab(
         base / "postfix",
         mode="discard",
@@ -617,7 +693,7 @@ def main() -> None:
             "default_process_limit": 200,
         },
     )
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     try:
         lab.start()
         for name in configs:
@@ -660,6 +736,7 @@ def main() -> None:
     finally:
         milters.stop()
         lab.stop()
+    print_cpu_steps(work / "rtcpu.json")
     print(
         "\nmedian over rounds; ratio = mails/s relative to no milter in the same round and"
         " session count (median, range); CPU ms/mail machine-wide and the milter process's"

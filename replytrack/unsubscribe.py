@@ -147,6 +147,21 @@ class Options:
 
 
 # --- mail to the unsubscribe address ----------------------------------------------------------
+def _parts(recipient: str) -> tuple[str, str, str]:
+    """(local part before '+', token, host) of an envelope address, lowercased."""
+    local, _, host = recipient.strip().strip("<>").lower().rpartition("@")
+    base, _, token = local.partition("+")
+    return base, token, host
+
+
+def only_to_unsubscribe(recipients: Sequence[str], *, address: str) -> bool:
+    """Whether every envelope recipient is the unsubscribe ``address``, with or without a
+    token: such a mail is never a reply, whatever its token (a forged one must not count
+    as the sender answering a campaign)."""
+    local, _, host = address.lower().rpartition("@")
+    return bool(recipients) and all(_parts(r)[::2] == (local, host) for r in recipients)
+
+
 def recognise(
     recipients: Iterable[str], *, address: str, keyring: Keyring, domain: str
 ) -> list[str]:
@@ -156,9 +171,8 @@ def recognise(
     local, _, host = address.lower().rpartition("@")
     found: list[str] = []
     for recipient in recipients:
-        r_local, _, r_host = recipient.strip().strip("<>").lower().rpartition("@")
-        base, plus, token = r_local.partition("+")
-        if r_host != host or base != local or not plus:
+        base, token, r_host = _parts(recipient)
+        if r_host != host or base != local or not token:
             continue
         message_id = message_id_for(keyring, token, domain)
         if message_id is not None and message_id not in found:

@@ -212,16 +212,22 @@ def test_the_milter_engine_records_a_mailto_unsubscribe_and_never_calls_it_a_rep
     assert token is not None
     engine = Engine(Config(domain=domain), keyring, store)
 
-    forged = inbound("eve@elsewhere.example", reply_headers("eve@elsewhere.example"))
-    forged.recipients = [f"unsubscribe+{token[:-2]}xx@{domain}"]
-    assert engine.prescreen(forged) is None
-    engine.process(forged)
-    assert store.suppressions() == []
-    assert {e.recipient: e.status for e in store.enrollments()} == {"ann@example.com": ACTIVE}
+    # A forged token, or none, from the enrolled prospect herself: no unsubscribe, and
+    # no reply either (it would match her enrollment weakly and stop the campaign).
+    for local in (f"unsubscribe+{token[:-2]}xx", "unsubscribe"):
+        forged = inbound("ann@example.com", reply_headers("ann@example.com", subject="unsubscribe"))
+        forged.recipients = [f"{local}@{domain}"]
+        screening = engine.prescreen(forged)
+        assert screening is not None and screening.unsubscribes == ()
+        assert engine.process(forged).kind != "reply"
+        assert store.suppressions() == []
+        assert store.events() == []
+        assert {e.recipient: e.status for e in store.enrollments()} == {"ann@example.com": ACTIVE}
 
     msg = inbound("ann@example.com", reply_headers("ann@example.com", subject="unsubscribe"))
     msg.recipients = [f"unsubscribe+{token}@{domain}"]
-    assert engine.prescreen(msg) == "unsubscribe-mail"
+    screening = engine.prescreen(msg)
+    assert screening is not None and screening.unsubscribes == (message_id,)
     verdict = engine.process(msg)
     assert verdict.kind != "reply"
     assert [s.value for s in store.suppressions()] == ["ann@example.com"]

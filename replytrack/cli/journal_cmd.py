@@ -48,11 +48,10 @@ def _log_lines(names: tuple[str, ...]) -> Iterator[tuple[str, int, dict[str, Any
 
 def _apply(engine: Engine, msg: Inbound) -> tuple[str, str]:
     """Decide on ``msg`` against the store as it is now and record it: (kind, outcome)."""
-    engine.record_unsubscribes(msg)
-    verdict = engine.decide(msg, engine.screen(msg, strict=True))
+    verdict, recorded = engine.run(msg)
     if verdict.event is None:
         return verdict.kind, "nothing to record"
-    return verdict.kind, "recorded" if engine.apply(verdict) else "already recorded"
+    return verdict.kind, "recorded" if recorded else "already recorded"
 
 
 @journal_group.command("replay")

@@ -28,7 +28,7 @@ from replytrack.config import (
 from replytrack.headers import extract_addresses, normalize_address, parse_fields, split_message
 from replytrack.milter.engine import Engine
 from replytrack.milter.inbound import BODY_LIMIT, Inbound
-from replytrack.reload import MILTER_RESTART_ONLY, changed_settings, keep_restart_only
+from replytrack.reload import MILTER_RESTART_ONLY, changed_settings, keep_restart_only, say_mode
 from replytrack.tokens import KeyFileError, load_keyring
 
 log = logging.getLogger("replytrack.milter")
@@ -238,6 +238,7 @@ def milter_command(state: State, socket_spec: str | None, journal: str | None) -
         senders.append(notify.start_sender_thread(new, store))
         log.info("reloaded the configuration; changed: %s", ", ".join(changed) or "nothing")
 
+    say_mode(config)
     log.info("milter listening on %s (store %s)", config.milter_socket, shown_db(config.db))
     try:
         _serve(config.milter_socket, config.milter_timeout, reload)

@@ -23,6 +23,7 @@ own exception policy is ACCEPT as a second net. What the store cannot take is jo
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import os
@@ -36,6 +37,7 @@ import Milter
 
 from replytrack import metrics
 from replytrack.headers import normalize_address
+from replytrack.milter import monitor
 from replytrack.milter.decision import Verdict
 from replytrack.milter.engine import Engine, Screening
 from replytrack.milter.inbound import (
@@ -56,6 +58,7 @@ log = logging.getLogger("replytrack.milter")
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 MAX_RECIPIENTS = 1000
+_HEADER_KEY = HEADER.lower()
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
 # SQLite store work runs inline, on the libmilter thread that called us, inside Store.session
 # (see ReplyTrackMilter for why a session, not a connection per thread): a hand-off to
@@ -220,7 +223,7 @@ class ReplyTrackMilter(Milter.Base):
         if msg is None:
             return Milter.CONTINUE
         size = len(name) + len(value)
-        if name.lower() == HEADER.lower():
+        if name.lower() == _HEADER_KEY:
             # Always kept (whatever the bounds) so every copy from outside can be removed.
             msg.headers.append((name, value[:1000]))
         elif len(msg.headers) < MAX_HEADERS and self.header_bytes_seen + size <= MAX_HEADER_BYTES:
@@ -247,9 +250,11 @@ class ReplyTrackMilter(Milter.Base):
             log.exception("qid=%s screening failed; journaling the mail", msg.queue_id)
             screening = self._unscreened(msg, "screening-error")
         self.screening = screening
-        if screening.skip_reason == "unsubscribe-mail":
+        if screening.unsubscribes:
             try:
-                _with_store(self.engine, self.engine.record_unsubscribes, msg)
+                _with_store(
+                    self.engine, self.engine.record_unsubscribes, msg, screening.unsubscribes
+                )
             except Exception as exc:
                 self._journal(msg, f"unsubscribe not recorded: {exc}")
         if screening.accept_now:
@@ -261,16 +266,13 @@ class ReplyTrackMilter(Milter.Base):
     def _unscreened(self, msg: Inbound, why: str) -> Screening:
         """A screening for mail the store could not screen: strip, then journal at the end."""
         try:
-            skip_reason = self.engine.prescreen(msg)
+            skip = self.engine.prescreen(msg)
         except Exception:
             log.exception("qid=%s prescreen failed", msg.queue_id)
-            skip_reason = None
-        return Screening(
-            skip_reason=skip_reason,
-            strip_count=outside_copies(msg.headers),
-            store_failed=True,
-            evidence=(why,),
-        )
+            skip = None
+        if skip is None:
+            skip = Screening(strip_count=outside_copies(msg.headers))
+        return dataclasses.replace(skip, store_failed=True, evidence=(why,))
 
     @_fail_open(Milter.ACCEPT)
     def body(self, chunk: bytes) -> int:
@@ -325,6 +327,8 @@ class ReplyTrackMilter(Milter.Base):
             log.exception("qid=%s deciding failed; journaling the mail", qid)
             self._journal(msg, f"{type(exc).__name__}: {exc}")
             return Milter.ACCEPT
+        # Monitor mode: no header, no stops counted or logged (milter/monitor.py).
+        verdict = monitor.as_applied(verdict, self.engine.config)
         # The verdict rests on reads that worked: the reply is flagged even when recording
         # it failed (the record follows from the journal).
         if verdict.add_header:
@@ -337,6 +341,8 @@ class ReplyTrackMilter(Milter.Base):
         if recorded and verdict.bounced:
             metrics.MILTER_STOPS.labels("bounce").inc(len(verdict.bounced))
         metrics.MILTER_LATENCY.observe(time.perf_counter() - self.started)
+        if not log.isEnabledFor(logging.INFO):
+            return Milter.ACCEPT  # the line's fields cost more than its formatting
         log.info(
             "qid=%s verdict=%s sender=%s campaign=%s match=%s relation=%s stopped=%d%s",
             qid,

@@ -10,7 +10,7 @@ One inbound mail takes three steps, each a method here:
 3. :meth:`Engine.apply`: record the verdict's event and enrollment changes.
 
 The milter adapter runs all three; ``replytrack check`` the first two (no side effects);
-journal replay all three in one go (:meth:`Engine.process`). Store errors leave this
+journal replay all three in one go (:meth:`Engine.run`). Store errors leave this
 module untouched so the caller can journal the mail (inbound fails open, nothing is lost).
 Without a store (``check`` with none) there are no facts: nothing matches.
 """
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from replytrack import classify as classifier
 from replytrack import unsubscribe
 from replytrack.config import Config
-from replytrack.headers import extract_msgids, normalize_address
-from replytrack.milter import decision, policy
+from replytrack.headers import extract_msgids
+from replytrack.milter import decision, monitor, policy
 from replytrack.milter import match as matching
 from replytrack.milter.decision import NO_FACTS, Facts, Verdict
 from replytrack.milter.inbound import Inbound, outside_copies, weak_sender
@@ -44,12 +45,15 @@ class Screening:
     """What end of headers found out: enough to accept at once, or what to do at the end."""
 
     skip_reason: str | None = None  # never a reply: own mail, authenticated, internal
+    # The Message-IDs a mailto unsubscribe names (verified tokens): recorded at end of
+    # headers (skip_reason is then "unsubscribe-mail").
+    unsubscribes: tuple[str, ...] = ()
     match: matching.Match | None = None
     # The sender's active and paused enrollments (weak evidence), active first.
     weak: tuple[Enrollment, ...] = ()
     evidence: tuple[str, ...] = ()
     strip_count: int = 0  # copies of our header from outside, to remove
-    needs_body: bool = False
+    needs_body: bool = False  # asked only of mail that nothing matched
     store_failed: bool = False
 
     @property
@@ -81,25 +85,39 @@ class Engine:
         self.unsubscribe_address = config.unsubscribe_address or f"unsubscribe@{self.domain}"
 
     # --- end of headers ----------------------------------------------------------------------
-    def prescreen(self, msg: Inbound) -> str | None:
-        """The pure part of screening: why this mail is never a reply (own, internal, ...)."""
+    def prescreen(self, msg: Inbound) -> Screening | None:
+        """The pure part of screening: the screening of mail that is never a reply (own,
+        authenticated, a mailto unsubscribe, internal), or None."""
+        reason, unsubscribes = self._never_a_reply(msg)
+        if reason is None:
+            return None
+        return Screening(
+            reason,
+            unsubscribes=unsubscribes,
+            evidence=(reason,),
+            strip_count=outside_copies(msg.headers),
+        )
+
+    def _never_a_reply(self, msg: Inbound) -> tuple[str | None, tuple[str, ...]]:
         message_id = msg.header("Message-ID")
         for own in extract_msgids(message_id, limit=1) if message_id else []:
             if matching.looks_like_our_token(own, self.domain) and verify(self.keyring, own):
                 # Our own outbound mail (a follow-up step quotes the earlier ones).
-                return "own-message"
+                return "own-message", ()
         if msg.authenticated:
-            return "authenticated-submission"
-        if self.unsubscribe_requests(msg):
-            return "unsubscribe-mail"
+            return "authenticated-submission", ()
+        unsubscribes = self.unsubscribe_requests(msg)
+        if unsubscribes or unsubscribe.only_to_unsubscribe(
+            msg.recipients, address=self.unsubscribe_address
+        ):
+            return "unsubscribe-mail", tuple(unsubscribes)
         internal = self.config.milter_internal_domains
         if internal:
             if policy.is_internal(msg.sender, internal):
-                return "internal-sender"
-            envelope = normalize_address(msg.envelope_from or "")
-            if envelope and policy.is_internal(envelope, internal):
-                return "internal-sender"
-        return None
+                return "internal-sender", ()
+            if msg.envelope and policy.is_internal(msg.envelope, internal):
+                return "internal-sender", ()
+        return None, ()
 
     def screen(self, msg: Inbound, *, strict: bool = False) -> Screening:
         """Decide at end of headers whether the mail concerns us and whether the body matters.
@@ -107,16 +125,11 @@ class Engine:
         Store reads failing set ``store_failed`` (the adapter journals the mail) unless
         ``strict``, when the StoreError propagates (replay, check).
         """
-        strip_count = outside_copies(msg.headers)
-        skip_reason = self.prescreen(msg)
-        if skip_reason:
-            return Screening(skip_reason, evidence=(skip_reason,), strip_count=strip_count)
+        skip = self.prescreen(msg)
+        if skip is not None:
+            return skip
         screened = matching.screen(msg.headers, keyring=self.keyring, domain=self.domain)
         evidence = list(screened.evidence)
-        try:
-            needs_body = classifier.needs_body(msg.headers, envelope_from=msg.envelope)
-        except Exception:  # the classifier must never cost us a mail
-            needs_body = True
         found: matching.Match | None = None
         weak: tuple[Enrollment, ...] = ()
         store_failed = False
@@ -125,10 +138,13 @@ class Engine:
                 found = matching.match(screened, self.store.find_sent)
                 if found is None:
                     found = matching.match_thread_index(msg.headers, self.store.find_by_thread_guid)
-                if found is None and self.config.milter_weak_match:
-                    weak = self._weak_enrollments(msg, evidence)
-                if found is None and not weak and self.config.milter_subject_match:
-                    found = self._subject_match(msg)
+                config = self.config
+                if found is None and (config.milter_weak_match or config.milter_subject_match):
+                    sender = weak_sender(msg)
+                    if config.milter_weak_match:
+                        weak = self._weak_enrollments(sender, evidence)
+                    if not weak and config.milter_subject_match:
+                        found = self._subject_match(msg, sender)
             except StoreError as exc:
                 if strict:
                     raise
@@ -137,18 +153,25 @@ class Engine:
                 )
                 store_failed = True
                 evidence.append("store-unavailable")
+        # The body of mail that is ours is read anyway: only the rest asks the classifier.
+        needs_body = False
+        if found is None and not weak and not store_failed:
+            try:
+                needs_body = classifier.needs_body(msg.headers, envelope_from=msg.envelope)
+            except Exception:  # the classifier must never cost us a mail
+                needs_body = True
         return Screening(
             match=found,
             weak=weak,
             evidence=tuple(evidence),
-            strip_count=strip_count,
+            strip_count=outside_copies(msg.headers),
             needs_body=needs_body,
             store_failed=store_failed,
         )
 
-    def _weak_enrollments(self, msg: Inbound, evidence: list[str]) -> tuple[Enrollment, ...]:
+    def _weak_enrollments(self, sender: str | None, evidence: list[str]) -> tuple[Enrollment, ...]:
+        """The enrollments weak evidence names: ``sender``'s (:func:`weak_sender`)."""
         assert self.store is not None
-        sender = weak_sender(msg)
         if sender is None:
             evidence.append("weak:envelope-differs-from-from")
             return ()
@@ -158,13 +181,12 @@ class Engine:
         found.sort(key=lambda e: e.status != ACTIVE)
         return tuple(found[: decision.MAX_CAMPAIGNS])
 
-    def _subject_match(self, msg: Inbound) -> matching.Match | None:
+    def _subject_match(self, msg: Inbound, sender: str | None) -> matching.Match | None:
         """A header-less answer from another address at a campaign mail's domain, by its
         subject (the weakest evidence). Only when the envelope sender is the From address:
         without threading headers the sender is all there is, and a From alone is anyone's
         to write."""
         assert self.store is not None
-        sender = weak_sender(msg)
         if sender is None:
             return None
         domain = matching.subject_domain(msg.headers, sender, self.config.milter_freemail_domains)
@@ -230,9 +252,14 @@ class Engine:
                     evidence=(f"weak:enrolled:{msg.sender}",),
                 )
         wanted = decision.reads(msg.sender, classification, found, self.config)
+        # The sender's enrollments that weak evidence named were read at end of headers.
+        known = {(e.campaign, e.recipient): e for e in screening.weak}
         enrollments: list[Enrollment] = []
         for campaign, address in wanted.pairs:
-            enrollments += store.enrollments(campaign=campaign, recipient=address, limit=1)
+            if (campaign, address) in known:
+                enrollments.append(known[campaign, address])
+            else:
+                enrollments += store.enrollments(campaign=campaign, recipient=address, limit=1)
         for campaign, domain in wanted.domains:
             for status in (ACTIVE, PAUSED):
                 enrollments += store.enrollments(
@@ -250,6 +277,8 @@ class Engine:
         """
         if verdict.event is None or self.store is None:
             return False
+        if monitor.active(self.config):  # monitor mode: the event only (milter/monitor.py)
+            return monitor.record(self.store, verdict)
         event_id = self.store.record_event(
             verdict.event,
             dedupe_key=verdict.dedupe_key,
@@ -273,12 +302,17 @@ class Engine:
             )
         return event_id is not None
 
+    def run(self, msg: Inbound) -> tuple[Verdict, bool]:
+        """Screen, decide and record in one go, as the milter does across its callbacks
+        (journal replay): the verdict, and whether its event was recorded now."""
+        screening = self.screen(msg, strict=True)
+        self.record_unsubscribes(msg, screening.unsubscribes)
+        verdict = self.decide(msg, screening)
+        return verdict, self.apply(verdict)
+
     def process(self, msg: Inbound) -> Verdict:
-        """Screen, decide and record in one go (journal replay, tests)."""
-        self.record_unsubscribes(msg)
-        verdict = self.decide(msg, self.screen(msg, strict=True))
-        self.apply(verdict)
-        return verdict
+        """:meth:`run`'s verdict (the journal's replayer, tests)."""
+        return self.run(msg)[0]
 
     # --- unsubscribe by mail ---------------------------------------------------------------
     def unsubscribe_requests(self, msg: Inbound) -> list[str]:
@@ -291,14 +325,15 @@ class Engine:
             domain=self.domain,
         )
 
-    def record_unsubscribes(self, msg: Inbound) -> int:
-        """Put the requesters on the do-not-contact list and stop them in every campaign;
-        safe to repeat (replay). Raises StoreError when the store cannot take it (the
-        caller journals the mail). Returns how many unsubscribes were recorded."""
-        found = self.unsubscribe_requests(msg)
-        if not found or self.store is None:
+    def record_unsubscribes(self, msg: Inbound, message_ids: Sequence[str]) -> int:
+        """Put the sender of ``msg``, a mailto unsubscribe from ``message_ids`` (what
+        screening found: :attr:`Screening.unsubscribes`), on the do-not-contact list and
+        stop them in every campaign; safe to repeat (replay). Raises StoreError when the
+        store cannot take it (the caller journals the mail). Returns how many unsubscribes
+        were recorded."""
+        if not message_ids or self.store is None:
             return 0
         done = unsubscribe.apply_all(
-            self.store, found, via="mailto", requester=msg.sender, queue_id=msg.queue_id
+            self.store, message_ids, via="mailto", requester=msg.sender, queue_id=msg.queue_id
         )
         return sum(1 for outcome in done if outcome.recorded)

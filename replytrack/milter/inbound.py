@@ -97,12 +97,17 @@ class Inbound:
         return None if self.envelope_from is None else normalize_address(self.envelope_from)
 
     @functools.cached_property
-    def sender(self) -> str:
-        """The author: the From address, else the envelope sender (lowercase).
+    def author(self) -> str | None:
+        """The first address of the first From header (lowercase), or None.
 
         Read once the headers are complete (end of headers): it is not read again.
         """
-        return first_from(self.headers) or normalize_address(self.envelope_from or "")
+        return first_from(self.headers)
+
+    @functools.cached_property
+    def sender(self) -> str:
+        """The author: the From address, else the envelope sender (lowercase)."""
+        return self.author or normalize_address(self.envelope_from or "")
 
 
 def message_id(msg: Inbound) -> str | None:
@@ -151,10 +156,10 @@ def weak_sender(msg: Inbound) -> str | None:
     Without threading headers, only the sender says whom a mail is from, and a From header
     alone is anyone's to write: the envelope sender must be the same address (case aside).
     """
-    author = first_from(msg.headers)
+    author = msg.author
     if author is None or msg.envelope_from is None:
         return None
     author = author.lower()
-    if normalize_address(msg.envelope_from).lower() != author:
+    if (msg.envelope or "").lower() != author:
         return None
     return author

@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 
 # postgresql: the tests start a private server of their own from its binaries; the
 # system cluster that Debian creates is never started (policy-rc.d, below).
-PKGS=(postfix swaks libmilter-dev sqlite3 postgresql iproute2 gcc libc6-dev python3-dev python3-venv)
+# lintian: tests/test_package.py checks the .deb with it (and must not skip under CI).
+PKGS=(postfix swaks libmilter-dev sqlite3 postgresql iproute2 gcc libc6-dev python3-dev python3-venv
+      lintian)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -56,7 +56,7 @@ run "$CONTROL/postinst" configure ""
 run "$CONTROL/postinst" configure ""
 echo "passwd $(getent passwd replytrack)"
 echo "group $(getent group replytrack)"
-for dir in /var/lib/replytrack /var/spool/replytrack/journal /var/spool/postfix/replytrack; do
+for dir in /var/lib/replytrack /var/spool/replytrack /var/spool/postfix/replytrack; do
   echo "dir $dir $(stat -c '%U:%G %a' "$DPKG_ROOT$dir")"
 done
 echo "conf $(stat -c '%U:%G %a' "$DPKG_ROOT/etc/replytrack/replytrack.toml")"
@@ -130,7 +130,7 @@ def test_postinst_creates_user_dirs_and_never_starts_when_policy_forbids(
     assert name == "replytrack" and int(uid) < 1000  # a system user
     assert home == "/var/lib/replytrack" and shell.endswith("nologin")
     assert re.search(rf"^group replytrack:x:{gid}:", out, re.M), out
-    for directory in ("/var/lib/replytrack", "/var/spool/replytrack/journal",
+    for directory in ("/var/lib/replytrack", "/var/spool/replytrack",
                       "/var/spool/postfix/replytrack"):  # fmt: skip
         assert f"dir {directory} replytrack:replytrack 750" in out, out
     assert "conf root:replytrack 640" in out

@@ -1,11 +1,12 @@
 """What labelling a reply's intent adds to classifying it.
 
-Usage: .venv/bin/python bench/intent_cost.py [--repeat N] [--mode both|on|off]
+Usage: .venv/bin/python bench/intent_cost.py [--repeat N] [--mode both|on|off] [--mail I]
 
 For three matched-reply shapes (milter_bench.py --replies' 4 KB reply; 90 characters above a
 31 KB quoted thread; a short reply whose new text ends in a list footer), prints the best of
 five timeit runs of ``classify()`` with intent labelling on and off, and of ``label_intent``
-alone. ``--mode on|off`` runs only that side ``--repeat`` times, for callgrind:
+alone. ``--mode on|off`` runs only that side ``--repeat`` times (``--mail I``: only the I-th
+mail, 0 being milter_bench.py --replies' and unsubscribe_cost.py's reply), for callgrind:
 
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.on .venv/bin/python \
         bench/intent_cost.py --mode on --repeat 200
@@ -65,13 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2000)
     parser.add_argument("--mode", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--mail", type=int, help="only this mail (0, 1, 2), with --mode")
     args = parser.parse_args(argv)
     # Intent labelling off: the classifier's hook replaced by one that labels nothing.
     with_intent = classifier._intent
     if args.mode != "both":
         if args.mode == "off":
             classifier._intent = _no_intent
-        for body in MAILS.values():
+        bodies = list(MAILS.values())
+        for body in bodies if args.mail is None else [bodies[args.mail]]:
             for _ in range(args.repeat):
                 classifier.classify(HEADERS, body)
         return 0

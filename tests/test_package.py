@@ -21,7 +21,6 @@ import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 
 import click
@@ -41,6 +40,8 @@ from tests.support.package import (
     cannot,
     deb,
     dpkg_deb,
+    flagged_then_refused,
+    prospect_reply,
     root,
     set_setting,
     wait_delivered,
@@ -357,33 +358,14 @@ def test_daemons_from_the_package_run_the_demo_flow(
         assert step1["X-ReplyTrack-Campaign"] is None
 
         # In: the prospect's reply through Postfix and the packaged milter.
-        reply = EmailMessage()
-        reply["From"] = f"Prospect <prospect@{DOMAIN}>"
-        reply["To"] = f"sales@{DOMAIN}"
-        reply["Subject"] = "Re: Offer, step 1"
-        reply["Message-ID"] = f"<reply-1@mua.{DOMAIN}>"
-        reply["In-Reply-To"] = stamped.strip()
-        reply.set_content("Yes, call me.\n")
+        reply = prospect_reply(stamped)
         eml = installed.work / "reply.eml"
         eml.write_bytes(bytes(reply))
         check = installed.run("check", str(eml), "--json")
         assert check.returncode == 0, check.stderr
         [verdict] = json.loads(check.stdout)
         assert verdict["kind"] == "reply" and verdict["matched"], verdict
-        with smtplib.SMTP("127.0.0.1", lab.smtp_port, timeout=60) as client:
-            client.send_message(reply)
-        flagged = wait_delivered(lab, "Re: Offer, step 1")
-        assert (flagged["X-ReplyTrack"] or "").startswith("reply"), flagged["X-ReplyTrack"]
-        assert "campaign=spring" in flagged["X-ReplyTrack"]
-
-        # The campaign stopped for them: step 2 is refused by the packaged proxy.
-        with (
-            smtplib.SMTP("127.0.0.1", ports["proxy"], timeout=60) as client,
-            pytest.raises(smtplib.SMTPResponseException) as refused,
-        ):
-            client.send_message(campaign_mail(2))
-        assert refused.value.smtp_code == 550
-        assert b"5.7.1" in refused.value.smtp_error
+        flagged_then_refused(lab, reply, ports["proxy"])
         enrollments = installed.run("enrollments", "--json")
         assert enrollments.returncode == 0, enrollments.stderr
         assert [e["status"] for e in json.loads(enrollments.stdout)] == ["stopped"]

@@ -24,7 +24,6 @@ import smtplib
 import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,9 @@ from tests.support.package import (
     campaign_mail,
     cannot,
     deb,
+    flagged_then_refused,
     host_state,
+    prospect_reply,
     set_setting,
     wait_delivered,
 )
@@ -186,27 +187,8 @@ def test_daemons_from_the_installed_units_run_the_demo_flow(
         assert stamped.strip().endswith(f"@{ID_DOMAIN}>")
 
         # In: the prospect's reply through Postfix and the installed milter, flagged.
-        reply = EmailMessage()
-        reply["From"] = f"Prospect <prospect@{DOMAIN}>"
-        reply["To"] = f"sales@{DOMAIN}"
-        reply["Subject"] = "Re: Offer, step 1"
-        reply["Message-ID"] = f"<reply-1@mua.{DOMAIN}>"
-        reply["In-Reply-To"] = stamped.strip()
-        reply.set_content("Yes, call me.\n")
-        with smtplib.SMTP("127.0.0.1", lab.smtp_port, timeout=60) as client:
-            client.send_message(reply)
-        flagged = wait_delivered(lab, "Re: Offer, step 1")
-        assert (flagged["X-ReplyTrack"] or "").startswith("reply"), flagged["X-ReplyTrack"]
-        assert "campaign=spring" in flagged["X-ReplyTrack"]
-
-        # The campaign stopped for them: step 2 is refused by the installed proxy.
-        with (
-            smtplib.SMTP("127.0.0.1", ports["proxy"], timeout=60) as client,
-            pytest.raises(smtplib.SMTPResponseException) as refused,
-        ):
-            client.send_message(campaign_mail(2))
-        assert refused.value.smtp_code == 550
-        assert b"5.7.1" in refused.value.smtp_error
+        reply = prospect_reply(stamped)
+        flagged_then_refused(lab, reply, ports["proxy"])
         # The ops CLI as the service user, the installed config found without --config.
         enrollments = overlay.sh("runuser -u replytrack -- replytrack enrollments --json")
         assert enrollments.returncode == 0, enrollments.stderr

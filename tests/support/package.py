@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import smtplib
 import subprocess
 import time
 from dataclasses import dataclass
@@ -312,3 +313,32 @@ def wait_delivered(lab: PostfixLab, subject: str) -> email.message.Message:
                 return message
         time.sleep(0.2)
     pytest.fail(f"{subject!r} not delivered\n{lab.log_tail()}")
+
+
+def prospect_reply(stamped: str) -> EmailMessage:
+    """The prospect's answer to the step-1 mail whose Message-ID is ``stamped``."""
+    reply = EmailMessage()
+    reply["From"] = f"Prospect <prospect@{DOMAIN}>"
+    reply["To"] = f"sales@{DOMAIN}"
+    reply["Subject"] = "Re: Offer, step 1"
+    reply["Message-ID"] = f"<reply-1@mua.{DOMAIN}>"
+    reply["In-Reply-To"] = stamped.strip()
+    reply.set_content("Yes, call me.\n")
+    return reply
+
+
+def flagged_then_refused(lab: PostfixLab, reply: EmailMessage, proxy_port: int) -> None:
+    """Send ``reply`` through Postfix and its milter: it arrives flagged as a reply of the
+    campaign, and the proxy then refuses step 2 (550 5.7.1)."""
+    with smtplib.SMTP("127.0.0.1", lab.smtp_port, timeout=60) as client:
+        client.send_message(reply)
+    flagged = wait_delivered(lab, "Re: Offer, step 1")
+    assert (flagged["X-ReplyTrack"] or "").startswith("reply"), flagged["X-ReplyTrack"]
+    assert "campaign=spring" in flagged["X-ReplyTrack"]
+    with (
+        smtplib.SMTP("127.0.0.1", proxy_port, timeout=60) as client,
+        pytest.raises(smtplib.SMTPResponseException) as refused,
+    ):
+        client.send_message(campaign_mail(2))
+    assert refused.value.smtp_code == 550
+    assert b"5.7.1" in refused.value.smtp_error

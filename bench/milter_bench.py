@@ -350,7 +350,7 @@ main()
 RT_CPU = r"""
 import atexit, collections, json, signal, sys, threading, time
 import Milter
-from replytrack.milter import adapter, engine
+from replytrack.milter import adapter, engine, store_calls
 out = sys.argv.pop(1)
 spent = collections.Counter()
 calls = collections.Counter()
@@ -372,7 +372,7 @@ for name in ("envfrom", "envrcpt", "header", "data", "eoh", "body", "eom", "abor
 Milter.Base.addheader = timed("addheader", Milter.Base.addheader)
 Milter.Base.chgheader = timed("chgheader", Milter.Base.chgheader)
 Milter.Base.getsymval = timed("getsymval", Milter.Base.getsymval)
-adapter._with_store = timed("with_store", adapter._with_store)
+store_calls.with_store = timed("with_store", store_calls.with_store)
 for name in ("screen", "decide", "classify", "facts", "apply", "record_unsubscribes"):
     if hasattr(engine.Engine, name):
         setattr(engine.Engine, name, timed("engine " + name, getattr(engine.Engine, name)))

@@ -17,7 +17,7 @@ import pytest
 from Milter.testctx import TestCtx as MilterTestCtx
 
 from replytrack.config import Config
-from replytrack.milter import adapter
+from replytrack.milter import adapter, store_calls
 from replytrack.milter.engine import Engine
 from replytrack.milter.journal import Journal
 from replytrack.store import StoreError
@@ -262,7 +262,7 @@ def test_runaway_store_query_is_interrupted_then_journaled(
     store, keyring, milter_for, journal, monkeypatch
 ):
     mid = record_sent(store, keyring, to=["ann@acme.example"])
-    monkeypatch.setattr(adapter, "STORE_CALL_TIMEOUT", 0.3)
+    monkeypatch.setattr(store_calls, "STORE_CALL_TIMEOUT", 0.3)
     # Fault injection: the lookup runs a statement that would never finish.
     real_find_sent = store.find_sent
     monkeypatch.setattr(store, "find_sent", lambda ids: store.query(ENDLESS))
@@ -316,7 +316,7 @@ def test_stuck_store_journals_further_mail_at_once(
     store, keyring, milter_for, journal, monkeypatch
 ):
     mid = record_sent(store, keyring, to=["ann@acme.example"])
-    monkeypatch.setattr(adapter, "MAX_IN_STORE", 1)
+    monkeypatch.setattr(store_calls, "MAX_IN_STORE", 1)
     release = threading.Event()
     inside = threading.Event()
     screened = []

@@ -13,8 +13,7 @@ Round trips are what a milter costs Postfix, so this one asks for as few as it c
   whose headers say a delivery report or auto-reply must be read.
 
 Over TCP two kernel delays would add 40 ms a mail: see :class:`ReplyTrackMilterTCP` and
-:func:`set_listener_nodelay`. Store work runs inline, within bounds (see
-:data:`MAX_IN_STORE`).
+:func:`set_listener_nodelay`. Store work runs within bounds (:mod:`.store_calls`).
 
 Every callback fails open: an exception is logged and the mail accepted, and pymilter's
 own exception policy is ACCEPT as a second net. What the store cannot take is journaled.
@@ -22,13 +21,11 @@ own exception policy is ACCEPT as a second net. What the store cannot take is jo
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import logging
 import os
 import socket as pysocket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -37,7 +34,7 @@ import Milter
 
 from replytrack import metrics
 from replytrack.headers import normalize_address
-from replytrack.milter import monitor
+from replytrack.milter import monitor, store_calls
 from replytrack.milter.decision import Verdict
 from replytrack.milter.engine import Engine, Screening
 from replytrack.milter.inbound import (
@@ -50,95 +47,14 @@ from replytrack.milter.inbound import (
 )
 from replytrack.milter.journal import Journal, JournalChain
 from replytrack.milter.socket_spec import parse_socket_spec
-from replytrack.store.base import Store
 from replytrack.store.errors import StoreError
 
 log = logging.getLogger("replytrack.milter")
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 MAX_RECIPIENTS = 1000
 _HEADER_KEY = HEADER.lower()
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
-# SQLite store work runs inline, on the libmilter thread that called us, inside Store.session
-# (see ReplyTrackMilter for why a session, not a connection per thread): a hand-off to
-# worker threads cost more CPU than the lookups and, under load, journaled mail that could
-# have been decided at once (bench/README.md). Bounds instead: the session ends every call
-# by STORE_CALL_TIMEOUT seconds, and once MAX_IN_STORE mails are inside the store at the
-# same time (it is stuck: a hung disk) further mail is journaled at once, not piled up.
-MAX_IN_STORE = 32
-STORE_CALL_TIMEOUT = 3.0
-
-
-class StoreBusy(StoreError):
-    """MAX_IN_STORE mails are already inside the store: this one is journaled at once, as
-    for any store that cannot take it."""
-
-
-class _Gate:
-    """Counts the mails inside the store and refuses entry past ``MAX_IN_STORE``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.inside = 0
-
-    def enter(self) -> bool:
-        with self._lock:
-            if self.inside >= MAX_IN_STORE:
-                return False
-            self.inside += 1
-            return True
-
-    def leave(self) -> None:
-        with self._lock:
-            self.inside -= 1
-
-
-_gate = _Gate()
-
-
-_store_threads: concurrent.futures.ThreadPoolExecutor | None = None
-_store_threads_lock = threading.Lock()
-
-
-def _own_threads() -> concurrent.futures.ThreadPoolExecutor:
-    global _store_threads
-    with _store_threads_lock:
-        if _store_threads is None:
-            _store_threads = concurrent.futures.ThreadPoolExecutor(
-                max_workers=MAX_IN_STORE, thread_name_prefix="replytrack-store"
-            )
-        return _store_threads
-
-
-def _in_session(store: Store, deadline: float, func: Callable[..., T], args: Any) -> T:
-    with store.session(deadline=deadline):
-        return func(*args)
-
-
-def _with_store(engine: Engine, func: Callable[..., T], *args: Any) -> T:
-    """Run ``func`` on one pooled store connection, within the bounds above: here, on
-    libmilter's thread, or on a thread of our own for a store that must not run on it
-    (``Store.runs_on_foreign_threads``)."""
-    if not _gate.enter():
-        raise StoreBusy(f"{MAX_IN_STORE} mails already waiting on the store")
-    try:
-        store = engine.store
-        if store is None:
-            return func(*args)
-        deadline = time.monotonic() + STORE_CALL_TIMEOUT
-        if store.runs_on_foreign_threads:
-            return _in_session(store, deadline, func, args)
-        future = _own_threads().submit(_in_session, store, deadline, func, args)
-        try:
-            # The session bounds the call itself; this bounds the wait for a thread too.
-            return future.result(timeout=STORE_CALL_TIMEOUT + 1.0)
-        except concurrent.futures.TimeoutError:
-            raise StoreError(f"store call not done in {STORE_CALL_TIMEOUT:g} s") from None
-    finally:
-        _gate.leave()
-
-
 def _fail_open(result: int) -> Callable[[F], F]:
     """Turn any exception in a callback into a logged ``result`` (ACCEPT or CONTINUE)."""
 
@@ -241,8 +157,8 @@ class ReplyTrackMilter(Milter.Base):
         try:
             # Store errors (locked, interrupted at the deadline) come back as a screening
             # with store_failed set: journaled at end of message.
-            screening = _with_store(self.engine, self.engine.screen, msg)
-        except StoreBusy:
+            screening = store_calls.with_store(self.engine, self.engine.screen, msg)
+        except store_calls.StoreBusy:
             screening = self._unscreened(msg, "store-busy")
         except Exception:
             # Whatever went wrong, copies of our header from outside must still be removed
@@ -252,7 +168,7 @@ class ReplyTrackMilter(Milter.Base):
         self.screening = screening
         if screening.unsubscribes:
             try:
-                _with_store(
+                store_calls.with_store(
                     self.engine, self.engine.record_unsubscribes, msg, screening.unsubscribes
                 )
             except Exception as exc:
@@ -316,7 +232,7 @@ class ReplyTrackMilter(Milter.Base):
             self._journal(msg, "store unavailable at end of headers")
             return Milter.ACCEPT
         try:
-            verdict, recorded, write_error = _with_store(
+            verdict, recorded, write_error = store_calls.with_store(
                 self.engine, self._decide_and_record, msg, screening
             )
         except StoreError as exc:

@@ -1,4 +1,5 @@
-"""The listings both engines share: ``messages``, ``events`` and ``campaign_stats``.
+"""The listings both engines share: ``messages``, ``events``, ``campaign_stats`` and
+``monitor_counts``.
 
 Their filters, SQL and row mapping are the same on SQLite and PostgreSQL (the tables and
 columns are alike); an engine supplies its placeholder, how it runs a statement and cuts it
@@ -12,7 +13,8 @@ import abc
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from replytrack.store import rows
+from replytrack.store import monitor_counts, rows
+from replytrack.store.monitor_counts import MonitorCounts
 from replytrack.store.records import CampaignStats, Event, SentMessage
 
 # The lists of addresses a stop or resume event keeps in its detail (by hand, or the
@@ -95,3 +97,24 @@ class Listing(abc.ABC):
         )
         sql = rows.CAMPAIGN_STATS_SQL.format(where=f"WHERE {where[0]}" if where else "")
         return [rows.campaign_stats(row) for row in self.listed_rows(sql, params, None)]
+
+    def monitor_counts(self, campaign: str | None = None) -> dict[str, MonitorCounts]:
+        m = self.MARK
+        details = self.listed_rows(
+            f"SELECT detail FROM events WHERE detail LIKE {m}",
+            [monitor_counts.MONITORED_DETAIL],
+            None,
+        )
+        relayed = self.listed_rows(
+            "SELECT m.campaign, count(*) AS n FROM recipients r JOIN messages m"
+            f" ON m.id = r.message WHERE r.status = 'sent' AND r.reason LIKE {m}"
+            " AND m.campaign IS NOT NULL AND m.status IN ('relayed', 'unconfirmed')"
+            " GROUP BY m.campaign",
+            [monitor_counts.MONITORED_REASON],
+            None,
+        )
+        return monitor_counts.count(
+            (row["detail"] for row in details),
+            ((row["campaign"], row["n"]) for row in relayed),
+            campaign,
+        )

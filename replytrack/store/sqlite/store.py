@@ -27,7 +27,6 @@ from replytrack.store.records import (
 from replytrack.store.sqlite import schema
 from replytrack.store.sqlite.connection import text
 from replytrack.store.sqlite.listing import SQLiteListing, chunks, limited
-from replytrack.store.sqlite.monitor import SQLiteMonitor
 from replytrack.store.sqlite.outbox import SQLiteOutbox
 from replytrack.store.sqlite.sequences import SQLiteSequences
 from replytrack.store.sqlite.suppressions import SQLiteSuppressions
@@ -38,7 +37,7 @@ def _storable(record: Any) -> Any:
 
 
 class SQLiteStore(
-    SQLiteListing, SQLiteOutbox, SQLiteSuppressions, SQLiteSequences, SQLiteMonitor, Store
+    SQLiteListing, SQLiteOutbox, SQLiteSuppressions, SQLiteSequences, Store
 ):
     """The store in one SQLite file. Safe to share between threads."""
 

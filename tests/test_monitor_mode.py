@@ -125,6 +125,56 @@ def test_monitored_reply_is_recorded_and_stops_nothing(
     assert campaign_json(db)["stopped"] == 2
 
 
+def test_monitor_apply_makes_the_recorded_stops_once_on_the_switch_to_enforce(
+    any_store: Any, keyring: Keyring, db: str
+) -> None:
+    """After a monitor week the prospects who replied are still active: ``monitor apply``
+    stops them (and lists a written "remove me"), notified; a second run changes nothing."""
+    mid = record_sent(any_store, keyring, to=["ann@acme.example", "bob@acme.example"])
+    other = record_sent(any_store, keyring, to=["cat@other.example"], campaign="autumn")
+    monitor = Engine(
+        load_config("none", env={}, overrides={"domain": DOMAIN, "mode": "monitor"}),
+        keyring,
+        any_store,
+    )
+    monitor.process(
+        inbound("ann@acme.example", reply_headers("ann@acme.example", in_reply_to=f"<{mid}>"))
+    )
+    monitor.process(
+        inbound(
+            "cat@other.example",
+            reply_headers(
+                "cat@other.example", in_reply_to=f"<{other}>", message_id="<cat@other.example>"
+            ),
+            body=b"Please remove me from your mailing list.\n",
+        )
+    )
+    assert status(any_store, "ann@acme.example") == ACTIVE
+    assert any_store.suppressed(["cat@other.example"]) == {}
+
+    planned = json.loads(replytrack(db, "monitor", "apply", "--dry-run", "--json"))
+    assert {(r["campaign"], r["recipient"], r["to"]) for r in planned} == {
+        (CAMPAIGN, "ann@acme.example", STOPPED),
+        (CAMPAIGN, "bob@acme.example", STOPPED),
+        ("autumn", "cat@other.example", STOPPED),
+    }
+    assert status(any_store, "ann@acme.example") == ACTIVE  # a dry run changes nothing
+    assert sum(any_store.outbox_counts().values()) == 0
+
+    said = replytrack(db, "monitor", "apply")
+    assert "changed 3 enrollment(s)" in said and "listed 1 address(es)" in said
+    assert status(any_store, "ann@acme.example") == STOPPED
+    assert status(any_store, "bob@acme.example") == STOPPED
+    assert status(any_store, "cat@other.example", "autumn") == STOPPED
+    assert list(any_store.suppressed(["cat@other.example"])) == ["cat@other.example"]
+    stops = any_store.events(kind="stopped")
+    assert {e.campaign for e in stops} == {CAMPAIGN, "autumn"}
+    assert all(e.actor and "monitor mode" in e.detail["reason"] for e in stops)
+    assert any_store.outbox_counts()["pending"] == len(stops)  # notified
+    assert "changed 0 enrollment(s)" in replytrack(db, "monitor", "apply")
+    assert len(any_store.events(kind="stopped")) == len(stops)
+
+
 # --- the proxy -----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "replytrack.cli.init_cmd",
     "replytrack.cli.listing",
     "replytrack.cli.control",
+    "replytrack.cli.monitor_cmd",
     "replytrack.cli.doctor",
     "replytrack.cli.backfill",
     "replytrack.cli.maintenance",

@@ -74,7 +74,7 @@ def _select(store: Store, campaign: str | None, recipient: str | None) -> list[E
     return store.enrollments(campaign=campaign, recipient=recipient)
 
 
-def _record(
+def record_changes(
     store: Store,
     kind: str,
     status: str,
@@ -159,7 +159,7 @@ def stop_command(state: State, campaign: str | None, recipient: str | None, reas
         # campaign, and a campaign that has sent nothing yet can be stopped in advance.
         targets = [(e.campaign, e.recipient) for e in enrollments if e.status in (ACTIVE, PAUSED)]
         already = [e for e in enrollments if e.status not in (ACTIVE, PAUSED)]
-        _record(store, "stopped", STOPPED, reason, targets, None, whole_campaign=campaign)
+        record_changes(store, "stopped", STOPPED, reason, targets, None, whole_campaign=campaign)
         click.echo(
             f"stopped campaign {campaign} (no further mail to anyone);"
             f" stopped {len(targets)} enrollment(s)"
@@ -175,7 +175,7 @@ def stop_command(state: State, campaign: str | None, recipient: str | None, reas
         targets = [(e.campaign, e.recipient) for e in enrollments if e.status in (ACTIVE, PAUSED)]
         skipped = [e for e in enrollments if e.status not in (ACTIVE, PAUSED)]
     if targets:
-        _record(store, "stopped", STOPPED, reason, targets, address)
+        record_changes(store, "stopped", STOPPED, reason, targets, address)
     click.echo(
         f"stopped {len(targets)} enrollment(s)"
         + (f"; {len(skipped)} already stopped or bounced" if skipped else "")
@@ -223,7 +223,7 @@ def resume_command(
     held = [e for e in candidates if not force and (e.status == BOUNCED or _replied(e))]
     targets = [(e.campaign, e.recipient) for e in candidates if e not in held]
     if whole is not None:
-        _record(store, "resumed", ACTIVE, reason, targets, None, whole_campaign=whole)
+        record_changes(store, "resumed", ACTIVE, reason, targets, None, whole_campaign=whole)
         click.echo(
             f"resumed campaign {whole}; resumed {len(targets)} enrollment(s)"
             + (f"; {len(held)} bounced or replied kept stopped (use --force)" if held else "")
@@ -238,7 +238,7 @@ def resume_command(
             + "; add --force to resume anyway"
         )
     if targets:
-        _record(store, "resumed", ACTIVE, reason, targets, address)
+        record_changes(store, "resumed", ACTIVE, reason, targets, address)
     click.echo(
         f"resumed {len(targets)} enrollment(s)"
         + (f"; {len(held)} bounced or replied kept stopped (use --force)" if held else "")

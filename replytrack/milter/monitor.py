@@ -36,7 +36,7 @@ def monitored_detail(verdict: Verdict) -> dict[str, Any]:
     detail = dict(verdict.event.detail)
     detail["monitor"] = True
     detail["would_set"] = [
-        {"campaign": c.campaign, "recipient": c.recipient, "status": c.status}
+        {"campaign": c.campaign, "recipient": c.recipient, "status": c.status, "reason": c.reason}
         for c in verdict.set_status[:MAX_LISTED]
     ]
     if verdict.add_header:

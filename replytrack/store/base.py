@@ -256,6 +256,10 @@ class Store(abc.ABC):
     def monitor_counts(self, campaign: str | None = None) -> dict[str, MonitorCounts]:
         """What monitor mode let happen, per campaign (only campaigns with some)."""
 
+    @abc.abstractmethod
+    def monitored_events(self, campaign: str | None = None) -> list[Event]:
+        """The events monitor mode recorded (``detail.monitor``), oldest first."""
+
     # --- export ----------------------------------------------------------------------------
     # Every row, for ``replytrack export``: an iterator, so that a backend can stream. The
     # default reads through the listing calls.

@@ -118,3 +118,15 @@ class Listing(abc.ABC):
             ((row["campaign"], row["n"]) for row in relayed),
             campaign,
         )
+
+    def monitored_events(self, campaign: str | None = None) -> list[Event]:
+        """The events monitor mode recorded (``detail.monitor``), oldest first."""
+        where, params = rows.conditions((("campaign", campaign),), mark=self.MARK, text=self.param)
+        where.append(f"detail LIKE {self.MARK}")
+        params.append(monitor_counts.MONITORED_DETAIL)
+        sql = rows.select("events", where, "id")
+        return [
+            event
+            for event in map(rows.event, self.listed_rows(sql, params, None))
+            if event.detail.get("monitor") is True
+        ]

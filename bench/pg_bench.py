@@ -13,7 +13,7 @@ Parts (one private PostgreSQL for all of them, ``pg_server.py``: fsync on):
 * ``async``: how the proxy should call PostgreSQL from its event loop. The proxy runs each
   PostgreSQL call in its thread executor (4 threads, the store's thread-safe pool); the
   alternative is psycopg's ``AsyncConnectionPool`` awaited on the loop. Both run the same
-  statements, a proxy-like pair per "mail": ``blocked_enrollments`` (two SELECTs) and one
+  statements, a proxy-like pair per "mail": ``blocked_enrollments`` (its one SELECT) and one
   short write transaction (``remember_ooo``: BEGIN, upsert, COMMIT), from N concurrent
   tasks on one loop (uvloop, as the proxy runs). Nothing in ``replytrack/store`` changes:
   the async variant is written here.
@@ -244,12 +244,6 @@ def milter_configs(lab: Lab, server: Any, pg_root: int, ids: int) -> dict[str, C
 
 
 # --- executor against AsyncConnectionPool ----------------------------------------------------
-READ_STOP = (
-    "SELECT reason, updated_at, updated_by FROM campaigns WHERE campaign = %s AND status = %s"
-)
-READ_ENROLLED = (
-    "SELECT * FROM enrollments WHERE campaign = %s AND recipient = ANY(%s) AND status != 'active'"
-)
 WRITE_OOO = (
     "INSERT INTO ooo (address, until, updated_at) VALUES (%s,%s,%s) ON CONFLICT (address)"
     " DO UPDATE SET until = excluded.until, updated_at = excluded.updated_at"
@@ -281,6 +275,9 @@ async def _async_mode(url: str, tasks: int, calls: int) -> None:
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
+    from replytrack.do_not_contact import lookup_keys
+    from replytrack.store.postgresql.store import _BLOCKED as BLOCKED
+
     pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
         url, min_size=10, max_size=10, kwargs={"autocommit": True}, open=False
     )
@@ -289,10 +286,18 @@ async def _async_mode(url: str, tasks: int, calls: int) -> None:
     async def worker(n: int) -> None:
         for i in range(calls):
             async with pool.connection() as conn:
-                cur = await conn.execute(READ_STOP, ("camp-1", "stopped"))
-                if await cur.fetchone() is None:
-                    cur = await conn.execute(READ_ENROLLED, ("camp-1", [f"r{i}@d1.example"]))
-                    await cur.fetchall()
+                wanted, domains, digests = lookup_keys([f"r{i}@d1.example"], None)
+                cur = await conn.execute(
+                    BLOCKED,
+                    {
+                        "campaign": "camp-1",
+                        "wanted": wanted,
+                        "dnc_addresses": wanted,
+                        "dnc_domains": domains,
+                        "dnc_digests": digests,
+                    },
+                )
+                await cur.fetchall()
             async with pool.connection() as conn, conn.transaction():
                 await conn.execute(WRITE_OOO, (f"t{n}@x.example", 1.0, time.time()))
 

@@ -120,6 +120,42 @@ def test_later_steps_keep_the_first_enrollment(any_store: Any) -> None:
     assert any_store.last_message_to("ann@example.com", "other") is None
 
 
+def test_the_thread_root_is_kept_on_the_enrollment_once(any_store: Any) -> None:
+    """A threaded step keeps its Thread-Index root on the recipient's enrollment, whether
+    this mail makes the enrollment or it was there already; a later root never replaces it."""
+    import base64
+    import dataclasses
+
+    from replytrack.store.records import ThreadRoot
+
+    def root(n: int) -> str:
+        return base64.b64encode(bytes([n]) * 22).decode("ascii")
+
+    # Made by this mail: ann's enrollment is new.
+    first = dataclasses.replace(
+        outbound("<t1@ours>", recipients=to("ann")), thread=ThreadRoot("ann@example.com", root(1))
+    )
+    any_store.record_outbound(first)
+    # Already there without a root: bob was enrolled by an unthreaded first step.
+    any_store.record_outbound(outbound("<t2@ours>", recipients=to("bob")))
+    assert any_store.thread_history("spring", "bob@example.com").index is None
+    second = dataclasses.replace(
+        outbound("<t3@ours>", recipients=to("bob"), step=2),
+        thread=ThreadRoot("bob@example.com", root(2)),
+    )
+    any_store.record_outbound(second)
+    # A later step's root does not replace the first.
+    third = dataclasses.replace(
+        outbound("<t4@ours>", recipients=to("ann"), step=2),
+        thread=ThreadRoot("ann@example.com", root(3)),
+    )
+    any_store.record_outbound(third)
+    assert any_store.thread_history("spring", "ann@example.com").index == root(1)
+    assert any_store.thread_history("spring", "bob@example.com").index == root(2)
+    [found] = any_store.find_by_thread_guid(bytes([2]) * 16)
+    assert found.message_id == "<t3@ours>"
+
+
 def test_duplicate_message_id_is_a_store_error(any_store: Any) -> None:
     any_store.record_outbound(outbound("dup@x"))
     with pytest.raises(StoreError):

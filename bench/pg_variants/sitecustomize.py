@@ -6,8 +6,8 @@ Nothing in replytrack/store changes; these measure a proposed change before it i
   off`` (the settle after relaying; the record itself stays durable before the 250). A
   settle lost in a server crash leaves the mail ``relaying``, which the proxy's sweep
   already turns into ``unconfirmed``.
-* ``lean-settle``: the suppression query of ``set_message_status`` is skipped for a mail
-  that was recorded without a suppressed recipient (the proxy knows when it records).
+* ``lean-settle``: built into the store since the second run of 2026-12-06 (a settle that
+  records nothing more is one statement); asking for it stops the bench.
 """
 
 from __future__ import annotations
@@ -23,28 +23,26 @@ def _apply() -> None:
     from replytrack.store import postgresql as pg
 
     cls: Any = pg.PostgreSQLStore
-    # Written against the store of 2026-12-06 (one postgresql.py); a refactored store that
-    # renamed these must get an updated patch, not a silently wrong measurement.
-    wanted = ("set_message_status", "_run", "record_outbound", "_record_suppressions")
+    # Written against the store of 2026-12-06 (second run); a refactored store that renamed
+    # these must get an updated patch, not a silently wrong measurement.
+    wanted = ("set_message_status", "_run")
     missing = [name for name in wanted if not hasattr(cls, name)]
     if missing:
         raise SystemExit(f"pg_variants: PostgreSQLStore has no {', '.join(missing)}")
+    if "lean-settle" in VARIANTS:
+        raise SystemExit("pg_variants: lean-settle is the store's own behaviour now")
     local = threading.local()
-    suppressed: set[int] = set()
     original_settle = cls.set_message_status
     original_run = cls._run
-    original_record = cls.record_outbound
-    original_suppressions = cls._record_suppressions
 
     def set_message_status(self: Any, pk: int, status: str, upstream_reply: str | None) -> Any:
         local.settling = True
-        local.skip_suppressions = "lean-settle" in VARIANTS and pk not in suppressed
         try:
             return original_settle(self, pk, status, upstream_reply)
         finally:
-            local.settling = local.skip_suppressions = False
+            local.settling = False
 
-    def run(self: Any, work: Any, *, write: bool) -> Any:
+    def run(self: Any, work: Any, *, write: bool, single: bool = False) -> Any:
         if write and "async-settle" in VARIANTS and getattr(local, "settling", False):
             inner = work
 
@@ -52,23 +50,12 @@ def _apply() -> None:
                 conn.execute("SET LOCAL synchronous_commit = off")
                 return inner(conn)
 
-        return original_run(self, work, write=write)
-
-    def record_outbound(self: Any, record: Any) -> Any:
-        pk = original_record(self, record)
-        if any(r.status == "suppressed" for r in record.recipients):
-            suppressed.add(pk)
-        return pk
-
-    def record_suppressions(conn: Any, pks: Any) -> Any:
-        if getattr(local, "skip_suppressions", False):
-            return None
-        return original_suppressions(conn, pks)
+            # SET LOCAL needs a transaction: the one-statement settle gets BEGIN and COMMIT.
+            single = False
+        return original_run(self, work, write=write, single=single)
 
     cls.set_message_status = set_message_status
     cls._run = run
-    cls.record_outbound = record_outbound
-    cls._record_suppressions = staticmethod(record_suppressions)
 
 
 if VARIANTS:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -21,9 +22,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from replytrack.store import rows
 from replytrack.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,29 @@ def text(value: Any) -> Any:
 
 def texts(values: Iterable[Any]) -> list[Any]:
     return [text(v) for v in values]
+
+
+def storable(record: Any) -> Any:
+    """``record`` with its text fields made storable (:func:`text`)."""
+    return rows.storable(record, text)
+
+
+def _gone(conn: Conn) -> bool:
+    """Whether an idle connection is already known dead: its socket is readable (an idle
+    connection is sent nothing but a server's goodbye or a notification) and reading it
+    finds the connection closed."""
+    pgconn = conn.pgconn
+    if conn.closed or pgconn.status != ConnStatus.OK:
+        return True
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN)
+    if not poller.poll(0):
+        return False
+    try:
+        pgconn.consume_input()
+    except psycopg.OperationalError:
+        return True
+    return pgconn.status != ConnStatus.OK
 
 
 class PgConnections:
@@ -173,25 +199,41 @@ class PgConnections:
             )
         return StoreError(f"PostgreSQL store {self.safe_url}: {doing} failed: {exc}")
 
-    def _run(self, work: Callable[[Conn], T], *, write: bool) -> T:
-        """Run ``work`` on a pooled connection: a write in one transaction, a read as is.
+    def _checkout(self, pool: ConnectionPool[Conn]) -> Conn:
+        """A pooled connection, one found dead while idle (the server restarted, failed over
+        or ended it: its socket then holds the goodbye) replaced before anything is sent on
+        it. A poll, no round trip; a connection that died silently is noticed by _run."""
+        for _ in range(self.pool_max_size):
+            conn = pool.getconn(timeout=self._wait())
+            if not _gone(conn):
+                return conn
+            log.warning("store connection lost while idle; trying a fresh one")
+            pool.putconn(conn)  # the pool drops a closed connection and opens another
+            pool.check()
+        # Every idle one was dead: a fresh one (or a broken one, which _run then meets).
+        return pool.getconn(timeout=self._wait())
+
+    def _run(self, work: Callable[[Conn], T], *, write: bool, single: bool = False) -> T:
+        """Run ``work`` on a pooled connection: a write in one transaction, a read (or a
+        ``single`` write statement, which the server commits as it runs) as is.
 
         A connection that broke while idle in the pool (the server restarted or failed
-        over) is noticed at its first statement; the call is then tried once more on a
-        fresh connection, and the pool checks its other idle connections. Before COMMIT
-        was sent nothing of a broken transaction can have been committed, so the retry
-        never writes twice.
+        over) is noticed before or at its first statement; the call is then tried once
+        more on a fresh connection, and the pool checks its other idle connections. Before
+        COMMIT was sent nothing of a broken transaction can have been committed, so the
+        retry never writes twice; a ``single`` write that broke once sent may have
+        committed, so it is not tried again.
         """
         pool = self._get_pool()
         doing = "write" if write else "read"
         for attempt in (1, 2):
             try:
-                conn = pool.getconn(timeout=self._wait())
+                conn = self._checkout(pool)
             except psycopg.Error as exc:
                 raise self.error(exc, doing) from exc
-            committing = False
+            committing = write and single
             try:
-                if write:
+                if write and not single:
                     conn.execute("BEGIN")
                     result = work(conn)
                     committing = True
@@ -204,12 +246,12 @@ class PgConnections:
                         log.warning("store connection lost (%s); trying a fresh one", exc)
                         pool.check()
                         continue
-                elif write:
+                elif write and not single:
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
                 raise self.error(exc, doing) from exc
             except BaseException:
-                if write and not (conn.broken or conn.closed):
+                if write and not single and not (conn.broken or conn.closed):
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
                 raise
@@ -225,7 +267,13 @@ class PgConnections:
         """``work`` in one transaction on a pooled connection, committed when it returns."""
         return self._run(work, write=True)
 
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+    def write_single(self, work: Callable[[Conn], T]) -> T:
+        """``work`` that makes exactly one statement, atomic by itself: run without
+        BEGIN and COMMIT, two round trips fewer. Only for one statement: a second one
+        would commit apart from the first."""
+        return self._run(work, write=True, single=True)
+
+    def rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[DictRow]:
         """One read statement's rows."""
         return self.read(lambda conn: conn.execute(sql, params).fetchall())
 

@@ -10,11 +10,29 @@ import time
 
 from replytrack.store import rows
 from replytrack.store.errors import StoreError
-from replytrack.store.postgresql.connection import Conn, PgConnections, text
-from replytrack.store.records import OutboxItem
+from replytrack.store.postgresql.connection import Conn, PgConnections, storable, text, texts
+from replytrack.store.records import Event, OutboxItem
 
 # The row check_writable writes and deletes again (.invalid never matches real mail).
 _PROBE_ADDRESS = "write-probe@doctor.replytrack.invalid"
+
+
+def insert_event(conn: Conn, event: Event, *, dedupe_key: str | None, notify: bool) -> int | None:
+    """Insert ``event`` (and, with ``notify``, its outbox row) unless its ``dedupe_key``
+    was recorded already; its id, or None when it was."""
+    # Only a repeated dedupe key is skipped (by whichever host comes second); an event
+    # that breaks a NOT NULL rule is an error, not a silent skip. The outbox row goes in
+    # with the event, in the same statement.
+    marks = ",".join(["%s"] * (len(rows.EVENT_COLUMNS) + 1))
+    row = conn.execute(
+        f"WITH e AS (INSERT INTO events ({', '.join(rows.EVENT_COLUMNS)}, dedupe_key)"
+        f" VALUES ({marks}) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, created_at),"
+        " o AS (INSERT INTO outbox (event, created_at, next_attempt_at)"
+        " SELECT id, created_at, created_at FROM e WHERE %s)"
+        " SELECT id FROM e",
+        (*texts(rows.event_values(storable(event))), text(dedupe_key), notify),
+    ).fetchone()
+    return None if row is None else int(row["id"])
 
 
 class PgOutbox(PgConnections):

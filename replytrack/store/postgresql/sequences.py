@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 from replytrack.store import rules
 from replytrack.store.postgresql.connection import Conn, PgConnections, text
-from replytrack.store.records import BRAKED, Event, OutboundRecord, SentMessage, ThreadHistory
+from replytrack.store.postgresql.outbox import insert_event
+from replytrack.store.records import BRAKED, Event, SentMessage, ThreadHistory
 
 # Earlier steps a follow-up looks at: far more than any real sequence has.
 HISTORY_LIMIT = 200
@@ -93,17 +94,6 @@ class PgSequences(PgConnections):
             (text(domain.lower()), since, limit),
         )
 
-    @staticmethod
-    def _keep_thread_root(conn: Conn, record: OutboundRecord) -> None:
-        """Keep the record's Thread-Index root on its enrollment, unless one is there."""
-        if record.thread is None or record.campaign is None:
-            return
-        conn.execute(
-            "UPDATE enrollments SET thread_index = %s WHERE campaign = %s AND recipient = %s"
-            " AND thread_index IS NULL",
-            (text(record.thread.index), record.campaign, text(record.thread.recipient)),
-        )
-
     def _check_brake(self, conn: Conn, campaigns: Iterable[str], now: float) -> None:
         """Brake each of ``campaigns`` (that just recorded a hard bounce) whose window is
         past the rule, with a ``braked`` event (notified)."""
@@ -135,4 +125,4 @@ class PgSequences(PgConnections):
             event: Event = rules.brake_event(
                 campaign, rule, sends=sends, hard_bounces=bounced, now=now
             )
-            self._insert_event(conn, event, dedupe_key=None, notify=True)  # type: ignore[attr-defined]
+            insert_event(conn, event, dedupe_key=None, notify=True)

@@ -13,7 +13,8 @@ proxy and milter for its whole run, so it is left to a maintenance window.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import psycopg
 
@@ -23,12 +24,22 @@ from replytrack.store.base import AddressHasher
 from replytrack.store.errors import StoreError
 from replytrack.store.postgresql.connection import Conn, PgConnections, text
 from replytrack.store.postgresql.listing import limited
+from replytrack.store.postgresql.outbox import insert_event
 from replytrack.store.records import DNC_ADDRESS, Event, Suppression
 from replytrack.store.rows import suppression
 
 log = logging.getLogger(__name__)
 
 # Tables an erasure touches, vacuumed after it.
+# The do-not-contact entries that may cover some addresses (suppressions aliased ``s``):
+# each arm one probe of a unique index. Named parameters, so that blocked_enrollments can
+# make it one sub-select of its single statement.
+DNC_MATCH = (
+    "(s.kind = 'address' AND s.value = ANY(%(dnc_addresses)s))"
+    " OR (s.kind = 'domain' AND s.value = ANY(%(dnc_domains)s))"
+    " OR s.digest = ANY(%(dnc_digests)s)"
+)
+
 _ERASED_TABLES = (
     "recipients",
     "messages",
@@ -97,19 +108,24 @@ class PgSuppressions(PgConnections):
         sql = limited(rows.select("suppressions", where, rows.NEWEST_FIRST), params, limit)
         return [suppression(row) for row in self.rows(sql, params)]
 
+    def _dnc_keys(self, addresses: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+        """The parameters of DNC_MATCH for ``addresses``: the addresses, their domains (with
+        parents) and their keyed hashes."""
+        return do_not_contact.lookup_keys([text(a) for a in addresses], self.hasher)
+
+    def _dnc_covering(
+        self, wanted: Iterable[str], found: Iterable[Mapping[str, Any]]
+    ) -> dict[str, Suppression]:
+        """Which of ``wanted`` the rows DNC_MATCH found cover, and by which entry."""
+        return do_not_contact.covering(wanted, map(suppression, found), self.hasher)
+
     def _suppressed(self, conn: Conn, addresses: Iterable[str]) -> dict[str, Suppression]:
-        wanted, domains, digests = do_not_contact.lookup_keys(
-            [text(a) for a in addresses], self.hasher
+        wanted, domains, digests = self._dnc_keys(addresses)
+        found = conn.execute(
+            f"SELECT * FROM suppressions s WHERE {DNC_MATCH}",
+            {"dnc_addresses": wanted, "dnc_domains": domains, "dnc_digests": digests},
         )
-        entries = map(
-            suppression,
-            conn.execute(
-                "SELECT * FROM suppressions WHERE (kind = 'address' AND value = ANY(%s))"
-                " OR (kind = 'domain' AND value = ANY(%s)) OR digest = ANY(%s)",
-                (wanted, domains, digests),
-            ),
-        )
-        return do_not_contact.covering(wanted, entries, self.hasher)
+        return self._dnc_covering(wanted, found)
 
     def suppressed(self, addresses: Iterable[str]) -> dict[str, Suppression]:
         wanted = list(addresses)
@@ -178,7 +194,7 @@ class PgSuppressions(PgConnections):
                 " VALUES (%s, NULL, %s, %s, %s, %s)",
                 rules.hash_only_entry(held, digests[0], actor=actor, now=now),
             )
-            self._insert_event(  # type: ignore[attr-defined]
+            insert_event(
                 conn,
                 Event(kind="erased", created_at=now, actor=actor, detail={"removed": counts}),
                 dedupe_key=None,

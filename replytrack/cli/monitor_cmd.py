@@ -20,6 +20,7 @@ import click
 
 from replytrack.cli.common import State, cli, emit, output_options, pass_state
 from replytrack.cli.control import actor, campaign_option, record_changes
+from replytrack.config import MONITOR
 from replytrack.store import ACTIVE, BOUNCED, PAUSED, STOPPED, Event, Store
 from replytrack.store.records import DNC_ADDRESS, Suppression
 
@@ -90,6 +91,13 @@ def apply_command(state: State, campaign: str | None, dry_run: bool, fmt: str) -
       replytrack monitor apply
     """
     campaign = campaign_option(state, campaign)
+    if state.config().mode == MONITOR and not dry_run:
+        # The stops are made all the same; the proxy honours them once enforce mode is on.
+        click.echo(
+            "note: this configuration still says mode = \"monitor\": the proxy relays to"
+            " stopped recipients until mode = \"enforce\" (and a reload)",
+            err=True,
+        )
     store = state.store()
     events = store.monitored_events(campaign)
     rows: list[dict[str, Any]] = []

@@ -10,6 +10,8 @@ Parts (one private PostgreSQL for all of them, ``pg_server.py``: fsync on):
   and one on a PostgreSQL database, each relaying to its own smtp-sink; each round runs both
   back to back. CPU per mail is given for the proxy's process tree and for PostgreSQL's
   server processes separately (the sink's is left out: it is the same for both).
+  ``--old-tree DIR`` (a copy of an earlier tree: ``cp -a replytrack DIR/``) adds both
+  proxies run from that tree, interleaved with this tree's: before and after in one run.
 * ``async``: how the proxy should call PostgreSQL from its event loop. The proxy runs each
   PostgreSQL call in its thread executor (4 threads, the store's thread-safe pool); the
   alternative is psycopg's ``AsyncConnectionPool`` awaited on the loop. Both run the same
@@ -146,14 +148,23 @@ def print_table(title: str, results: Results, names: list[str], sessions: list[i
 
 
 # --- proxy ---------------------------------------------------------------------------------
-def proxy_configs(lab: Lab, server: Any, pg_root: int, variants: list[str]) -> dict[str, Config]:
-    """SQLite, PostgreSQL, and PostgreSQL with each what-if of pg_variants/ applied."""
+def proxy_configs(
+    lab: Lab, server: Any, pg_root: int, variants: list[str], old_tree: Path | None = None
+) -> dict[str, Config]:
+    """SQLite, PostgreSQL, and PostgreSQL with each what-if of pg_variants/ applied; with
+    ``old_tree`` (a copy of an earlier tree's directory holding ``replytrack/``) also both
+    run from that tree, put first on PYTHONPATH (before and after a change, in one run)."""
     url = pg_server.create_database(server, "proxy")
     configs: dict[str, Config] = {}
     runs: list[tuple[str, dict[str, str]]] = [
         ("proxy, SQLite", {}),
         ("proxy, PostgreSQL", {"REPLYTRACK_DB": url}),
     ]
+    if old_tree is not None:
+        old = os.pathsep.join(filter(None, [str(old_tree), os.environ.get("PYTHONPATH")]))
+        runs.append(("proxy, SQLite (old tree)", {"PYTHONPATH": old}))
+        old_url = pg_server.create_database(server, "proxy_old")
+        runs.append(("proxy, PostgreSQL (old tree)", {"REPLYTRACK_DB": old_url, "PYTHONPATH": old}))
     path = os.pathsep.join(filter(None, [str(HERE / "pg_variants"), os.environ.get("PYTHONPATH")]))
     for variant in variants:
         env = {"REPLYTRACK_DB": url, "PYTHONPATH": path, "REPLYTRACK_BENCH_PG_VARIANT": variant}
@@ -347,6 +358,7 @@ def run(
     ids: int,
     settings: dict[str, str] | None = None,
     variants: list[str] | None = None,
+    old_tree: Path | None = None,
 ) -> dict[str, float]:
     """The chosen parts, their tables printed; the headline ratios returned (for run_all).
     ``settings``: postgresql.conf overrides (what-if runs, e.g. synchronous_commit=off)."""
@@ -369,13 +381,18 @@ def run(
                 summary[f"async_over_executor_{s}"] = ratio
                 print(f"  {s:>3} tasks  AsyncConnectionPool / executor: rate {ratio:.2f}x")
         if "proxy" in parts:
-            configs = proxy_configs(lab, server, pg_root, variants or [])
+            configs = proxy_configs(lab, server, pg_root, variants or [], old_tree)
             interleave(configs, sessions, rounds, count, results, None)
             print_table("proxy", results, list(configs), sessions)
             for s in sessions:
                 ratio = results.rate("proxy, PostgreSQL", s) / results.rate("proxy, SQLite", s)
                 summary[f"proxy_pg_ratio_{s}"] = ratio
                 print(f"  {s:>3} sessions  proxy on PostgreSQL / on SQLite: rate {ratio:.2f}x")
+                if old_tree is not None:
+                    old = results.rate("proxy, PostgreSQL (old tree)", s) / results.rate(
+                        "proxy, SQLite (old tree)", s
+                    )
+                    print(f"  {s:>3} sessions  old tree, PostgreSQL / SQLite: rate {old:.2f}x")
         if "milter" in parts:
             from milter_bench import message_file
 
@@ -425,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         help="what-ifs of pg_variants/sitecustomize.py as extra proxies (e.g."
         " async-settle,lean-settle,async-settle+lean-settle: '+' combines)",
     )
+    parser.add_argument(
+        "--old-tree",
+        type=Path,
+        help="a copy of an earlier tree (the directory holding replytrack/): its proxies run"
+        " beside this tree's, interleaved",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("run as root: the private Postfix's master must start as root")
@@ -437,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings:
         print(f"PostgreSQL what-if settings: {settings}")
     variants = [v.replace("+", ",") for v in args.variants.split(",") if v]
-    run(parts, sessions, args.rounds, args.mails, args.ids, settings, variants)
+    if args.old_tree is not None and not (args.old_tree / "replytrack").is_dir():
+        raise SystemExit(f"--old-tree: no replytrack/ in {args.old_tree}")
+    run(parts, sessions, args.rounds, args.mails, args.ids, settings, variants, args.old_tree)
     return 0
 
 

@@ -55,7 +55,11 @@ def _intent(ctx: Context) -> Intent | None:
     if not ctx.view.body_seen:
         return None
     return label_intent(
-        ctx.new_text, subject=ctx.subject, sender=ctx.from_addr, words=ctx.new_words
+        ctx.new_text,
+        subject=ctx.subject,
+        sender=ctx.from_addr,
+        words=ctx.new_words,
+        low=ctx.new_low,
     )
 
 

@@ -82,17 +82,23 @@ NO_INTENT = Intent(OTHER)
 
 
 def label_intent(
-    new_text: str, *, subject: str = "", sender: str = "", words: frozenset[str] | None = None
+    new_text: str,
+    *,
+    subject: str = "",
+    sender: str = "",
+    words: frozenset[str] | None = None,
+    low: str | None = None,
 ) -> Intent:
     """The intent of a person's reply from its ``new_text`` (the text above the quoted
     earlier message, see :func:`replytrack.classify.new_text.new_text`).
 
     ``subject`` is read only when it is nothing but a request ("Unsubscribe"): a reply's
     subject is usually ours with "Re:" in front. ``sender`` (an address) is never taken for
-    the referred address. ``words`` is the anchor set of ``new_text`` when the caller has
-    it (:func:`replytrack.classify._anchored.anchors`), to save computing it again.
+    the referred address. ``words`` is the anchor set of ``new_text`` and ``low`` the text
+    lower-cased, when the caller has them (:func:`replytrack.classify._anchored.anchors`),
+    to save computing them again.
     """
-    text = IntentText.prepare(new_text, words=words)
+    text = IntentText.prepare(new_text, words=words, low=low)
     hits = [hit for rule in RULES if (hit := rule.check(text, subject)) is not None]
     if not hits:
         return NO_INTENT

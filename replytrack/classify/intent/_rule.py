@@ -3,10 +3,12 @@ text, with a negation check for the phrases a "not" in front turns around."""
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._anchored import AnchoredTable
+from .._phrases import _literal_prefix
 from ._text import IntentText
 
 # Words that turn the phrase after them around ("don't unsubscribe me", "no need to book a
@@ -28,8 +30,7 @@ def compile_table(table: dict[str, list[str]]) -> AnchoredTable:
     return AnchoredTable(table)
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     """One rule's finding: its name, the language and phrase that decided, where."""
 
     rule: str
@@ -42,8 +43,16 @@ class Hit:
         return f"{self.rule}:{self.lang}:{self.phrase}"
 
 
+@functools.cache
+def _opening(source: str) -> str:
+    """The literal text every match of the pattern ``source`` starts with ("" if none)."""
+    return _literal_prefix(source)
+
+
 def negated(low: str, start: int) -> bool:
     """True when a negation stands in the same clause just before ``start``."""
+    if start == 0:
+        return False
     before = low[max(0, start - _NEGATION_SPAN) : start]
     ends = list(_CLAUSE_END.finditer(before))
     if ends:
@@ -57,6 +66,11 @@ def find(rule: str, phrases: AnchoredTable, text: IntentText, *, negatable: bool
     if not low:
         return None
     for lang, pattern in phrases.candidates(text.words):
+        # A phrase whose literal opening is not in the text cannot match: ``in`` costs far
+        # less than running the pattern (the tables' patterns are case-sensitive, on
+        # lower-cased text).
+        if _opening(pattern.pattern) not in low:
+            continue
         for match in pattern.finditer(low):
             if negatable and negated(low, match.start()):
                 continue

@@ -11,9 +11,10 @@ here"). Those are removed first, so a footer quoted back never reads as a reques
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._anchored import AnchoredTable, anchors
+from .._phrases import _literal_prefix
 
 # Characters of new text read for an intent: people say what they want at the top.
 INTENT_TEXT_LIMIT = 1500
@@ -82,10 +83,35 @@ _FOOTER = AnchoredTable(
     },
     flags=re.U | re.S | re.M,
 )
+# Whether a text may hold a footer sentence at all, from its anchor words: most hold none.
+_FOOTER_ANCHORS = frozenset(anchor for _, _, anchor in _FOOTER.table if anchor is not None)
+_FOOTER_ALWAYS = any(anchor is None for _, _, anchor in _FOOTER.table)
+# Each footer pattern's literal opening (no re.I): a pattern whose opening is not in the
+# text is not run. Keyed by the source, whose hash a str keeps (a Pattern's is computed).
+_FOOTER_OPENING = {
+    pattern.pattern: _literal_prefix(pattern.pattern) for _, pattern, _ in _FOOTER.table
+}
 
 
-@dataclass(frozen=True)
-class IntentText:
+# The characters str.split() takes for blanks in ASCII text: folding these with replace()
+# gives what " ".join(text.split()) gives, without making a string of every word.
+_ASCII_BLANKS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
+
+
+def fold_blanks(low: str) -> str:
+    """``low`` with each run of blanks made one space and none at either end, and right
+    single quotes made apostrophes: ``" ".join(low.replace("\\u2019", "'").split())``."""
+    if not low.isascii():
+        return " ".join(low.replace("’", "'").split())  # noqa: RUF001
+    for blank in _ASCII_BLANKS:
+        if blank in low:
+            low = low.replace(blank, " ")
+    while "  " in low:
+        low = low.replace("  ", " ")
+    return low.strip(" ")
+
+
+class IntentText(NamedTuple):
     """The new text prepared for the intent rules: ``text`` as written (for addresses),
     ``low`` lower-cased with runs of blanks made one (phrases wrap across lines)."""
 
@@ -95,28 +121,47 @@ class IntentText:
 
     @classmethod
     def prepare(
-        cls, new_text: str, limit: int = INTENT_TEXT_LIMIT, words: frozenset[str] | None = None
+        cls,
+        new_text: str,
+        limit: int = INTENT_TEXT_LIMIT,
+        words: frozenset[str] | None = None,
+        low: str | None = None,
     ) -> IntentText:
         """Cut the signature and what follows, links, and bulk-mail footer sentences.
 
         ``words``: the anchor set of ``new_text`` when the caller has it (a superset of the
         prepared text's does as well: it only lets a phrase run that cannot match).
+        ``low``: ``new_text.lower()`` when the caller has it.
         """
         text = new_text[:limit]
-        signature = _SIGNATURE.search(text)
-        if signature is not None:
-            text = text[: signature.start()]
+        # Every delimiter holds "--", "_____" or "=====": without them the line-by-line
+        # search (the costliest step on a long text) cannot find one. A character is looked
+        # for first: that is a memchr, a string is a slower scan.
+        if (
+            ("-" in text and "--" in text)
+            or ("_" in text and "_____" in text)
+            or ("=" in text and "=====" in text)
+        ):
+            signature = _SIGNATURE.search(text)
+            if signature is not None:
+                text = text[: signature.start()]
+        if low is None or len(text) != len(new_text):
+            low = text.lower()
         # mailto: addresses stay (a referral may name one); the link around them goes.
-        low = text.lower()
-        if "mailto:" in low:
-            text = _MAILTO.sub(r" \1 ", text)
-        if "http" in low or "www." in low:
-            text = _LINK.sub(" ", text)
-        low = " ".join(text.lower().replace("’", "'").split())  # noqa: RUF001
+        # (Neither pattern can match without its ":" or "www.".)
+        cut = False
+        colon = ":" in low
+        if colon and "mailto:" in low:
+            text, cut = _MAILTO.sub(r" \1 ", text), True
+        if (colon and "http" in low) or "www." in low:
+            text, cut = _LINK.sub(" ", text), True
+        low = fold_blanks(text.lower() if cut else low)
         if words is None:
             words = anchors(low)
         # Footer sentences go from the lower-cased text only: phrases are read there, and
         # an address (read from ``text``) is never inside one.
-        for _, pattern in _FOOTER.candidates(words):
-            low = pattern.sub(" ", low)
+        if _FOOTER_ALWAYS or not _FOOTER_ANCHORS.isdisjoint(words):
+            for _, pattern in _FOOTER.candidates(words):
+                if _FOOTER_OPENING[pattern.pattern] in low:
+                    low = pattern.sub(" ", low)
         return cls(text, low, words)

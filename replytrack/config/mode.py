@@ -4,7 +4,8 @@ In monitor mode replytrack does everything but stop: the milter classifies, matc
 records each verdict (the event marked ``detail.monitor``) but changes no enrollment, adds
 no ``X-ReplyTrack`` header and queues no webhook; the proxy stamps and records every mail
 and relays it also to recipients enforce mode would hold back, noting on their recipient
-row why it would have. ``replytrack campaigns`` then shows what would have been stopped.
+row why it would have. ``replytrack campaigns`` then shows what would have been stopped,
+and after the switch to enforce ``replytrack monitor apply`` makes the stops it recorded.
 
 The do-not-contact list is honoured in both modes: its entries are people's own requests
 (an unsubscribe link, ``replytrack suppress``), not replytrack's judgement of a mail.

@@ -12,33 +12,9 @@ import datetime as dt
 import pytest
 
 from replytrack.classify import KINDS, Classification, classify, classify_message, needs_body
+from tests.support.replies import OUR_ID, message
 
 TODAY = dt.date(2026, 3, 2)  # a Monday
-OUR_ID = "tok3n.abc@mail.example.com"
-
-
-def message(
-    subject: str,
-    body: str,
-    *,
-    sender: str = "Erika Mustermann <erika@example.de>",
-    extra: list[tuple[str, str]] | None = None,
-    content_type: str = "text/plain; charset=utf-8",
-    reply: bool = True,
-) -> tuple[list[tuple[str, str]], bytes]:
-    headers = [
-        ("From", sender),
-        ("To", "Sam Seller <sam@example.com>"),
-        ("Subject", subject),
-        ("Date", "Mon, 02 Mar 2026 09:15:00 +0100"),
-        ("Message-ID", "<reply-1@example.de>"),
-        ("MIME-Version", "1.0"),
-        ("Content-Type", content_type),
-    ]
-    if reply:
-        headers += [("In-Reply-To", f"<{OUR_ID}>"), ("References", f"<{OUR_ID}>")]
-    headers += extra or []
-    return headers, body.encode("utf-8")
 
 
 def verdict(

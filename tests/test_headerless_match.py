@@ -15,10 +15,9 @@ from replytrack.config import Config
 from replytrack.milter.engine import Engine
 from replytrack.notify import payload
 from replytrack.proxy import threading
-from replytrack.store import OutboundRecipient, OutboundRecord
 from replytrack.store.records import ACTIVE, PAUSED, STOPPED, ThreadRoot, iso_time
 from replytrack.tokens import Keyring, mint
-from tests.support.milter_records import DOMAIN, inbound, record_sent, reply_headers
+from tests.support.milter_records import DOMAIN, inbound, record_mail, record_sent, reply_headers
 
 GUID = bytes(range(1, 17))
 
@@ -47,21 +46,15 @@ def record_threaded(
     sent_at = time.time() - 3600 if created_at is None else created_at
     root = threading.index_root(sent_at, guid)
     message_id = mint(keyring, DOMAIN)
-    store.record_outbound(
-        OutboundRecord(
-            message_id=message_id,
-            original_message_id=None,
-            campaign=campaign,
-            step=1,
-            sender="sales@vendor.example",
-            from_address="sales@vendor.example",
-            subject=subject,
-            size=1000,
-            status="relayed",
-            recipients=(OutboundRecipient(to, "to", True),),
-            created_at=sent_at,
-            thread=ThreadRoot(to, base64.b64encode(root).decode("ascii")),
-        )
+    record_mail(
+        store,
+        message_id,
+        campaign,
+        to,
+        sender="sales@vendor.example",
+        at=sent_at,
+        subject=subject,
+        thread=ThreadRoot(to, base64.b64encode(root).decode("ascii")),
     )
     return message_id, root
 

@@ -17,9 +17,9 @@ import pytest
 
 from replytrack.classify import Classification, classify, classify_message, needs_body
 from replytrack.classify.intent import INTENTS, RULES, label_intent
+from tests.support.replies import message
 
 TODAY = dt.date(2026, 3, 2)
-OUR_ID = "tok3n.abc@mail.example.com"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 
 CAMPAIGN_QUOTE = (
@@ -41,19 +41,8 @@ def reply(
     extra: list[tuple[str, str]] | None = None,
     threaded: bool = True,
 ) -> Classification:
-    headers = [
-        ("From", sender),
-        ("To", "Sam Seller <sam@example.com>"),
-        ("Subject", subject),
-        ("Date", "Mon, 02 Mar 2026 09:15:00 +0100"),
-        ("Message-ID", "<reply-1@example.de>"),
-        ("MIME-Version", "1.0"),
-        ("Content-Type", "text/plain; charset=utf-8"),
-    ]
-    if threaded:
-        headers += [("In-Reply-To", f"<{OUR_ID}>"), ("References", f"<{OUR_ID}>")]
-    headers += extra or []
-    return classify(headers, body.encode("utf-8"), envelope_from=envelope_from, today=TODAY)
+    headers, raw = message(subject, body, sender=sender, extra=extra, reply=threaded)
+    return classify(headers, raw, envelope_from=envelope_from, today=TODAY)
 
 
 # (language, new text, intent)

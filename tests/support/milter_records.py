@@ -8,6 +8,7 @@ from email.utils import formatdate
 
 from replytrack.milter.engine import Inbound
 from replytrack.store import OutboundRecipient, OutboundRecord, Store
+from replytrack.store.records import ThreadRoot
 from replytrack.tokens import Keyring, mint
 
 DOMAIN = "track.example.com"
@@ -20,9 +21,12 @@ def record_mail(
     *recipients: str,
     sender: str = "sales@example.com",
     at: float | None = None,
+    subject: str = "Hello",
+    thread: ThreadRoot | None = None,
 ) -> str:
     """Record one relayed campaign mail with this Message-ID to these To: recipients, as the
-    proxy does; ``at`` defaults to now. Returns the Message-ID."""
+    proxy does; ``at`` defaults to now; ``thread``: the Thread-Index root a threaded step
+    keeps on its enrollment. Returns the Message-ID."""
     store.record_outbound(
         OutboundRecord(
             message_id=message_id,
@@ -31,11 +35,12 @@ def record_mail(
             step=1,
             sender=sender,
             from_address=sender,
-            subject="Hello",
+            subject=subject,
             size=100,
             status="relayed",
             recipients=tuple(OutboundRecipient(a, "to", True) for a in recipients),
             created_at=time.time() if at is None else at,
+            thread=thread,
         )
     )
     return message_id

@@ -353,3 +353,57 @@ def test_monitor_milter_delivers_unflagged_then_enforces_after_sighup(tmp_path: 
         assert site.status(CAMPAIGN, "ann@acme.example") == STOPPED
     finally:
         teardown(site)
+
+
+# --- the journal: a mail is replayed under the mode it arrived under ------------------------
+
+
+@pytest.mark.parametrize(("arrived", "replayed"), [("monitor", "enforce"), ("enforce", "monitor")])
+def test_journaled_reply_is_replayed_under_the_mode_it_arrived_under(
+    any_store: Any, keyring: Keyring, tmp_path: Path, arrived: str, replayed: str
+) -> None:
+    """The store was away when the reply arrived, and the site switched modes before it came
+    back: the replay does what the site promised when the mail came in (a week of monitor
+    mode stops nobody after the switch; `monitor apply` is the switch's own step), and a
+    reply that arrived under enforce still stops the campaign after a switch to monitor."""
+    from replytrack.milter.journal import Journal
+
+    mid = record_sent(any_store, keyring, to=[PROSPECT])
+    reply = inbound(PROSPECT, reply_headers(PROSPECT, in_reply_to=f"<{mid}>"))
+    reply.mode = arrived  # what the milter's envfrom sets from the mode of the moment
+    journal = Journal(tmp_path / "journal")
+    journal.append(reply, "store unavailable at end of headers")
+
+    config = load_config("none", env={}, overrides={"domain": DOMAIN, "mode": replayed})
+    assert journal.replay(Engine(config, keyring, any_store).process) == 1
+
+    [event] = any_store.events(kind="reply")
+    if arrived == "monitor":
+        assert event.detail.get("monitor") is True
+        assert status(any_store, PROSPECT) == ACTIVE
+        assert sum(any_store.outbox_counts().values()) == 0
+    else:
+        assert "monitor" not in event.detail
+        assert status(any_store, PROSPECT) == STOPPED
+        assert sum(any_store.outbox_counts().values()) >= 1
+
+
+def test_journal_entry_without_a_mode_is_replayed_under_the_configured_one(
+    any_store: Any, keyring: Keyring, tmp_path: Path
+) -> None:
+    """Entries journaled before the mode was kept carry none: the configured mode applies."""
+    from replytrack.milter.journal import Journal
+
+    mid = record_sent(any_store, keyring, to=[PROSPECT])
+    reply = inbound(PROSPECT, reply_headers(PROSPECT, in_reply_to=f"<{mid}>"))
+    journal = Journal(tmp_path / "journal")
+    journal.append(reply, "store unavailable at end of headers")
+    line = json.loads(journal.path.read_text())
+    assert line["inbound"].pop("mode") is None
+    journal.path.write_text(json.dumps(line) + "\n")
+
+    config = load_config("none", env={}, overrides={"domain": DOMAIN, "mode": "monitor"})
+    assert journal.replay(Engine(config, keyring, any_store).process) == 1
+    assert status(any_store, PROSPECT) == ACTIVE
+    [event] = any_store.events(kind="reply")
+    assert event.detail.get("monitor") is True

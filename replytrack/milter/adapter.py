@@ -117,6 +117,7 @@ class ReplyTrackMilter(Milter.Base):
         self.msg = Inbound(
             envelope_from=normalize_address(mailfrom),
             authenticated=self.getsymval("{auth_authen}") or None,
+            mode=self.engine.config.mode,
         )
         self.screening = None
         self.header_bytes_seen = 0
@@ -244,7 +245,7 @@ class ReplyTrackMilter(Milter.Base):
             self._journal(msg, f"{type(exc).__name__}: {exc}")
             return Milter.ACCEPT
         # Monitor mode: no header, no stops counted or logged (milter/monitor.py).
-        verdict = monitor.as_applied(verdict, self.engine.config)
+        verdict = monitor.as_applied(verdict, self.engine.config, msg.mode)
         # The verdict rests on reads that worked: the reply is flagged even when recording
         # it failed (the record follows from the journal).
         if verdict.add_header:
@@ -281,7 +282,7 @@ class ReplyTrackMilter(Milter.Base):
         """
         verdict = self.engine.decide(msg, screening)
         try:
-            return verdict, self.engine.apply(verdict), None
+            return verdict, self.engine.apply(verdict, msg.mode), None
         except StoreError as exc:
             return verdict, False, str(exc)
         except Exception as exc:

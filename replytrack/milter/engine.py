@@ -270,14 +270,15 @@ class Engine:
         return Facts(match=found, enrollments=tuple(enrollments))
 
     # --- writing --------------------------------------------------------------------------
-    def apply(self, verdict: Verdict) -> bool:
+    def apply(self, verdict: Verdict, mode: str | None = None) -> bool:
         """Record the verdict's event and enrollment changes; False when already recorded.
+        ``mode``: the one the mail arrived under (``Inbound.mode``; None: the configured one).
 
         Raises StoreError when the store cannot take it (the caller journals the mail).
         """
         if verdict.event is None or self.store is None:
             return False
-        if monitor.active(self.config):  # monitor mode: the event only (milter/monitor.py)
+        if monitor.active(self.config, mode):  # the event only (milter/monitor.py)
             return monitor.record(self.store, verdict)
         event_id = self.store.record_event(
             verdict.event,
@@ -308,7 +309,7 @@ class Engine:
         screening = self.screen(msg, strict=True)
         self.record_unsubscribes(msg, screening.unsubscribes)
         verdict = self.decide(msg, screening)
-        return verdict, self.apply(verdict)
+        return verdict, self.apply(verdict, msg.mode)
 
     def process(self, msg: Inbound) -> Verdict:
         """:meth:`run`'s verdict (the journal's replayer, tests)."""

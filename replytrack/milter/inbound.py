@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from replytrack.config.mode import MODES
 from replytrack.headers import extract_addresses, extract_msgids, normalize_address
 
 # Our header on replies; copies arriving from outside are removed.
@@ -60,6 +61,10 @@ class Inbound:
     # The SASL login ({auth_authen}) of an authenticated submission.
     authenticated: str | None = None
     received_at: float = field(default_factory=time.time)
+    # The site's mode when the mail arrived ("monitor" or "enforce"): a journaled mail is
+    # replayed under it, not under the mode of the day it is replayed. None: not known (an
+    # older journal entry, ``check`` on a file): the configured mode.
+    mode: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe form for the journal (the body base64-encoded)."""
@@ -71,6 +76,7 @@ class Inbound:
             "queue_id": self.queue_id,
             "authenticated": self.authenticated,
             "received_at": self.received_at,
+            "mode": self.mode,
         }
 
     @classmethod
@@ -85,6 +91,7 @@ class Inbound:
             queue_id=data.get("queue_id"),
             authenticated=data.get("authenticated"),
             received_at=float(data.get("received_at") or time.time()),
+            mode=data.get("mode") if data.get("mode") in MODES else None,
         )
 
     def header(self, name: str) -> str | None:

@@ -25,9 +25,10 @@ log = logging.getLogger("replytrack.milter")
 MAX_LISTED = 100
 
 
-def active(config: Config) -> bool:
-    """True when the site runs in monitor mode."""
-    return config.mode == MONITOR
+def active(config: Config, mode: str | None = None) -> bool:
+    """True when a mail is handled in monitor mode: ``mode``, the one it arrived under
+    (``Inbound.mode``), or the site's configured mode when that is not known."""
+    return (mode or config.mode) == MONITOR
 
 
 def monitored_detail(verdict: Verdict) -> dict[str, Any]:
@@ -56,11 +57,11 @@ def record(store: Store, verdict: Verdict) -> bool:
     return event_id is not None
 
 
-def as_applied(verdict: Verdict, config: Config) -> Verdict:
+def as_applied(verdict: Verdict, config: Config, mode: str | None = None) -> Verdict:
     """The verdict as the milter carried it out: unchanged in enforce mode; in monitor mode
     without header, stops, bounces and pause (so neither the mail, the metrics nor the log
     line claim them), what it would have done logged at INFO."""
-    if not active(config) or verdict.event is None:
+    if not active(config, mode) or verdict.event is None:
         return verdict
     would = len(verdict.set_status)
     if would or verdict.add_header:

@@ -8,8 +8,9 @@ Parts (one private PostgreSQL for all of them, ``pg_server.py``: fsync on):
 
 * ``proxy``: ``smtp-source -> replytrack proxy -> smtp-sink``, one proxy on a SQLite store
   and one on a PostgreSQL database, each relaying to its own smtp-sink; each round runs both
-  back to back. CPU per mail is given for the proxy's process tree and for PostgreSQL's
-  server processes separately (the sink's is left out: it is the same for both).
+  back to back. CPU per mail is given for the proxy's process tree, PostgreSQL's server
+  processes, the sink and smtp-source separately (the last two are what both stores share
+  on the two cores: ``pg_floor.py`` uses them to bound the ratio).
   ``--old-tree DIR`` (a copy of an earlier tree: ``cp -a replytrack DIR/``) adds both
   proxies run from that tree, interleaved with this tree's: before and after in one run.
 * ``async``: how the proxy should call PostgreSQL from its event loop. The proxy runs each
@@ -35,6 +36,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -93,6 +95,7 @@ def load(cfg: Config, count: int, sessions: int, message: Path | None) -> Sample
     """``count`` mails with ``sessions`` sessions into each port at once (one smtp-source
     each); the rate is all mails over the time until the last load ended."""
     before = {g: tree_cpu(roots) for g, roots in cfg.groups.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     procs = []
     for port in cfg.ports:
@@ -113,6 +116,11 @@ def load(cfg: Config, count: int, sessions: int, message: Path | None) -> Sample
         lab.wait_queue_empty(timeout=120)
     total = count * len(cfg.ports)
     cpu = {g: (tree_cpu(r) - before[g]) * 1000 / total for g, r in cfg.groups.items()}
+    # smtp-source's own CPU (reaped children of this process): with the sink's, what every
+    # configuration spends beside the part under test.
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    cpu["source"] = spent * 1000 / total
     return Sample(rate=total / seconds, cpu=cpu)
 
 
@@ -174,9 +182,12 @@ def proxy_configs(
         workdir.mkdir()
         # A sink each (the same smtp-sink): one sink refuses connections past its limit
         # once several proxies keep pools of up to 64 upstream connections open.
-        proxy = ProxyProcess(workdir, lab.sink().port, extra_env=extra).start()
+        sink = lab.sink()
+        proxy = ProxyProcess(workdir, sink.port, extra_env=extra).start()
         lab.proxies.append(proxy)
-        configs[name] = Config([proxy.port], {"proxy": [proxy.pid], "postgresql": [pg_root]})
+        assert sink.proc is not None
+        groups = {"proxy": [proxy.pid], "postgresql": [pg_root], "sink": [sink.proc.pid]}
+        configs[name] = Config([proxy.port], groups)
     return configs
 
 
@@ -287,7 +298,7 @@ async def _async_mode(url: str, tasks: int, calls: int) -> None:
     from psycopg_pool import AsyncConnectionPool
 
     from replytrack.do_not_contact import lookup_keys
-    from replytrack.store.postgresql.store import _BLOCKED as BLOCKED
+    from replytrack.store.postgresql.outbound import _BLOCKED as BLOCKED
 
     pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
         url, min_size=10, max_size=10, kwargs={"autocommit": True}, open=False

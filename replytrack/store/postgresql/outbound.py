@@ -131,6 +131,13 @@ def _plain_settle_states(status: str) -> dict[str, str]:
     }
 
 
+def plain_settle_params(pk: int, status: str, upstream_reply: str | None) -> dict[str, Any]:
+    """_PLAIN_SETTLE's parameters."""
+    return {"pk": pk, "status": status, "reply": text(upstream_reply)} | _plain_settle_states(
+        status
+    )
+
+
 def _floats(row: dict[str, Any] | None, *names: str) -> Any:
     """A row read as JSON with its DOUBLE PRECISION columns as floats again (JSON writes
     a whole number without its point)."""
@@ -151,6 +158,47 @@ def _settled_suppressions(row: DictRow) -> list[Event]:
             for s in row["suppressed"]
         ],
     )
+
+
+def record_params(record: OutboundRecord) -> dict[str, Any]:
+    """_RECORD's parameters for ``record`` (made storable): its recipients in sorted order
+    and, for campaign mail, the enrollments it makes (``rules.enrolled_by``)."""
+    recipients = sorted(
+        ((r.address, r.role, r.envelope, r.status, r.reason) for r in record.recipients),
+        key=lambda r: r[0],
+    )
+    enroll = rules.enrolled_by(record)
+    root = record.thread if record.campaign is not None else None
+    # The root goes in with its enrollment when this mail enrolls its recipient (the
+    # statement's parts share one snapshot: a separate UPDATE would not see that row);
+    # onto the enrollment already there otherwise.
+    root_in_enroll = root is not None and text(root.recipient) in enroll
+    return {
+        "message_id": record.message_id,
+        "original_message_id": record.original_message_id,
+        "campaign": record.campaign,
+        "step": record.step,
+        "sender": record.sender,
+        "from_address": record.from_address,
+        "subject": record.subject,
+        "created_at": record.created_at,
+        "status": record.status,
+        "size": record.size,
+        "upstream_reply": record.upstream_reply,
+        **{
+            name: [r[i] for r in recipients]
+            for i, name in enumerate(("r_address", "r_role", "r_envelope", "r_status"))
+        },
+        "r_reason": [r[4] for r in recipients],
+        "e_address": enroll,
+        "e_domain": [address_domain(a) for a in enroll],
+        "e_thread": [
+            text(root.index) if root_in_enroll and root and a == text(root.recipient) else None
+            for a in enroll
+        ],
+        "root_recipient": None if root is None or root_in_enroll else text(root.recipient),
+        "root_index": None if root is None else text(root.index),
+    }
 
 
 class PgOutbound(PgSuppressions):
@@ -190,42 +238,7 @@ class PgOutbound(PgSuppressions):
         suppressed recipients adds its events in the same transaction.
         """
         record = storable(record)
-        recipients = sorted(
-            ((r.address, r.role, r.envelope, r.status, r.reason) for r in record.recipients),
-            key=lambda r: r[0],
-        )
-        enroll = rules.enrolled_by(record)
-        root = record.thread if record.campaign is not None else None
-        # The root goes in with its enrollment when this mail enrolls its recipient (the
-        # statement's parts share one snapshot: a separate UPDATE would not see that row);
-        # onto the enrollment already there otherwise.
-        root_in_enroll = root is not None and text(root.recipient) in enroll
-        params = {
-            "message_id": record.message_id,
-            "original_message_id": record.original_message_id,
-            "campaign": record.campaign,
-            "step": record.step,
-            "sender": record.sender,
-            "from_address": record.from_address,
-            "subject": record.subject,
-            "created_at": record.created_at,
-            "status": record.status,
-            "size": record.size,
-            "upstream_reply": record.upstream_reply,
-            **{
-                name: [r[i] for r in recipients]
-                for i, name in enumerate(("r_address", "r_role", "r_envelope", "r_status"))
-            },
-            "r_reason": [r[4] for r in recipients],
-            "e_address": enroll,
-            "e_domain": [address_domain(a) for a in enroll],
-            "e_thread": [
-                text(root.index) if root_in_enroll and root and a == text(root.recipient) else None
-                for a in enroll
-            ],
-            "root_recipient": None if root is None or root_in_enroll else text(root.recipient),
-            "root_index": None if root is None else text(root.index),
-        }
+        params = record_params(record)
         events = []
         if record.campaign is not None and rules.records_suppressions(None, record.status):
             events = rules.suppression_events(
@@ -253,12 +266,10 @@ class PgOutbound(PgSuppressions):
         # after which this change records suppression events, with a campaign and without,
         # or takes enrollments back: from the rules, asked for each state). Where they do
         # ask, it changes nothing and the transaction below does it all.
-        params = {"pk": pk, "status": status, "reply": text(upstream_reply)}
+        params = plain_settle_params(pk, status, upstream_reply)
         settled = self.write_single(
             lambda conn: (
-                conn.cursor(row_factory=tuple_row)
-                .execute(_PLAIN_SETTLE, params | _plain_settle_states(status))
-                .fetchone()
+                conn.cursor(row_factory=tuple_row).execute(_PLAIN_SETTLE, params).fetchone()
             )
         )
         if settled is not None:

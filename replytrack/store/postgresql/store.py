@@ -31,6 +31,12 @@ from replytrack.store.records import (
     StatusChange,
 )
 
+# find_sent: one b-tree probe per ID in each of the two indexes, OR-ed as bitmaps.
+FIND_SENT = (
+    "SELECT * FROM messages WHERE message_id = ANY(%s) OR original_message_id = ANY(%s)"
+    " ORDER BY created_at DESC, id DESC"
+)
+
 
 class PostgreSQLStore(PgOutbound, PgListing, PgOutbox, PgSequences, Store):
     """The store in a PostgreSQL database. Safe to share between threads."""
@@ -83,11 +89,7 @@ class PostgreSQLStore(PgOutbound, PgListing, PgOutbox, PgSequences, Store):
         if not wanted:
             return []
         # One b-tree probe per ID in each of the two indexes, OR-ed as bitmaps.
-        return self._messages(
-            "SELECT * FROM messages WHERE message_id = ANY(%s) OR original_message_id = ANY(%s)"
-            " ORDER BY created_at DESC, id DESC",
-            (wanted, wanted),
-        )
+        return self._messages(FIND_SENT, (wanted, wanted))
 
     def enrollments(
         self,

@@ -311,6 +311,19 @@ def test_subject_domain_only_for_headerless_mail_from_a_company_domain():
     assert matching.subject_domain([("In-Reply-To", "<a@b>")], "carl@acme.example") is None
 
 
+def test_the_header_names_the_campaign_and_a_reply_to_one_to_one_mail_names_none():
+    """A reply to one-to-one mail belongs to no campaign: its header has no campaign
+    parameter, so it cannot be read as a campaign called "none" (which gets its own)."""
+    solo = dataclasses.replace(SENT, campaign=None)
+    facts = Facts(Match("in-reply-to", (solo,), ("in-reply-to:stamped",)), ())
+    verdict = decide(mail(), PERSON, facts, CONFIG, now=NOW)
+    assert verdict.kind == "reply" and verdict.add_header == "reply; match=in-reply-to"
+    named_none = dataclasses.replace(SENT, campaign="none")
+    facts = Facts(Match("in-reply-to", (named_none,), ("in-reply-to:stamped",)), ())
+    verdict = decide(mail(), PERSON, facts, CONFIG, now=NOW)
+    assert verdict.add_header == "reply; campaign=none; match=in-reply-to"
+
+
 def test_match_subject_takes_campaign_mail_with_the_answered_subject():
     other = dataclasses.replace(SENT, id=2, message_id="other@x", subject="Pricing")
     one_to_one = dataclasses.replace(SENT, id=3, message_id="solo@x", campaign=None)

@@ -326,13 +326,15 @@ def _reply(
         reason = f"reply from {replier}"
         changes += [StatusChange(sent.campaign, a, STOPPED, reason) for a in targets]
     # The campaign id comes from the store, where one recorded before ids were checked may
-    # hold ";" or a line end: header_parameter writes it so it adds nothing.
-    campaign = header_parameter("campaign", found.primary.campaign or "none")
+    # hold ";" or a line end: header_parameter writes it so it adds nothing. A reply to
+    # one-to-one mail names no campaign (a "campaign=none" would be a campaign called none).
+    primary = found.primary.campaign
+    campaign = "" if primary is None else f" {header_parameter('campaign', primary)};"
     fields = {
         "evidence": tuple(said),
         "scope": scope,
         "set_status": tuple(changes),
-        "add_header": f"reply; {campaign}; match={found.method}",
+        "add_header": f"reply;{campaign} match={found.method}",
         **known,
     }
     intent: Intent | None = known.get("intent")

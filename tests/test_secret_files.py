@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from replytrack.config import ConfigError, load_config, load_secret_files, notify_problems
+from replytrack.config import (
+    ConfigError,
+    load_config,
+    load_secret_files,
+    notify_problems,
+    read_db_password,
+)
 from tests.support.env import clean_environ
 from tests.support.install import replytrack_init
 
@@ -91,3 +97,39 @@ def test_daemon_refuses_a_world_readable_secret_file(tmp_path: Path, command: li
     assert done.returncode != 0
     assert "notify.secret_file" in done.stderr and "chmod o-rwx" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- the store's password file: the same reader, stricter about the group --------------------
+
+
+def test_db_password_file_refuses_the_group_where_other_secrets_allow_it(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, 0o640)
+    notify = load_config("none", env={"REPLYTRACK_NOTIFY_SECRET_FILE": str(path)})
+    assert load_secret_files(notify).notify_secret == "s3cret-value"
+    db = load_config("none", env={"REPLYTRACK_DB_PASSWORD_FILE": str(path)})
+    with pytest.raises(ConfigError) as refused:
+        read_db_password(db)
+    assert str(refused.value) == (
+        f"db_password_file: {path} has mode 640; group and others must have no access"
+        f" (chmod 600 {path})"
+    )
+    path.chmod(0o600)
+    assert read_db_password(db) == "s3cret-value"
+
+
+@pytest.mark.parametrize(
+    ("env_name", "setting"),
+    [
+        ("REPLYTRACK_DB_PASSWORD_FILE", "db_password_file"),
+        ("REPLYTRACK_NOTIFY_SECRET_FILE", "notify.secret_file"),
+    ],
+)
+def test_a_secret_file_that_is_not_text_is_refused_naming_it(
+    tmp_path: Path, env_name: str, setting: str
+) -> None:
+    path = tmp_path / "binary"
+    path.write_bytes(b"\xff\xfe\x00secret\n")
+    path.chmod(0o600)
+    config = load_config("none", env={env_name: str(path)})
+    with pytest.raises(ConfigError, match=rf"^{setting}: {path} is not UTF-8 text$"):
+        read_db_password(config) if setting == "db_password_file" else load_secret_files(config)

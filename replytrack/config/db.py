@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replytrack.config.errors import ConfigError
+from replytrack.config.secrets import read_secret_file
 
 if TYPE_CHECKING:
     from replytrack.config import Config
@@ -79,26 +79,12 @@ def check_db_url(db: str) -> None:
 def read_db_password(config: Config) -> str | None:
     """The password in ``db_password_file`` (None when the setting is empty).
 
-    Like libpq with a .pgpass file, a file that the group or others may read is refused:
-    a password readable by more than the service user is not a secret any more.
+    Like libpq with a .pgpass file, a file that the group or others may read is refused,
+    stricter than the other ``*_file`` secrets: on a daemon host it holds the password of
+    a role that writes every row, while the group's listing commands log in as their own
+    read-only role (postgresql-roles.sql). A password readable by more than the service
+    user is not a secret any more.
     """
     if not config.db_password_file:
         return None
-    path = Path(config.db_password_file)
-    try:
-        info = path.stat()
-        if not path.is_file():
-            raise ConfigError(f"db_password_file: {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"db_password_file: {path} has mode {info.st_mode & 0o777:o}; group and others"
-                f" must have no access (chmod 600 {path})"
-            )
-        password = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigError(f"db_password_file: cannot read {path}: {exc.strerror or exc}") from None
-    if not password:
-        raise ConfigError(f"db_password_file: {path} is empty")
-    return password
-
-
+    return read_secret_file(config.db_password_file, setting="db_password_file", mask=0o077)

@@ -20,21 +20,25 @@ SECRET_FILES = {
 }
 
 
-def read_secret_file(path: str, *, setting: str) -> str:
-    """The secret in ``path`` (its first line), refusing a file anyone may read.
+def read_secret_file(path: str, *, setting: str, mask: int = 0o007) -> str:
+    """The secret in ``path`` (its first line, surrounding blanks stripped), refusing a file
+    whose mode has any bit of ``mask`` set, with ConfigError messages naming ``setting``.
 
-    As libpq does for .pgpass, but the service group keeps access: the group model lets
-    its members run the ops commands that need the same secret.
+    The default mask is as libpq's for .pgpass but for the group, which keeps access: the
+    group model lets its members run the ops commands that need the same secret. A caller
+    whose secret is for the service user alone passes 0o077.
     """
     file = Path(path)
     try:
         info = file.stat()
         if not file.is_file():
             raise ConfigError(f"{setting}: {file} is not a regular file")
-        if info.st_mode & 0o007:
+        if info.st_mode & mask:
+            group_too = bool(mask & 0o070)
+            who, fix = ("group and others", "chmod 600") if group_too else ("others", "chmod o-rwx")
             raise ConfigError(
-                f"{setting}: {file} has mode {info.st_mode & 0o777:o}; others must have no"
-                f" access (chmod o-rwx {file})"
+                f"{setting}: {file} has mode {info.st_mode & 0o777:o}; {who} must have no"
+                f" access ({fix} {file})"
             )
         secret = file.read_text(encoding="utf-8").partition("\n")[0].strip()
     except OSError as exc:

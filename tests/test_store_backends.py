@@ -403,6 +403,28 @@ def test_enrollment_filters_and_order(any_store: Any) -> None:
     ]
 
 
+def test_enrollment_domains_are_lowercase_and_filtered_regardless_of_case(
+    any_store: Any,
+) -> None:
+    # Domains are case-insensitive (RFC 5321 2.4): each backend stores them lowercase, however
+    # the address was written, and finds them by --domain in any case.
+    mixed = (OutboundRecipient("Pat@Them.Example", "to", True),)
+    any_store.record_outbound(outbound("d1@ours.example", recipients=mixed))
+    any_store.record_event(
+        Event(kind="stopped", created_at=NOW, actor="ops"),
+        set_status=[StatusChange("autumn", "Kim@Them.EXAMPLE", STOPPED, "by hand")],
+    )
+    for asked in ("them.example", "THEM.example"):
+        found = any_store.enrollments(domain=asked)
+        assert [(e.campaign, e.recipient) for e in found] == [
+            ("autumn", "Kim@Them.EXAMPLE"),
+            ("spring", "Pat@Them.Example"),
+        ], asked
+    # The milter's header-less match asks by the sender's domain, lowercased.
+    sent = any_store.recent_campaign_mail("them.example", since=NOW - 60)
+    assert [m.message_id for m in sent] == ["d1@ours.example"]
+
+
 def test_reactivate_due(any_store: Any) -> None:
     any_store.record_event(
         Event(kind="paused", created_at=NOW),

@@ -100,6 +100,8 @@ class PostgreSQLStore(PgOutbound, PgListing, PgOutbox, PgSequences, Store):
         status: str | Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[Enrollment]:
+        # Domains are stored lowercase (case-insensitive, RFC 5321 2.4): so is the filter.
+        domain = None if domain is None else domain.lower()
         where, params = rows.conditions(
             (("campaign", campaign), ("recipient", recipient), ("domain", domain)),
             mark="%s",

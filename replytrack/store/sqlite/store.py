@@ -14,6 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from replytrack.headers import address_domain
 from replytrack.store import files, rows, rules
 from replytrack.store.base import AddressHasher, Store
 from replytrack.store.records import (
@@ -164,7 +165,7 @@ class SQLiteStore(
                         (
                             record.campaign,
                             a,
-                            a.rpartition("@")[2],
+                            address_domain(a),
                             record.created_at,
                             record.created_at,
                         )
@@ -290,6 +291,8 @@ class SQLiteStore(
         status: str | Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[Enrollment]:
+        # Domains are stored lowercase (case-insensitive, RFC 5321 2.4): so is the filter.
+        domain = None if domain is None else domain.lower()
         where, params = rows.conditions(
             (("campaign", campaign), ("recipient", recipient), ("domain", domain)), mark="?"
         )
@@ -401,7 +404,7 @@ class SQLiteStore(
                     (
                         winner.campaign,
                         winner.recipient,
-                        winner.recipient.rpartition("@")[2],
+                        address_domain(winner.recipient),
                         winner.status,
                         winner.reason,
                         event.created_at,

@@ -374,7 +374,7 @@ class ProxyHandler:
             # nobody is blocked, record the mail in the same call.
             try:
                 blocked, pk = await self._store_call(
-                    self._record_unless_blocked, stamped.campaign, recipients, make_record
+                    self._record_unless_blocked, cid, stamped.campaign, recipients, make_record
                 )
             except Exception as exc:
                 raise await self._store_failed(cid, upstream, "cannot record the mail") from exc
@@ -403,6 +403,7 @@ class ProxyHandler:
 
     def _record_unless_blocked(
         self,
+        cid: str,
         campaign: str | None,
         recipients: list[str],
         make_record: Callable[[dict[str, Enrollment]], OutboundRecord],
@@ -412,7 +413,7 @@ class ProxyHandler:
         blocked = (
             self.store.blocked_enrollments(campaign, recipients) if campaign is not None else {}
         )
-        blocked = let_through(self.config, blocked, campaign)  # monitor mode: relay them too
+        blocked = let_through(self.config, blocked, campaign, cid=cid)  # monitor: relay them
         if blocked:
             return blocked, None
         return blocked, self.store.record_outbound(make_record(blocked))

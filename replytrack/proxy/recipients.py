@@ -27,11 +27,13 @@ class Blocked(dict[str, Enrollment]):
         self.watched = dict(watched or {})
 
 
-def let_through(config: Config, blocked: Mapping[str, Enrollment], campaign: str | None) -> Blocked:
+def let_through(
+    config: Config, blocked: Mapping[str, Enrollment], campaign: str | None, *, cid: str
+) -> Blocked:
     """``blocked`` as the proxy enforces it. In monitor mode (``mode = "monitor"``) every
     recipient goes in ``watched`` instead (relayed, its row noting why enforce mode would
-    not have), logged and counted, except those on the do-not-contact list: theirs is the
-    recipient's own request, honoured in both modes."""
+    not have), logged (with the connection id ``cid``) and counted, except those on the
+    do-not-contact list: theirs is the recipient's own request, honoured in both modes."""
     if config.mode != MONITOR or not blocked:
         return Blocked(blocked)
     kept = {a: e for a, e in blocked.items() if (e.reason or "").startswith(DO_NOT_CONTACT)}
@@ -39,7 +41,8 @@ def let_through(config: Config, blocked: Mapping[str, Enrollment], campaign: str
     if watched:
         metrics.PROXY_RECIPIENTS_MONITORED.inc(len(watched))
         log.info(
-            "monitor mode: campaign %s: not suppressing %s, as enforce mode would (%s)",
+            "[%s] monitor mode: campaign %s: not suppressing %s, as enforce mode would (%s)",
+            cid,
             campaign,
             ", ".join(sorted(watched)),
             "; ".join(_why(e) for _, e in sorted(watched.items())),

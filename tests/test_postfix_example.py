@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from replytrack.config import Config, _flatten, load_config
+from tests.support.engine_mail import DOMAIN, campaign_mail
 from tests.support.postfix import (
     EXAMPLE_PORTS,
     PostfixLab,
@@ -38,7 +39,6 @@ from tests.support.postfix import (
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "postfix-example"
 REPLYTRACK = Path(sys.executable).with_name("replytrack")
-DOMAIN = "example.test"
 ID_DOMAIN = "track.example.test"
 DEFAULT_PORTS = EXAMPLE_PORTS
 
@@ -158,19 +158,6 @@ def replytrack(tmp_path: Path) -> Iterator[Replytrack]:
 
 
 # --- mail ----------------------------------------------------------------------------------
-
-
-def campaign_mail(step: int) -> EmailMessage:
-    """Step ``step`` of campaign "spring" from sales to a prospect, as a campaign engine sends."""
-    msg = EmailMessage()
-    msg["From"] = f"Sales <sales@{DOMAIN}>"
-    msg["To"] = f"Prospect <prospect@{DOMAIN}>"
-    msg["Subject"] = f"Spring offer, step {step}"
-    msg["Message-ID"] = f"<engine-step{step}@crm.{DOMAIN}>"
-    msg["X-ReplyTrack-Campaign"] = "spring"
-    msg["X-ReplyTrack-Step"] = str(step)
-    msg.set_content(f"Hello, this is step {step} of our offer.\n")
-    return msg
 
 
 def reply_to(original: email.message.Message) -> EmailMessage:
@@ -364,7 +351,7 @@ def _check_stamped_delivery(message: email.message.Message) -> str:
 
 def _reply_and_check_stop(lab: PostfixLab, rt: Replytrack, step1: email.message.Message) -> None:
     send(lab.smtp_port, reply_to(step1))
-    reply = wait_delivered(lab, "Re: Spring offer, step 1")
+    reply = wait_delivered(lab, "Re: Offer, step 1")
     flag = reply["X-ReplyTrack"]
     assert flag is not None and flag.startswith("reply"), f"X-ReplyTrack: {flag}"
     assert "campaign=spring" in flag
@@ -392,7 +379,7 @@ def test_mode_a_proxy_then_reinjection(
 
     # 1. The campaign engine sends step 1 through the proxy; Postfix delivers it.
     send(ports["proxy"], campaign_mail(1))
-    step1 = wait_delivered(lab, "Spring offer, step 1")
+    step1 = wait_delivered(lab, "Offer, step 1")
     stamped = _check_stamped_delivery(step1)
     assert "postfix/replytrack-reinject" in lab.log()
     messages = replytrack.json("messages")
@@ -407,7 +394,7 @@ def test_mode_a_proxy_then_reinjection(
     assert refused.value.smtp_code == 550
     assert b"5.7.1" in refused.value.smtp_error
     lab.wait_queue_empty()
-    assert delivered(lab, "Spring offer, step 2") == []
+    assert delivered(lab, "Offer, step 2") == []
 
 
 @pytest.mark.postfix
@@ -421,12 +408,12 @@ def test_mode_b_content_filter(
     # 0. Proxy down: Postfix keeps the mail queued (deferred), nothing is lost.
     send(ports["submit"], campaign_mail(1))
     lab.wait_for_log("status=deferred")
-    assert delivered(lab, "Spring offer, step 1") == []
+    assert delivered(lab, "Offer, step 1") == []
     assert lab.queue_size() == 1
 
     # 1. The proxy comes up; Postfix retries, the proxy stamps and reinjects, it is delivered.
     replytrack.proxy(ports["proxy"], ports["reinject"])
-    step1 = wait_delivered(lab, "Spring offer, step 1", timeout=60)
+    step1 = wait_delivered(lab, "Offer, step 1", timeout=60)
     stamped = _check_stamped_delivery(step1)
     messages = replytrack.json("messages")
     assert any(m["message_id"] in (stamped, stamped.strip("<>")) for m in messages), messages
@@ -443,6 +430,6 @@ def test_mode_b_content_filter(
     bounced = [line for line in lab.log().splitlines() if "status=bounced" in line]
     assert any("5.7.1" in line and f"prospect@{DOMAIN}" in line for line in bounced), bounced
     lab.wait_queue_empty(timeout=30)
-    assert delivered(lab, "Spring offer, step 2") == []
+    assert delivered(lab, "Offer, step 2") == []
     notices = [m for m in lab.maildir() if b"Delivered-To: sales@" in m and b"5.7.1" in m]
     assert notices, "no bounce notice delivered to the sender"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.engine_mail import DOMAIN, campaign_mail
 from tests.support.postfix import PostfixLab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -275,8 +276,6 @@ class Overlay:
 
 # --- the demo flow through an installed or extracted package ----------------------------
 
-DOMAIN = "example.test"
-
 
 def set_setting(text: str, table: str, key: str, value: object) -> str:
     """``text`` (a TOML file) with ``key`` of ``[table]`` ("" for top level) set to ``value``,
@@ -289,18 +288,6 @@ def set_setting(text: str, table: str, key: str, value: object) -> str:
     assert line.search(section), f"[{table}] {key} not in the packaged config"
     section = line.sub(lambda _: f"{key} = {json.dumps(value)}", section, count=1)
     return text[:start] + section + text[end:]
-
-
-def campaign_mail(step: int) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = f"Sales <sales@{DOMAIN}>"
-    msg["To"] = f"Prospect <prospect@{DOMAIN}>"
-    msg["Subject"] = f"Offer, step {step}"
-    msg["Message-ID"] = f"<engine-step{step}@crm.{DOMAIN}>"
-    msg["X-ReplyTrack-Campaign"] = "spring"
-    msg["X-ReplyTrack-Step"] = str(step)
-    msg.set_content(f"Hello, this is step {step}.\n")
-    return msg
 
 
 def wait_delivered(lab: PostfixLab, subject: str) -> email.message.Message:

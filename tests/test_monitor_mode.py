@@ -407,3 +407,43 @@ def test_journal_entry_without_a_mode_is_replayed_under_the_configured_one(
     assert status(any_store, PROSPECT) == ACTIVE
     [event] = any_store.events(kind="reply")
     assert event.detail.get("monitor") is True
+
+
+def test_the_monitor_counts_read_their_partial_indexes_not_every_row(
+    any_store: Any, keyring: Keyring, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`replytrack campaigns` counts monitor mode's rows on every call: on a store of
+    millions of recipients and events, a scan of both each time. Its statements must be the
+    ones the partial indexes of schema 9 serve (the condition written the same way)."""
+    record_sent(any_store, keyring, to=["ann@acme.example"])
+    statements: list[str] = []
+    listed_rows = any_store.listed_rows
+
+    def recording(sql: str, params: list[Any], limit: int | None) -> Any:
+        statements.append(sql)
+        return listed_rows(sql, params, limit)
+
+    monkeypatch.setattr(any_store, "listed_rows", recording)
+    any_store.monitor_counts()
+    any_store.monitored_events()
+    assert len(statements) == 3
+    if isinstance(any_store, SQLiteStore):
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:
+            plans = [
+                " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+                for sql in statements
+            ]
+    else:
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("SET enable_seqscan = off")  # a tiny table: prove the index serves
+            plans = [
+                " ".join(row[0] for row in conn.execute(f"EXPLAIN {sql}").fetchall())
+                for sql in statements
+            ]
+    assert "events_monitored" in plans[0], plans[0]
+    assert "recipients_monitored" in plans[1], plans[1]
+    assert "events_monitored" in plans[2], plans[2]

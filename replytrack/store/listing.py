@@ -27,6 +27,8 @@ class Listing(abc.ABC):
 
     #: The engine's query placeholder.
     MARK: ClassVar[str]
+    #: The engine's substring search, ``FIND_IN(text, part)``: the position, 0 if none.
+    FIND_IN: ClassVar[str]
 
     @staticmethod
     @abc.abstractmethod
@@ -99,18 +101,15 @@ class Listing(abc.ABC):
         return [rows.campaign_stats(row) for row in self.listed_rows(sql, params, None)]
 
     def monitor_counts(self, campaign: str | None = None) -> dict[str, MonitorCounts]:
-        m = self.MARK
-        details = self.listed_rows(
-            f"SELECT detail FROM events WHERE detail LIKE {m}",
-            [monitor_counts.MONITORED_DETAIL],
-            None,
-        )
+        monitored = monitor_counts.monitored_event(self.FIND_IN)
+        details = self.listed_rows(f"SELECT detail FROM events WHERE {monitored}", [], None)
+        # recipients unaliased: the condition must read as the partial index's does.
         relayed = self.listed_rows(
-            "SELECT m.campaign, count(*) AS n FROM recipients r JOIN messages m"
-            f" ON m.id = r.message WHERE r.status = 'sent' AND r.reason LIKE {m}"
-            " AND m.campaign IS NOT NULL AND m.status IN ('relayed', 'unconfirmed')"
-            " GROUP BY m.campaign",
-            [monitor_counts.MONITORED_REASON],
+            "SELECT m.campaign, count(*) AS n FROM recipients JOIN messages m"
+            f" ON m.id = recipients.message WHERE {monitor_counts.MONITORED_RECIPIENT}"
+            " AND recipients.status = 'sent' AND m.campaign IS NOT NULL"
+            " AND m.status IN ('relayed', 'unconfirmed') GROUP BY m.campaign",
+            [],
             None,
         )
         return monitor_counts.count(
@@ -122,8 +121,7 @@ class Listing(abc.ABC):
     def monitored_events(self, campaign: str | None = None) -> list[Event]:
         """The events monitor mode recorded (``detail.monitor``), oldest first."""
         where, params = rows.conditions((("campaign", campaign),), mark=self.MARK, text=self.param)
-        where.append(f"detail LIKE {self.MARK}")
-        params.append(monitor_counts.MONITORED_DETAIL)
+        where.append(monitor_counts.monitored_event(self.FIND_IN))
         sql = rows.select("events", where, "id")
         return [
             event

@@ -18,10 +18,23 @@ from typing import Any
 from replytrack.config.mode import MONITOR_REASON
 from replytrack.store.records import BOUNCED, STOPPED
 
-# Text every monitored event's JSON detail holds (json.dumps' default separators), for a
-# LIKE that leaves the other events unread; each hit is still parsed and checked.
-MONITORED_DETAIL = '%"monitor": true%'
-MONITORED_REASON = MONITOR_REASON + "%"
+# Text every monitored event's JSON detail holds (json.dumps' default separators); each
+# event found by it is still parsed and checked.
+MONITORED_TEXT = '"monitor": true'
+MONITORED_DETAIL = f"%{MONITORED_TEXT}%"  # the same as a LIKE pattern
+assert "'" not in MONITORED_TEXT + MONITOR_REASON  # written into SQL below
+# The recipients relayed in monitor mode and the monitored events, as conditions that the
+# partial indexes of schema 9 are made with (recipients_monitored, events_monitored): the
+# same text in a query lets both engines use them, so ``replytrack campaigns`` reads those
+# few rows instead of scanning every recipient and event. ``find_in`` is the engine's
+# substring search (SQLite's instr, PostgreSQL's strpos: same arguments).
+MONITORED_RECIPIENT = f"substr(reason, 1, {len(MONITOR_REASON)}) = '{MONITOR_REASON}'"
+
+
+def monitored_event(find_in: str) -> str:
+    return f"{find_in}(detail, '{MONITORED_TEXT}') > 0"
+
+
 _STOPPING = (STOPPED, BOUNCED)
 
 

@@ -161,6 +161,13 @@ LEGACY_MIGRATIONS: list[str] = [
         WHERE thread_index IS NOT NULL;
     CREATE INDEX IF NOT EXISTS enrollments_at_domain ON enrollments (domain);
     """,
+    # 8 -> 9: monitor mode's counts without scans (recipients relayed, events monitored).
+    """
+    CREATE INDEX IF NOT EXISTS recipients_monitored ON recipients (message)
+        WHERE substr(reason, 1, 9) = 'monitor: ';
+    CREATE INDEX IF NOT EXISTS events_monitored ON events (id)
+        WHERE instr(detail, '"monitor": true') > 0;
+    """,
 ]
 
 

@@ -48,6 +48,7 @@ class PgListing(PgConnections, Listing):
 
     # --- listing (the queries are replytrack.store.listing's) ------------------------------
     MARK = "%s"
+    FIND_IN = "strpos"
     param = staticmethod(text)
 
     def listed_rows(self, sql: str, params: list[Any], limit: int | None) -> list[DictRow]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from replytrack.store import monitor_counts
 from replytrack.store.errors import StoreError
 from replytrack.store.postgresql.connection import Conn, PgConnections
 
@@ -185,6 +186,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS enrollments_thread_guid ON enrollments (substr(thread_index, 9))
         WHERE thread_index IS NOT NULL;
     CREATE INDEX IF NOT EXISTS enrollments_at_domain ON enrollments (domain);
+    """,
+    # 8 -> 9: `replytrack campaigns` counts what monitor mode let happen from the few
+    # recipients relayed in monitor mode and the monitored events, found by partial indexes
+    # instead of a scan of every recipient and event (store/monitor_counts.py).
+    f"""
+    CREATE INDEX IF NOT EXISTS recipients_monitored ON recipients (message)
+        WHERE {monitor_counts.MONITORED_RECIPIENT};
+    CREATE INDEX IF NOT EXISTS events_monitored ON events (id)
+        WHERE {monitor_counts.monitored_event("strpos")};
     """,
 ]
 

@@ -60,6 +60,7 @@ class SQLiteListing(SQLiteConnections, Listing):
 
     # --- listing (the queries are replytrack.store.listing's) ------------------------------
     MARK = "?"
+    FIND_IN = "instr"
     param = staticmethod(text)
 
     def listed_rows(self, sql: str, params: list[Any], limit: int | None) -> list[sqlite3.Row]:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from replytrack.store import monitor_counts
 from replytrack.store.errors import StoreError
 from replytrack.store.sqlite.connection import SQLiteConnections
 
@@ -247,7 +248,24 @@ def _v8(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+def _v9(conn: sqlite3.Connection) -> None:
+    """8 -> 9: ``replytrack campaigns`` counts what monitor mode let happen from the few
+    recipients relayed in monitor mode and the monitored events, found by partial indexes
+    instead of a scan of every recipient and event (store/monitor_counts.py)."""
+    _sql(
+        conn,
+        f"""
+        CREATE INDEX IF NOT EXISTS recipients_monitored ON recipients (message)
+            WHERE {monitor_counts.MONITORED_RECIPIENT};
+        CREATE INDEX IF NOT EXISTS events_monitored ON events (id)
+            WHERE {monitor_counts.monitored_event("instr")}
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9,
+]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -306,20 +306,29 @@ def statuses(store: Any) -> dict[str, str]:
 # --- the take-back meets a record in flight -----------------------------------------------------
 
 
-def test_a_refused_mail_keeps_the_enrollment_of_a_mail_another_host_records_meanwhile(
-    backend: Backend,
-) -> None:
+def take_back_meets_record(backend: Backend, *, commit: bool) -> tuple[Race, int]:
+    """Host 1 records mail A to the prospect; host 2's record of B runs its statement and
+    is held before COMMIT; host 1 then takes A back (refused), and host 2 commits or rolls
+    back. The race, and A's key."""
     host1, host2 = backend.hosts
     pk_a = host1.record_outbound(campaign_mail("a@ours.example", NOW))
-    hold = Hold()  # host 2's record of B: its statement ran, COMMIT not sent yet
+    hold = Hold()
     backend.hold_writes(host2, hold, single_statements=True)
     done = race(
         backend,
         hold,
         lambda: host2.record_outbound(campaign_mail("b@ours.example", NOW + 10)),
         (lambda: host1.set_message_status(pk_a, "failed", REFUSAL), host1),
-        commit=True,
+        commit=commit,
     )
+    return done, pk_a
+
+
+def test_a_refused_mail_keeps_the_enrollment_of_a_mail_another_host_records_meanwhile(
+    backend: Backend,
+) -> None:
+    host1 = backend.hosts[0]
+    done, pk_a = take_back_meets_record(backend, commit=True)
     done.waiter.result()
     assert done.held.result() > pk_a
     # B went to the prospect: the enrollment A made stays, active, from A's time.
@@ -333,17 +342,8 @@ def test_a_refused_mail_keeps_the_enrollment_of_a_mail_another_host_records_mean
 def test_a_refused_mail_takes_back_its_enrollment_when_the_other_record_rolls_back(
     backend: Backend,
 ) -> None:
-    host1, host2 = backend.hosts
-    pk_a = host1.record_outbound(campaign_mail("a@ours.example", NOW))
-    hold = Hold()
-    backend.hold_writes(host2, hold, single_statements=True)
-    done = race(
-        backend,
-        hold,
-        lambda: host2.record_outbound(campaign_mail("b@ours.example", NOW + 10)),
-        (lambda: host1.set_message_status(pk_a, "failed", REFUSAL), host1),
-        commit=False,
-    )
+    host1 = backend.hosts[0]
+    done, _ = take_back_meets_record(backend, commit=False)
     done.waiter.result()
     with pytest.raises(HostGone):
         done.held.result()

@@ -184,6 +184,38 @@ def test_every_worker_accepts_from_the_one_socket(
     assert "Traceback" not in proxy.text()
 
 
+def test_sigterm_stops_everything_after_a_storm_of_sigchld(
+    tmp_path: Path, upstream: RecordingUpstream, run: list[ProxyRun]
+) -> None:
+    # The supervisor hears SIGCHLD whenever a worker stops, continues or exits. Its signal
+    # handlers run between any two bytecodes of its main loop; one that took a lock the
+    # loop held (threading.Event) hung the supervisor for good, deaf to SIGTERM. A signal
+    # pending at nearly every bytecode makes hitting such a window near certain, not rare.
+    proxy = start(run, tmp_path, upstream, "--workers", "2")
+    workers = proxy.workers(2)
+    for _ in range(SIGCHLD_STORM):
+        os.kill(proxy.proc.pid, signal.SIGCHLD)
+    assert proxy.proc.poll() is None, proxy.text()
+    proxy.send("after-the-storm")
+    proxy.proc.send_signal(signal.SIGTERM)
+    try:
+        status = proxy.proc.wait(45)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the supervisor did not act on SIGTERM:\n{proxy.text()}") from None
+    assert status == 0, proxy.text()
+    assert not any(alive(p) for p in workers)
+    assert "Traceback" not in proxy.text()
+    assert [r.rcpt_tos for r in upstream.received] == [["prospect@example.net"]]
+    store = SQLiteStore(proxy.db)
+    assert [m.status for m in store.messages()] == ["relayed"]
+    store.close_all()
+
+
+# Enough that a handler taking a lock the main loop holds hangs the supervisor nearly every
+# run, few enough to send in under a second.
+SIGCHLD_STORM = 200_000
+
+
 def test_a_dead_worker_is_replaced(
     tmp_path: Path, upstream: RecordingUpstream, run: list[ProxyRun]
 ) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -71,9 +72,17 @@ class Supervisor:
         self.slots = [_Slot(i) for i in range(count)]
         self.metrics_dir = metrics_dir
         self.load = load
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._reload = threading.Event()
+        # Set by the signal handlers. They run in the main thread between any two bytecodes,
+        # also while it holds a lock, so they take none: a threading.Event's set() would
+        # wait forever for the lock its own thread holds inside wait() or clear(). Plain
+        # flags, and a byte on a socket pair that the main loop sleeps on.
+        self._stopping = False
+        self._reloading = False
+        self._waker, self._waiter = socket.socketpair()
+        for end in (self._waker, self._waiter):
+            end.setblocking(False)
+        self._sleeper = selectors.DefaultSelector()
+        self._sleeper.register(self._waiter, selectors.EVENT_READ)
         # Pids of workers that said they accept; workers told to retire, not yet exited.
         self._ready: set[int] = set()
         self._retiring: list[subprocess.Popen[bytes]] = []
@@ -133,7 +142,21 @@ class Supervisor:
             os.close(fd)
         if said:
             self._ready.add(pid)
-            self._wake.set()
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake the main loop: from a signal handler or another thread, never blocking."""
+        # A full buffer already holds a wake-up; a closed pair means run() has returned.
+        with contextlib.suppress(OSError):
+            self._waker.send(b"\0")
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait until nudged or ``timeout`` s, then take every pending wake-up: a signal
+        that comes after this is seen at the next call, which then returns at once."""
+        self._sleeper.select(timeout)
+        with contextlib.suppress(BlockingIOError):
+            while self._waiter.recv(4096):
+                pass
 
     def _spawn(self, slot: _Slot) -> None:
         slot.proc, slot.started = self._start(slot.index), time.monotonic()
@@ -171,7 +194,7 @@ class Supervisor:
                     QUICK_DEATH,
                 )
                 self.failed = True
-                self._stop.set()
+                self._stopping = True
                 continue
             log.error(
                 "worker %d (pid %d) exited with status %s after %.1f s; starting another%s",
@@ -190,15 +213,15 @@ class Supervisor:
             multiprocess.mark_process_dead(pid, self.metrics_dir)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._stopping = True
+        self._nudge()
 
     def _on_hangup(self, signum: int, frame: Any) -> None:
-        self._reload.set()
-        self._wake.set()
+        self._reloading = True
+        self._nudge()
 
     def _on_child(self, signum: int, frame: Any) -> None:
-        self._wake.set()
+        self._nudge()
 
     def run(self) -> int:
         """Supervise until SIGTERM or SIGINT, then stop the workers; returns 0, or 1 when
@@ -209,21 +232,20 @@ class Supervisor:
         try:
             for slot in self.slots:
                 self._spawn(slot)
-            while not self._stop.is_set():
-                self._wake.wait(1.0)
-                self._wake.clear()
+            while not self._stopping:
+                self._sleep(1.0)
                 self._reap()
                 now = time.monotonic()
                 for slot in self.slots:
-                    if slot.proc is None and slot.due <= now and not self._stop.is_set():
+                    if slot.proc is None and slot.due <= now and not self._stopping:
                         self._spawn(slot)
                 serving = all(s.proc is not None and s.proc.pid in self._ready for s in self.slots)
                 if serving and not self._announced:
                     self._announced = True
                     log.info("all %d workers accept mail", len(self.slots))
                     systemd.ready(f"{len(self.slots)} workers")
-                if self._reload.is_set() and not self._stop.is_set():
-                    self._reload.clear()
+                if self._reloading and not self._stopping:
+                    self._reloading = False
                     self._reload_workers()
             systemd.stopping()
             status = self._shutdown()
@@ -231,6 +253,9 @@ class Supervisor:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            self._sleeper.close()
+            self._waker.close()
+            self._waiter.close()
 
     def _reload_workers(self) -> None:
         """Re-read the configuration and replace each worker by one that uses it, the new
@@ -255,11 +280,10 @@ class Supervisor:
             return True  # waiting to be restarted: it will start with the new settings
         new = self._start(slot.index)
         deadline = time.monotonic() + READY_TIMEOUT
-        while new.pid not in self._ready and new.poll() is None and not self._stop.is_set():
+        while new.pid not in self._ready and new.poll() is None and not self._stopping:
             if time.monotonic() > deadline:
                 break
-            self._wake.wait(0.5)
-            self._wake.clear()
+            self._sleep(0.5)
         if new.pid not in self._ready:
             # Not by TERM alone: a stop asked for meanwhile finds the loop's flag still set.
             if new.poll() is None:
@@ -270,13 +294,13 @@ class Supervisor:
                     new.kill()
                     new.wait()
             self._mark_dead(new.pid)
-            if not self._stop.is_set():
+            if not self._stopping:
                 log.error(
                     "reload: worker %d did not start with the new configuration (see its"
                     " errors above); the running workers keep the earlier one",
                     slot.index,
                 )
-            self._wake.set()  # the main loop may have missed a SIGCHLD meanwhile
+            self._nudge()  # the main loop may have missed a SIGCHLD meanwhile
             return False
         slot.proc, slot.started = new, time.monotonic()
         with contextlib.suppress(ProcessLookupError):

@@ -244,11 +244,13 @@ REFS_PER_REPLY = 4
 @dataclass
 class Samples:
     """Per-call times in microseconds, one value per interleaved round and operation:
-    wall time, this process's CPU, and the database server's CPU (PostgreSQL only)."""
+    wall time, this process's CPU, and the database server's CPU (PostgreSQL only); and
+    the bytes this process read from the disk per call (pages not in the OS page cache)."""
 
     wall: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
     cpu: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
     server: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
+    disk: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
     found: int = 0
     expected: int = 0
 
@@ -265,16 +267,33 @@ class Target:
     size: int
     msgid: Callable[[int], str]
     server_cpu: Callable[[], float] | None = None
+    # Run before each of this store's rounds, untimed (SQLite: its file read through).
+    warm: Callable[[], None] | None = None
+
+
+def _disk_read() -> int:
+    """Bytes this process has read from block devices (page cache misses), or 0 where
+    /proc/self/io cannot be read."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _timed(target: Target, samples: Samples, op: str, calls: list[Callable[[], Any]]) -> list[Any]:
     s0 = target.server_cpu() if target.server_cpu else 0.0
+    d0 = _disk_read()
     t0, c0 = time.perf_counter(), time.process_time()
     results = [call() for call in calls]
     t1, c1 = time.perf_counter(), time.process_time()
     n = len(calls)
     samples.wall[op].append((t1 - t0) / n * 1e6)
     samples.cpu[op].append((c1 - c0) / n * 1e6)
+    samples.disk[op].append((_disk_read() - d0) / n)
     if target.server_cpu:
         samples.server[op].append((target.server_cpu() - s0) / n * 1e6)
     return results
@@ -352,9 +371,13 @@ def measure(
     results = {key: Samples() for key in targets}
     # One warm-up round so every store's upper index pages are in its cache.
     for target in targets.values():
+        if target.warm:
+            target.warm()
         _round(target, Samples(), rng, ops)
     for _ in range(rounds):
         for key, target in targets.items():
+            if target.warm:
+                target.warm()
             _round(target, results[key], rng, ops)
     return results
 
@@ -384,20 +407,24 @@ def fits(sizes: list[int], workdir: Path, *, copies: int = 1) -> list[int]:
 
 
 def _sqlite_targets(paths: dict[int, Path], pragmas: list[str] | None) -> dict[Key, Target]:
-    # Every file read once into the page cache, as a server's store is when it has the
-    # memory for it: otherwise the 10 M file (4.6 GB) is compared partly from disk, or from
-    # pages the earlier parts of run_all.py pushed out (reply 2.51x in one such run,
-    # 1.09-1.31x warm on the same machine that hour), and the figure measures the page
-    # cache instead of the store.
+    # Each file is read through into the page cache before each of its rounds, as a
+    # server's store is in memory when it has the memory for it; otherwise the figure
+    # measures the page cache instead of the store. Once is not enough on these VMs: the
+    # kernel's DAMON pageout scheme (/sys/kernel/mm/damon) drops file pages that went
+    # unread for about a minute, at up to 128 MB/s. A 10 M store (4.6 GB) read once and
+    # then left while PostgreSQL's stores were filled, or between the rounds of
+    # ``--backend both``, was then read partly from disk: reply 3.65x, its CPU per call
+    # doubled (2026-12-06); warm the same day 1.17-1.59x. A warm pass costs ~2 s at 10 M.
     targets: dict[Key, Target] = {}
     for size, path in paths.items():
-        _read_through(path)
         store = SQLiteStore(path)
         # ``pragmas`` (e.g. ``mmap_size=1073741824``): a what-if knob for tuning, off by
         # default so the figures are the shipped store's.
         for pragma in pragmas or []:
             store.conn.execute(f"PRAGMA {pragma}")
-        targets[("sqlite", size)] = Target(store, size, bench_msgid)
+        targets[("sqlite", size)] = Target(
+            store, size, bench_msgid, warm=partial(_read_through, path)
+        )
     return targets
 
 
@@ -498,6 +525,8 @@ def _report(backend: str, results: dict[int, Samples]) -> dict[str, float]:
             for op in OPS
         ]
         print(f"{size:>13,} | " + " | ".join(f"{c:>15}" for c in cells))
+    if not server:
+        _report_disk(backend, results)
     prefix = "pg_" if backend == "postgresql" else ""
     summary: dict[str, float] = {}
     for size, s in results.items():
@@ -519,6 +548,24 @@ def _report(backend: str, results: dict[int, Samples]) -> dict[str, float]:
         f" blocked {summary[f'{prefix}blocked_ratio']:.2f}x"
     )
     return summary
+
+
+def _report_disk(backend: str, results: dict[int, Samples]) -> None:
+    """Bytes read from the disk per call: warm stores read none. Where lookups do, the
+    figures measure the page cache (memory short, or pages pushed out by other work), not
+    the store: a store read partly from disk costs 2-4x the CPU per call here."""
+    print(f"{backend}: KB read from disk per call (page cache misses)")
+    cold = []
+    for size in sorted(results):
+        s = results[size]
+        print(f"{size:>13,} | " + " | ".join(f"{s.med(op, 'disk') / 1024:15.2f}" for op in OPS))
+        if any(s.med(op, "disk") > 512 for op in ("reply", "original", "miss")):
+            cold.append(f"{size:,}")
+    if cold:
+        print(
+            f"{backend}: WARNING: lookups read from disk at {', '.join(cold)} recorded IDs:"
+            " these figures measure the page cache, not the store"
+        )
 
 
 def _compare(results: dict[Key, Samples], sizes: list[int]) -> None:

@@ -312,3 +312,66 @@ def test_an_event_loop_runs_every_call_in_a_thread(pg_store: PostgreSQLStore) ->
     assert pg_store.upkeep_interval is None
     pg_store.record_outbound(outbound("m@x"))
     assert [m.message_id for m in pg_store.find_sent(["m@x"])] == ["m@x"]
+
+
+def _blocked_reads(url: str, store: PostgreSQLStore, campaign: str, address: str) -> int:
+    """Buffers the proxy's blocked check reads for one recipient of ``campaign``."""
+    from replytrack.store.postgresql.outbound import _BLOCKED
+
+    addresses, domains, digests = store._dnc_keys([address])
+    params = {
+        "campaign": campaign,
+        "wanted": [address],
+        "dnc_addresses": addresses,
+        "dnc_domains": domains,
+        "dnc_digests": digests,
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        [[plan]] = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _BLOCKED, params)
+    top = plan[0]["Plan"]
+    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+
+
+def test_the_blocked_check_costs_the_same_in_a_new_campaign_however_large_it_grows(
+    pg_url: str,
+) -> None:
+    """A campaign the planner's statistics do not know yet looks empty to it (all known
+    campaigns fit its most-common-values list, as at most sites): the proxy's check of every
+    campaign mail must not then read all the campaign's enrollments, a cost that grew with
+    each mail sent until autovacuum's next ANALYZE (on a large table, after 10 % of it)."""
+    store = PostgreSQLStore(pg_url)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE enrollments SET (autovacuum_enabled = false)")
+            for old in ("autumn", "winter"):  # what the statistics know
+                conn.execute(
+                    "INSERT INTO enrollments (campaign, recipient, domain, status, since,"
+                    " created_at) SELECT %s, 'p' || i || '@' || %s || '.example', %s"
+                    " || '.example', 'active', 1.0, 1.0 FROM generate_series(1, 3000) AS i",
+                    (old, old, old),
+                )
+            conn.execute("ANALYZE enrollments")
+
+            def grow(upto: int) -> None:  # the new campaign's step 1, sent to more people
+                conn.execute(
+                    "INSERT INTO enrollments (campaign, recipient, domain, status, since,"
+                    " created_at) SELECT 'spring', 'n' || i || '@new.example', 'new.example',"
+                    " 'active', 2.0, 2.0 FROM generate_series(1, %s) AS i"
+                    " ON CONFLICT DO NOTHING",
+                    (upto,),
+                )
+
+            grow(10)
+            small = _blocked_reads(pg_url, store, "spring", "n5@new.example")
+            grow(5000)
+            large = _blocked_reads(pg_url, store, "spring", "n5@new.example")
+            # And the check still finds what it must: a stopped enrollment holds the mail.
+            conn.execute(
+                "UPDATE enrollments SET status = 'stopped', reason = 'reply from n5'"
+                " WHERE campaign = 'spring' AND recipient = 'n5@new.example'"
+            )
+        assert large <= small + 2, (small, large)
+        held = store.blocked_enrollments("spring", ["n5@new.example", "n6@new.example"])
+        assert set(held) == {"n5@new.example"} and held["n5@new.example"].status == STOPPED
+    finally:
+        store.close_all()

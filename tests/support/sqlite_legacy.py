@@ -167,6 +167,9 @@ LEGACY_MIGRATIONS: list[str] = [
         WHERE substr(reason, 1, 9) = 'monitor: ';
     CREATE INDEX IF NOT EXISTS events_monitored ON events (id)
         WHERE instr(detail, '"monitor": true') > 0;
+    DROP INDEX IF EXISTS enrollments_domain;
+    DROP INDEX IF EXISTS enrollments_at_domain;
+    CREATE INDEX enrollments_domain ON enrollments (domain, campaign);
     """,
 ]
 

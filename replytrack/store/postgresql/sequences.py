@@ -84,7 +84,7 @@ class PgSequences(PgConnections):
     def recent_campaign_mail(
         self, domain: str, *, since: float, limit: int = 200
     ) -> list[SentMessage]:
-        # Through the enrollments at the domain (enrollments_at_domain), as on SQLite.
+        # Through the enrollments at the domain (enrollments_domain), as on SQLite.
         return self._messages(  # type: ignore[attr-defined]
             "SELECT m.* FROM messages m WHERE m.id IN (SELECT r.message FROM enrollments e"
             " JOIN recipients r ON r.address = e.recipient AND r.status = 'sent'"

@@ -79,7 +79,7 @@ class SQLiteSequences(SQLiteConnections):
     def recent_campaign_mail(
         self, domain: str, *, since: float, limit: int = 200
     ) -> list[SentMessage]:
-        # Through the enrollments at the domain (enrollments_at_domain): every campaign
+        # Through the enrollments at the domain (enrollments_domain): every campaign
         # mail's recipients are enrolled, and recipients has no domain of its own.
         found = self.query(
             "SELECT m.* FROM messages m WHERE m.id IN (SELECT r.message FROM enrollments e"

@@ -21,7 +21,7 @@ from psycopg.rows import DictRow, tuple_row
 
 from replytrack.headers import address_domain
 from replytrack.store import rows, rules
-from replytrack.store.postgresql.connection import Conn, storable, text
+from replytrack.store.postgresql.connection import Conn, checked_only, storable, text
 from replytrack.store.postgresql.outbox import insert_event
 from replytrack.store.postgresql.suppressions import DNC_MATCH, PgSuppressions
 from replytrack.store.records import (
@@ -44,16 +44,13 @@ _SETTLED = (
 # blocked_enrollments in one statement: the campaign's stop, the recipients' enrollments
 # that are not active, the do-not-contact entries that may cover them (DNC_MATCH); each an
 # index probe, as JSON (json_agg of no rows is NULL). The enrollments are found by
-# recipient, the campaign only checked (``|| ''`` keeps it out of any index condition): a
-# campaign that the statistics do not know yet (a new one, until autovacuum's next ANALYZE,
-# which on a large table waits for 10 % of it to change) looks empty to the planner, which
-# then read all of the campaign's enrollments for every mail, more with every mail sent.
+# recipient, the campaign only checked (connection.checked_only).
 _BLOCKED = (
     "SELECT (SELECT json_build_object('reason', c.reason, 'updated_at', c.updated_at,"
     " 'updated_by', c.updated_by, 'status', c.status) FROM campaigns c"
     " WHERE c.campaign = %(campaign)s AND c.status IN ('stopped', 'braked')) AS stop,"
     " (SELECT coalesce(json_agg(e), '[]') FROM enrollments e"
-    " WHERE e.recipient = ANY(%(wanted)s) AND e.campaign || '' = %(campaign)s"
+    f" WHERE e.recipient = ANY(%(wanted)s) AND {checked_only('e.campaign')} = %(campaign)s"
     " AND e.status != 'active') AS held,"
     f" (SELECT coalesce(json_agg(s), '[]') FROM suppressions s WHERE {DNC_MATCH}) AS dnc"
 )

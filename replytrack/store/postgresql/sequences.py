@@ -14,12 +14,20 @@ import base64
 from collections.abc import Iterable
 
 from replytrack.store import rules
-from replytrack.store.postgresql.connection import Conn, PgConnections, text
+from replytrack.store.postgresql.connection import Conn, PgConnections, checked_only, text
 from replytrack.store.postgresql.outbox import insert_event
 from replytrack.store.records import BRAKED, Event, SentMessage, ThreadHistory
 
 # Earlier steps a follow-up looks at: far more than any real sequence has.
 HISTORY_LIMIT = 200
+
+# A recipient's earlier steps of a campaign, found by recipient (connection.checked_only).
+THREAD_MAILS = (
+    "SELECT m.message_id, m.created_at, m.subject FROM recipients r"
+    " JOIN messages m ON m.id = r.message WHERE r.address = %s"
+    f" AND r.status = 'sent' AND {checked_only('m.campaign')} = %s"
+    " AND m.status IN ('relayed', 'unconfirmed') ORDER BY m.created_at, m.id LIMIT %s"
+)
 
 # The campaign's last ``window`` sends since it was last resumed, and how many distinct
 # recipients among them are enrolled as ``bounced`` (only a permanent bounce marks that).
@@ -43,12 +51,7 @@ class PgSequences(PgConnections):
     def thread_history(self, campaign: str, recipient: str) -> ThreadHistory:
         def read(conn: Conn) -> ThreadHistory:
             found = conn.execute(
-                "SELECT m.message_id, m.created_at, m.subject FROM recipients r"
-                " JOIN messages m ON m.id = r.message WHERE r.address = %s"
-                " AND r.status = 'sent' AND m.campaign = %s"
-                " AND m.status IN ('relayed', 'unconfirmed')"
-                " ORDER BY m.created_at, m.id LIMIT %s",
-                (text(recipient), text(campaign), HISTORY_LIMIT),
+                THREAD_MAILS, (text(recipient), text(campaign), HISTORY_LIMIT)
             ).fetchall()
             root = conn.execute(
                 "SELECT thread_index FROM enrollments WHERE campaign = %s AND recipient = %s",

@@ -18,7 +18,7 @@ from replytrack.headers import address_domain
 from replytrack.store import rows, rules
 from replytrack.store.base import AddressHasher, Store
 from replytrack.store.postgresql import schema
-from replytrack.store.postgresql.connection import Conn, storable, text
+from replytrack.store.postgresql.connection import Conn, checked_only, storable, text
 from replytrack.store.postgresql.listing import PgListing, limited
 from replytrack.store.postgresql.outbound import PgOutbound
 from replytrack.store.postgresql.outbox import PgOutbox, insert_event
@@ -121,8 +121,8 @@ class PostgreSQLStore(PgOutbound, PgListing, PgOutbox, PgSequences, Store):
             "SELECT m.* FROM recipients r JOIN messages m ON m.id = r.message WHERE r.address = %s"
         )
         params: list[Any] = [text(address)]
-        if campaign is not None:
-            sql += " AND m.campaign = %s"
+        if campaign is not None:  # found by recipient (connection.checked_only)
+            sql += f" AND {checked_only('m.campaign')} = %s"
             params.append(text(campaign))
         sql += " ORDER BY m.created_at DESC, m.id DESC LIMIT 1"
         found = self._messages(sql, params)

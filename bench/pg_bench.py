@@ -157,12 +157,27 @@ def print_table(title: str, results: Results, names: list[str], sessions: list[i
 
 # --- proxy ---------------------------------------------------------------------------------
 def proxy_configs(
-    lab: Lab, server: Any, pg_root: int, variants: list[str], old_tree: Path | None = None
+    lab: Lab,
+    server: Any,
+    pg_root: int,
+    variants: list[str],
+    old_tree: Path | None = None,
+    rows: int = 0,
 ) -> dict[str, Config]:
     """SQLite, PostgreSQL, and PostgreSQL with each what-if of pg_variants/ applied; with
     ``old_tree`` (a copy of an earlier tree's directory holding ``replytrack/``) also both
-    run from that tree, put first on PYTHONPATH (before and after a change, in one run)."""
+    run from that tree, put first on PYTHONPATH (before and after a change, in one run).
+    Each store first holds ``rows`` recorded mails (store_bench's fill, analyzed), as a
+    store in use does: a fresh PostgreSQL store plans ``find_sent`` as a sequential scan
+    until autovacuum's first ANALYZE, a minute or so, which is most of a short run."""
+    import store_bench
+    import store_bench_pg
+
     url = pg_server.create_database(server, "proxy")
+    sqlite_filled = None
+    if rows:
+        store_bench_pg.fill(url, rows)
+        sqlite_filled = store_bench.build_stores([rows], lab.workdir / "sqlite-proxy")[rows]
     configs: dict[str, Config] = {}
     runs: list[tuple[str, dict[str, str]]] = [
         ("proxy, SQLite", {}),
@@ -172,6 +187,8 @@ def proxy_configs(
         old = os.pathsep.join(filter(None, [str(old_tree), os.environ.get("PYTHONPATH")]))
         runs.append(("proxy, SQLite (old tree)", {"PYTHONPATH": old}))
         old_url = pg_server.create_database(server, "proxy_old")
+        if rows:
+            store_bench_pg.fill(old_url, rows)
         runs.append(("proxy, PostgreSQL (old tree)", {"REPLYTRACK_DB": old_url, "PYTHONPATH": old}))
     path = os.pathsep.join(filter(None, [str(HERE / "pg_variants"), os.environ.get("PYTHONPATH")]))
     for variant in variants:
@@ -183,7 +200,12 @@ def proxy_configs(
         # A sink each (the same smtp-sink): one sink refuses connections past its limit
         # once several proxies keep pools of up to 64 upstream connections open.
         sink = lab.sink()
-        proxy = ProxyProcess(workdir, sink.port, extra_env=extra).start()
+        init: tuple[str, ...] = ()
+        if rows:  # the filled stores hold mail signed with no key of ours: a new one
+            init = ("--new-key",)
+            if "REPLYTRACK_DB" not in extra and sqlite_filled is not None:
+                shutil.copyfile(sqlite_filled, workdir / "replytrack.db")
+        proxy = ProxyProcess(workdir, sink.port, extra_env=extra, init_args=init).start()
         lab.proxies.append(proxy)
         assert sink.proc is not None
         groups = {"proxy": [proxy.pid], "postgresql": [pg_root], "sink": [sink.proc.pid]}
@@ -370,6 +392,7 @@ def run(
     settings: dict[str, str] | None = None,
     variants: list[str] | None = None,
     old_tree: Path | None = None,
+    proxy_rows: int = 100_000,
 ) -> dict[str, float]:
     """The chosen parts, their tables printed; the headline ratios returned (for run_all).
     ``settings``: postgresql.conf overrides (what-if runs, e.g. synchronous_commit=off)."""
@@ -392,7 +415,7 @@ def run(
                 summary[f"async_over_executor_{s}"] = ratio
                 print(f"  {s:>3} tasks  AsyncConnectionPool / executor: rate {ratio:.2f}x")
         if "proxy" in parts:
-            configs = proxy_configs(lab, server, pg_root, variants or [], old_tree)
+            configs = proxy_configs(lab, server, pg_root, variants or [], old_tree, proxy_rows)
             interleave(configs, sessions, rounds, count, results, None)
             print_table("proxy", results, list(configs), sessions)
             for s in sessions:
@@ -441,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mails", type=int, default=1000, help="per load, per round")
     parser.add_argument("--ids", type=int, default=1_000_000, help="recorded mails, milter stores")
     parser.add_argument(
+        "--proxy-rows", type=int, default=100_000, help="recorded mails, proxy stores (0: empty)"
+    )
+    parser.add_argument(
         "--pg-setting",
         action="append",
         default=[],
@@ -473,7 +499,17 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.replace("+", ",") for v in args.variants.split(",") if v]
     if args.old_tree is not None and not (args.old_tree / "replytrack").is_dir():
         raise SystemExit(f"--old-tree: no replytrack/ in {args.old_tree}")
-    run(parts, sessions, args.rounds, args.mails, args.ids, settings, variants, args.old_tree)
+    run(
+        parts,
+        sessions,
+        args.rounds,
+        args.mails,
+        args.ids,
+        settings,
+        variants,
+        args.old_tree,
+        args.proxy_rows,
+    )
     return 0
 
 

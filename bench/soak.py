@@ -171,8 +171,11 @@ class ProxyProcess:
         listen_host: str = "127.0.0.1",
         extra_env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
+        init_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
+        # ``replytrack init``'s options (``--new-key`` for a store filled beforehand).
+        self.init_args = init_args
         self.port = free_port()
         self.listen_host = listen_host
         self.upstream_port = upstream_port
@@ -210,7 +213,7 @@ class ProxyProcess:
             *self.extra_args,
         ]
         # Only init creates the store and the key; the proxy refuses to start without them.
-        replytrack_init(env=self.env(), cwd=self.workdir)
+        replytrack_init(*self.init_args, env=self.env(), cwd=self.workdir)
         log = open(self.log, "ab")  # noqa: SIM115 - the child keeps it open
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=log, env=self.env(), cwd=self.workdir, start_new_session=True

@@ -6,6 +6,10 @@ Nothing in replytrack/store changes; these measure a proposed change before it i
   off`` (the settle after relaying; the record itself stays durable before the 250). A
   settle lost in a server crash leaves the mail ``relaying``, which the proxy's sweep
   already turns into ``unconfirmed``.
+* ``inline``: every store call made on the proxy's event loop, blocking it for the round
+  trip (``prepare_for_event_loop`` says True), as SQLite's calls that need not wait are:
+  what the executor's thread hops cost in CPU a mail (not a design: a slow statement would
+  stall every session of the worker).
 * ``lean-settle``: built into the store since the second run of 2026-12-06 (a settle that
   records nothing more is one statement); asking for it stops the bench.
 """
@@ -29,6 +33,8 @@ def _apply() -> None:
     missing = [name for name in wanted if not hasattr(cls, name)]
     if missing:
         raise SystemExit(f"pg_variants: PostgreSQLStore has no {', '.join(missing)}")
+    if "inline" in VARIANTS:
+        cls.prepare_for_event_loop = lambda self: True
     if "lean-settle" in VARIANTS:
         raise SystemExit("pg_variants: lean-settle is the store's own behaviour now")
     local = threading.local()

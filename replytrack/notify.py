@@ -44,6 +44,7 @@ from replytrack import __version__, metrics
 from replytrack.config import Config, check_notify
 from replytrack.store import Event, Store, StoreError
 from replytrack.store.records import OutboxItem
+from replytrack.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,10 @@ class Sender:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # A lease must outlast the slowest pass over one row: every URL timing out.
         self.lease_seconds = config.notify_timeout * max(len(self.urls), 1) + 5.0
-        self._stop = threading.Event()
+        # Set by stop(), which takes no lock: ``replytrack notify`` calls it from a signal
+        # handler, which runs in the very thread that sleeps in run() (see replytrack.wakeup).
+        self._stopping = False
+        self._wakeup: Wakeup | None = None
         self._rng = random.Random()
         self.thread: threading.Thread | None = None
 
@@ -198,8 +202,16 @@ class Sender:
         self.thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask ``run`` to return after the row in hand; wait for the thread if one runs."""
-        self._stop.set()
+        """Ask ``run`` to return after the row in hand; wait for the thread if one runs.
+
+        Safe in a signal handler when ``run`` is not in a thread of its own (no wait then).
+        """
+        self._stopping = True
+        # run() sets _wakeup before it first looks at _stopping: either it sees the flag or
+        # this sees its wakeup.
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.nudge()
         if self.thread is not None:
             self.thread.join(timeout)
 
@@ -272,7 +284,7 @@ class Sender:
     def deliver_due(self, limit: int = 100) -> int:
         """Deliver rows that are due now, one lease at a time; returns how many were tried."""
         tried = 0
-        while tried < limit and not self._stop.is_set():
+        while tried < limit and not self._stopping:
             items = self.store.claim_outbox(
                 self.owner, now=time.time(), lease_seconds=self.lease_seconds, limit=1
             )
@@ -300,18 +312,20 @@ class Sender:
             "signed" if self.signed else "UNSIGNED",
             self.config.notify_max_attempts,
         )
-        while not self._stop.is_set():
-            try:
-                self.deliver_due()
-            except StoreError as exc:
-                metrics.STORE_ERRORS.labels(component="notify").inc()
-                log.warning("notify: store unavailable, retrying: %s", exc)
-            except Exception:
-                # The sender runs inside the milter and the proxy: a bug here must not end
-                # notifications silently, nor take the daemon down. The row's lease expires
-                # and it is tried again.
-                log.exception("notify: unexpected error, retrying")
-            self._stop.wait(self.poll_interval)
+        with Wakeup() as wakeup:
+            self._wakeup = wakeup
+            while not self._stopping:
+                try:
+                    self.deliver_due()
+                except StoreError as exc:
+                    metrics.STORE_ERRORS.labels(component="notify").inc()
+                    log.warning("notify: store unavailable, retrying: %s", exc)
+                except Exception:
+                    # The sender runs inside the milter and the proxy: a bug here must not
+                    # end notifications silently, nor take the daemon down. The row's lease
+                    # expires and it is tried again.
+                    log.exception("notify: unexpected error, retrying")
+                wakeup.sleep(self.poll_interval)
         log.info("notify sender %s stopped", self.owner)
 
 

@@ -30,6 +30,7 @@ from replytrack.milter.engine import Engine
 from replytrack.milter.inbound import BODY_LIMIT, Inbound
 from replytrack.reload import MILTER_RESTART_ONLY, changed_settings, keep_restart_only, say_mode
 from replytrack.tokens import KeyFileError, load_keyring
+from replytrack.wakeup import Wakeup
 
 log = logging.getLogger("replytrack.milter")
 
@@ -262,19 +263,29 @@ def _serve(socket_spec: str, timeout: int, reload: Callable[[], None]) -> None:
 
     libmilter would take SIGHUP as a stop: the thread that calls its main loop blocks
     SIGHUP, SIGTERM and SIGINT, and a thread of its own waits for them. So the main loop
-    runs in another thread, and this one, which keeps them unblocked and so is the one the
-    kernel hands a signal sent to the process, handles all three itself.
+    runs in another thread, and this one, which keeps them unblocked, handles all three
+    itself. The kernel may still hand a signal sent to the process to libmilter's waiting
+    thread (seen in storms of SIGHUP), which then ends the main loop: a stop
+    nobody asked for is an error, so the service manager starts the milter again (its unit
+    restarts it on failure) instead of leaving inbound mail unread.
     """
     import Milter
 
     from replytrack.milter import adapter
 
-    wake = threading.Event()
-    wanted: list[str] = []
+    # The handler takes no lock (see replytrack.wakeup): it sets a flag and nudges. Flags,
+    # not a queue of requests: SIGHUPs that come while one reload runs make one more reload,
+    # which reads the file as it is by then, not one each.
+    wakeup = Wakeup()
+    stop_asked = reload_asked = False
 
     def on_signal(signum: int, frame: Any) -> None:
-        wanted.append("reload" if signum == signal.SIGHUP else "stop")
-        wake.set()
+        nonlocal stop_asked, reload_asked
+        if signum == signal.SIGHUP:
+            reload_asked = True
+        else:
+            stop_asked = True
+        wakeup.nudge()
 
     listening = threading.Event()
     real_opensocket = Milter.milter.opensocket
@@ -284,7 +295,7 @@ def _serve(socket_spec: str, timeout: int, reload: Callable[[], None]) -> None:
         # until its main loop accepts them, a moment later.
         result = real_opensocket(*args)
         listening.set()
-        wake.set()
+        wakeup.nudge()
         return result
 
     failed: list[BaseException] = []
@@ -295,7 +306,7 @@ def _serve(socket_spec: str, timeout: int, reload: Callable[[], None]) -> None:
         except BaseException as exc:
             failed.append(exc)
         finally:
-            wake.set()
+            wakeup.nudge()
 
     previous = {s: signal.signal(s, on_signal) for s in _SIGNALS}
     Milter.milter.opensocket = opensocket
@@ -304,28 +315,33 @@ def _serve(socket_spec: str, timeout: int, reload: Callable[[], None]) -> None:
         libmilter.start()
         announced = stopping = False
         while libmilter.is_alive():
-            wake.wait(1.0)
-            wake.clear()
+            wakeup.sleep(1.0)
             if listening.is_set() and not announced:
                 announced = True
                 systemd.ready("serving")
-            while wanted:
-                what = wanted.pop(0)
-                if what == "reload" and not stopping:
-                    systemd.reloading()
-                    log.info("reloading the configuration")
-                    reload()
-                    systemd.ready("serving")
-                elif what == "stop" and not stopping:
-                    stopping = True
-                    systemd.stopping()
-                    log.info("stopping: finishing the mails under way")
-                    Milter.milter.stop()
+            if stop_asked and not stopping:
+                stopping = True
+                systemd.stopping()
+                log.info("stopping: finishing the mails under way")
+                Milter.milter.stop()
+            if reload_asked and not stopping:
+                # Cleared before the file is read: a SIGHUP from now on reloads once more.
+                reload_asked = False
+                systemd.reloading()
+                log.info("reloading the configuration")
+                reload()
+                systemd.ready("serving")
     finally:
         Milter.milter.opensocket = real_opensocket
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        wakeup.close()
     libmilter.join()
+    if not stopping and not failed:
+        raise click.ClickException(
+            "libmilter stopped without being asked to (a signal reached its own thread?):"
+            " exiting with an error so that the service manager starts the milter again"
+        )
     for exc in failed:
         if isinstance(exc, Milter.milter.error):
             # libmilter says only "cannot opensocket": name the likely causes, no traceback.

@@ -88,8 +88,15 @@ def notify_command(
         return
 
     def _terminate(signum: int, frame: FrameType | None) -> None:
+        # Runs in the thread that runs the sender, between any two of its bytecodes: stop()
+        # takes no lock (see replytrack.wakeup), it sets a flag and ends the sender's sleep.
         sender.stop()
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     sender.run()
+    # Stopped: a further SIGTERM or SIGINT (a second Ctrl-C) has nothing left to stop. Left
+    # to Python, which puts back the default action as it exits, one would turn this clean
+    # stop into a death by signal.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import os
-import selectors
 import shutil
 import signal
 import socket
@@ -26,6 +25,7 @@ from typing import Any
 from replytrack import systemd
 from replytrack.config import Config
 from replytrack.proxy.daemon import SHUTDOWN_GRACE, reread
+from replytrack.wakeup import Wakeup
 
 log = logging.getLogger("replytrack.proxy")
 
@@ -72,17 +72,11 @@ class Supervisor:
         self.slots = [_Slot(i) for i in range(count)]
         self.metrics_dir = metrics_dir
         self.load = load
-        # Set by the signal handlers. They run in the main thread between any two bytecodes,
-        # also while it holds a lock, so they take none: a threading.Event's set() would
-        # wait forever for the lock its own thread holds inside wait() or clear(). Plain
-        # flags, and a byte on a socket pair that the main loop sleeps on.
+        # Set by the signal handlers, which take no lock (see replytrack.wakeup): plain
+        # flags, and a nudge that ends the main loop's sleep.
         self._stopping = False
         self._reloading = False
-        self._waker, self._waiter = socket.socketpair()
-        for end in (self._waker, self._waiter):
-            end.setblocking(False)
-        self._sleeper = selectors.DefaultSelector()
-        self._sleeper.register(self._waiter, selectors.EVENT_READ)
+        self._wakeup = Wakeup()
         # Pids of workers that said they accept; workers told to retire, not yet exited.
         self._ready: set[int] = set()
         self._retiring: list[subprocess.Popen[bytes]] = []
@@ -142,21 +136,7 @@ class Supervisor:
             os.close(fd)
         if said:
             self._ready.add(pid)
-            self._nudge()
-
-    def _nudge(self) -> None:
-        """Wake the main loop: from a signal handler or another thread, never blocking."""
-        # A full buffer already holds a wake-up; a closed pair means run() has returned.
-        with contextlib.suppress(OSError):
-            self._waker.send(b"\0")
-
-    def _sleep(self, timeout: float) -> None:
-        """Wait until nudged or ``timeout`` s, then take every pending wake-up: a signal
-        that comes after this is seen at the next call, which then returns at once."""
-        self._sleeper.select(timeout)
-        with contextlib.suppress(BlockingIOError):
-            while self._waiter.recv(4096):
-                pass
+            self._wakeup.nudge()
 
     def _spawn(self, slot: _Slot) -> None:
         slot.proc, slot.started = self._start(slot.index), time.monotonic()
@@ -214,14 +194,14 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
-        self._nudge()
+        self._wakeup.nudge()
 
     def _on_hangup(self, signum: int, frame: Any) -> None:
         self._reloading = True
-        self._nudge()
+        self._wakeup.nudge()
 
     def _on_child(self, signum: int, frame: Any) -> None:
-        self._nudge()
+        self._wakeup.nudge()
 
     def run(self) -> int:
         """Supervise until SIGTERM or SIGINT, then stop the workers; returns 0, or 1 when
@@ -233,7 +213,7 @@ class Supervisor:
             for slot in self.slots:
                 self._spawn(slot)
             while not self._stopping:
-                self._sleep(1.0)
+                self._wakeup.sleep(1.0)
                 self._reap()
                 now = time.monotonic()
                 for slot in self.slots:
@@ -253,9 +233,7 @@ class Supervisor:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            self._sleeper.close()
-            self._waker.close()
-            self._waiter.close()
+            self._wakeup.close()
 
     def _reload_workers(self) -> None:
         """Re-read the configuration and replace each worker by one that uses it, the new
@@ -283,7 +261,7 @@ class Supervisor:
         while new.pid not in self._ready and new.poll() is None and not self._stopping:
             if time.monotonic() > deadline:
                 break
-            self._sleep(0.5)
+            self._wakeup.sleep(0.5)
         if new.pid not in self._ready:
             # Not by TERM alone: a stop asked for meanwhile finds the loop's flag still set.
             if new.poll() is None:
@@ -300,7 +278,7 @@ class Supervisor:
                     " errors above); the running workers keep the earlier one",
                     slot.index,
                 )
-            self._nudge()  # the main loop may have missed a SIGCHLD meanwhile
+            self._wakeup.nudge()  # the main loop may have missed a SIGCHLD meanwhile
             return False
         slot.proc, slot.started = new, time.monotonic()
         with contextlib.suppress(ProcessLookupError):

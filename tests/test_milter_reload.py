@@ -13,18 +13,15 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import pytest
 
-from replytrack import tokens
 from replytrack.store.sqlite import SQLiteStore
 from replytrack.tokens import Keyring
-from tests.conftest import free_port
-from tests.support.env import clean_environ
+from tests.support.milter_process import MilterProcess
 from tests.support.milter_records import record_sent
 from tests.support.postfix import PostfixLab
 from tests.test_reload import NotifySocket, wait_until
@@ -36,46 +33,20 @@ ALICE = "alice@prospect.example"
 BOB = "bob@prospect.example"
 
 
-class Milter:
-    """``replytrack --config FILE milter`` on a loopback port, store and journal in tmp."""
+class Milter(MilterProcess):
+    """The milter with two mails of one campaign to two people at one company (separate
+    threads) recorded, and systemd's notify socket."""
 
     def __init__(self, tmp_path: Path, notify: NotifySocket) -> None:
         self.tmp_path = tmp_path
-        self.port = free_port()
-        self.config = tmp_path / "replytrack.toml"
-        self.db = tmp_path / "rt.db"
-        self.log = tmp_path / "milter.log"
-        secret = tmp_path / "rt.secret"
-        self.keyring = Keyring.generate()
-        tokens.write_keyring(secret, self.keyring)
-        store = SQLiteStore(self.db)
-        # Two mails of one campaign to two people at one company: separate threads.
-        self.to_alice = record_sent(
-            store, self.keyring, to=[ALICE], campaign="camp-1", domain=DOMAIN
-        )
-        record_sent(store, self.keyring, to=[BOB], campaign="camp-1", domain=DOMAIN)
-        store.close_all()
-        self.base = (
-            f'db = "{self.db}"\ndomain = "{DOMAIN}"\nsecret_file = "{secret}"\n'
-            f'[milter]\njournal = "{tmp_path / "journal"}"\n'
-            f'journal_fallback = "{tmp_path / "journal-fallback"}"\n'
-        )
-        self.config.write_text(self.base + 'stop_scope = "thread"\n')
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "replytrack", "--config", str(self.config)),
-                    *("milter", "--socket", f"inet:{self.port}@127.0.0.1"),
-                ],
-                cwd=tmp_path,
-                env=clean_environ(NOTIFY_SOCKET=notify.path),
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        sent: dict[str, str] = {}
 
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        def fill(store: SQLiteStore, keyring: Keyring) -> None:
+            sent[ALICE] = record_sent(store, keyring, to=[ALICE], campaign="camp-1", domain=DOMAIN)
+            record_sent(store, keyring, to=[BOB], campaign="camp-1", domain=DOMAIN)
+
+        super().__init__(tmp_path, domain=DOMAIN, env={"NOTIFY_SOCKET": notify.path}, fill=fill)
+        self.to_alice = sent[ALICE]
 
     def status(self, recipient: str) -> str:
         store = SQLiteStore(self.db)

@@ -25,12 +25,10 @@ from types import FrameType
 
 import pytest
 
-from replytrack import tokens
 from replytrack.store.sqlite import SQLiteStore
-from replytrack.tokens import Keyring
 from replytrack.wakeup import Wakeup
 from tests.support.env import clean_environ
-from tests.support.net import free_port
+from tests.support.milter_process import MilterProcess
 from tests.test_notify import (
     SECRET,
     Receiver,
@@ -93,37 +91,11 @@ def test_a_nudge_after_close_does_nothing() -> None:
 
 
 # --- the milter ------------------------------------------------------------------------------
-class MilterRun:
-    """``replytrack --config FILE milter`` on a loopback port, store and journal in tmp."""
+class MilterRun(MilterProcess):
+    """The milter, its process ready to be dumped (faulthandler) if it hangs."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
-        self.config = tmp_path / "replytrack.toml"
-        self.log = tmp_path / "milter.log"
-        db, secret = tmp_path / "rt.db", tmp_path / "rt.secret"
-        tokens.write_keyring(secret, Keyring.generate())
-        SQLiteStore(db).close_all()
-        self.base = (
-            f'db = "{db}"\ndomain = "mail.test"\nsecret_file = "{secret}"\n'
-            f'[milter]\njournal = "{tmp_path / "journal"}"\n'
-            f'journal_fallback = "{tmp_path / "journal-fallback"}"\n'
-        )
-        self.config.write_text(self.base + 'stop_scope = "thread"\n')
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "replytrack", "--config", str(self.config)),
-                    *("milter", "--socket", f"inet:{self.port}@127.0.0.1"),
-                ],
-                cwd=tmp_path,
-                env=clean_environ(**DUMP_ON_ABORT),
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        super().__init__(tmp_path, env=DUMP_ON_ABORT)
 
     def wait_for(self, line: str) -> None:
         """Until ``line`` is logged; an AssertionError (with the log) if it ends or hangs."""

@@ -21,7 +21,6 @@ from replytrack.store.records import BOUNCED, STOPPED
 # Text every monitored event's JSON detail holds (json.dumps' default separators); each
 # event found by it is still parsed and checked.
 MONITORED_TEXT = '"monitor": true'
-MONITORED_DETAIL = f"%{MONITORED_TEXT}%"  # the same as a LIKE pattern
 assert "'" not in MONITORED_TEXT + MONITOR_REASON  # written into SQL below
 # The recipients relayed in monitor mode and the monitored events, as conditions that the
 # partial indexes of schema 9 are made with (recipients_monitored, events_monitored): the
@@ -49,7 +48,7 @@ class MonitorCounts:
 def count(
     details: Iterable[str | None], suppressed: Iterable[tuple[str, int]], campaign: str | None
 ) -> dict[str, MonitorCounts]:
-    """Campaign -> counts, from the ``detail`` texts of the events ``MONITORED_DETAIL``
+    """Campaign -> counts, from the ``detail`` texts of the events ``monitored_event``
     found and (campaign, rows) of recipients relayed in monitor mode; ``campaign`` keeps
     only that one."""
     stops: dict[str, set[str]] = {}

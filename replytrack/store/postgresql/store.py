@@ -88,7 +88,6 @@ class PostgreSQLStore(PgOutbound, PgListing, PgOutbox, PgSequences, Store):
         wanted = sorted({text(m) for m in message_ids})
         if not wanted:
             return []
-        # One b-tree probe per ID in each of the two indexes, OR-ed as bitmaps.
         return self._messages(FIND_SENT, (wanted, wanted))
 
     def enrollments(

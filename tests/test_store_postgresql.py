@@ -16,6 +16,7 @@ import pytest
 from replytrack.store import StatusChange, StoreError, open_store
 from replytrack.store import sqlite as sqlite_store
 from replytrack.store.postgresql import PostgreSQLStore, safe_url
+from replytrack.store.postgresql.outbound import TAKE_BACK, TAKE_BACK_CANDIDATES
 from replytrack.store.postgresql.schema import MIGRATIONS, SCHEMA_VERSION
 from replytrack.store.postgresql.sequences import HISTORY_LIMIT, THREAD_MAILS
 from replytrack.store.records import STOPPED, Event, OutboundRecipient, OutboundRecord
@@ -347,10 +348,10 @@ def test_enrollment_lookups_cost_the_same_in_a_new_campaign_however_large_it_gro
 ) -> None:
     """A campaign the planner's statistics do not know yet looks empty to it (all known
     campaigns fit its most-common-values list, as at most sites): the proxy's check of every
-    campaign mail, a lookup of one enrollment (the milter's, the threading's) and of a
-    recipient's earlier steps (a threaded follow-up's) must not then read all the
-    campaign's enrollments or mails, a cost that grew with each mail sent until
-    autovacuum's next ANALYZE (on a large table, after 10 % of it changed)."""
+    campaign mail, a lookup of one enrollment (the milter's, the threading's), of a
+    recipient's earlier steps (a threaded follow-up's) and a refused mail's take-back must
+    not then read all the campaign's enrollments or mails, a cost that grew with each mail
+    sent until autovacuum's next ANALYZE (on a large table, after 10 % of it changed)."""
     store = PostgreSQLStore(pg_url)
     try:
         with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -386,11 +387,18 @@ def test_enrollment_lookups_cost_the_same_in_a_new_campaign_however_large_it_gro
             one = ("spring", "n5@new.example")
             mails = ("n5@new.example", "spring", HISTORY_LIMIT)
 
-            def reads() -> tuple[int, int, int]:
+            def reads() -> tuple[int, ...]:
+                [[to_n5], [other]] = conn.execute(
+                    "SELECT id FROM messages WHERE message_id IN"
+                    " ('spring.5@ours.example', 'autumn.1@ours.example') ORDER BY campaign DESC"
+                ).fetchall()
                 return (
                     _blocked_reads(pg_url, store, *one),
                     _reads(pg_url, ONE_ENROLLMENT, one),
                     _reads(pg_url, THREAD_MAILS, mails),
+                    # A refused mail's take-back (the DELETE keeps n5: mail to n5 backs it).
+                    _reads(pg_url, TAKE_BACK_CANDIDATES, (to_n5, "spring", 2.0)),
+                    _reads(pg_url, TAKE_BACK, ("spring", ["n5@new.example"], 2.0, other)),
                 )
 
             grow(10)

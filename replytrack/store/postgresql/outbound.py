@@ -113,6 +113,25 @@ _PLAIN_SETTLE = (
 )
 
 
+# A refused mail takes back the enrollments only it made: the candidates (its recipients'
+# enrollments made at its time) locked first, then those no other mail backs deleted. Both
+# found by recipient, the campaign only checked (connection.checked_only).
+TAKE_BACK_CANDIDATES = (
+    "SELECT e.recipient FROM enrollments e JOIN recipients r"
+    " ON r.address = e.recipient WHERE r.message = %s AND r.status = 'sent'"
+    f" AND {checked_only('e.campaign')} = %s AND e.created_at = %s"
+    " ORDER BY e.recipient FOR UPDATE OF e"
+)
+TAKE_BACK = (
+    f"DELETE FROM enrollments e WHERE {checked_only('e.campaign')} = %s"
+    " AND e.recipient = ANY(%s) AND e.status = 'active' AND e.created_at = %s"
+    " AND NOT EXISTS (SELECT 1 FROM recipients r"
+    " JOIN messages m ON m.id = r.message WHERE r.address = e.recipient"
+    " AND r.status = 'sent' AND m.campaign = e.campaign AND m.id != %s"
+    " AND m.status != 'failed')"
+)
+
+
 def _states(rule: Callable[[str], bool]) -> str:
     """The message states for which ``rule`` holds, as a PostgreSQL array literal (the
     states are plain words): a string costs psycopg far less to send than a list, whose
@@ -300,23 +319,11 @@ class PgOutbound(PgSuppressions):
             candidates = [
                 r["recipient"]
                 for r in conn.execute(
-                    "SELECT e.recipient FROM enrollments e JOIN recipients r"
-                    " ON r.address = e.recipient WHERE r.message = %s AND r.status = 'sent'"
-                    " AND e.campaign = %s AND e.created_at = %s"
-                    " ORDER BY e.recipient FOR UPDATE OF e",
-                    (pk, row["campaign"], row["created_at"]),
+                    TAKE_BACK_CANDIDATES, (pk, row["campaign"], row["created_at"])
                 )
             ]
             if candidates:
-                conn.execute(
-                    "DELETE FROM enrollments e WHERE e.campaign = %s"
-                    " AND e.recipient = ANY(%s) AND e.status = 'active' AND e.created_at = %s"
-                    " AND NOT EXISTS (SELECT 1 FROM recipients r"
-                    " JOIN messages m ON m.id = r.message WHERE r.address = e.recipient"
-                    " AND r.status = 'sent' AND m.campaign = e.campaign AND m.id != %s"
-                    " AND m.status != 'failed')",
-                    (row["campaign"], candidates, row["created_at"], pk),
-                )
+                conn.execute(TAKE_BACK, (row["campaign"], candidates, row["created_at"], pk))
 
         self.write(write)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import smtplib
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from email.parser import BytesHeaderParser
@@ -81,14 +80,6 @@ def milter(tmp_path: Path, notify_socket: NotifySocket) -> Iterator[Milter]:
     running.stop()
 
 
-def connects(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def reply_from_alice(lab: PostfixLab, in_reply_to: str) -> None:
     data = (
         f"From: <{ALICE}>\r\nTo: <sales@example.test>\r\nSubject: Re: Hello\r\n"
@@ -107,7 +98,7 @@ def test_sighup_changes_the_stop_scope_while_serving(
 ) -> None:
     notify_socket.wait_for(1, "READY=1")
     # Ready means listening: Postfix, started after us, finds the socket.
-    assert connects(milter.port)
+    assert milter.accepts()
     lab = postfix_lab(milter=f"inet:127.0.0.1:{milter.port}", milter_default_action="accept")
 
     # A broken file is refused; the milter serves on with what it had.

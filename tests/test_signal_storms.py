@@ -134,7 +134,7 @@ def test_milter_reloads_through_a_storm_of_sighup_then_stops_on_sigterm(
     milter: MilterRun,
 ) -> None:
     milter.wait_for("milter listening")
-    _wait(lambda: connects(milter.port))
+    _wait(lambda: milter.accepts())
     assert milter.negotiates(), milter.text()
     # An admin's edit, then a reload asked for again and again (a config-management run,
     # a loop in a script): the edit takes effect, the milter serves on.
@@ -162,7 +162,7 @@ def test_a_stop_libmilter_makes_on_its_own_ends_the_milter_with_an_error(
     stopped on purpose: its unit restarts it on failure only, and until it is back inbound
     mail goes untracked."""
     milter.wait_for("milter listening")
-    _wait(lambda: connects(milter.port))
+    _wait(lambda: milter.accepts())
     waiting = _threads_in_sigwait(milter.proc.pid)
     assert len(waiting) == 1, f"libmilter's signal thread not found: {waiting}"
     if _libc.tgkill(milter.proc.pid, waiting[0], signal.SIGHUP) != 0:
@@ -185,14 +185,6 @@ def _threads_in_sigwait(pid: int) -> list[int]:
             if (task / "syscall").read_text().split()[0] == str(number):
                 found.append(int(task.name))
     return found
-
-
-def connects(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 # --- replytrack notify -----------------------------------------------------------------------

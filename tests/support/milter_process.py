@@ -3,6 +3,7 @@ that signal it (reload, stop): its store, key, journal and log in the test's dir
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -59,3 +60,11 @@ class MilterProcess:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def accepts(self) -> bool:
+        """Whether the milter's port takes a connection now."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2):
+                return True
+        except OSError:
+            return False

@@ -97,6 +97,6 @@ def notify_command(
     sender.run()
     # Stopped: a further SIGTERM or SIGINT (a second Ctrl-C) has nothing left to stop. Left
     # to Python, which puts back the default action as it exits, one would turn this clean
-    # stop into a death by signal.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # stop into a death by signal. Blocked, not ignored: setting SIG_IGN for the second
+    # signal raises when one of the first came meanwhile ("ignored due to race condition").
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})

@@ -59,6 +59,8 @@ from replytrack.store.base import Store  # noqa: E402
 from replytrack.store.records import OutboundRecipient, OutboundRecord  # noqa: E402
 
 Mail = Callable[[int], None]
+# The upstream's reply a relayed mail is settled with.
+SETTLED = "250 2.0.0 Ok: queued as 4F2A1"
 
 
 def record(i: int, *, run: str, campaign: str | None) -> OutboundRecord:
@@ -79,22 +81,18 @@ def record(i: int, *, run: str, campaign: str | None) -> OutboundRecord:
     )
 
 
-def one_to_one(store: Store, run: str) -> Mail:
+def store_mail(store: Store, run: str, campaign: str | None = None) -> Mail:
+    """One mail's calls as the proxy makes them: the read before recording (the client's
+    kept ID for one-to-one mail, the blocked check for campaign mail), record, settle."""
+
     def mail(i: int) -> None:
-        rec = record(i, run=run, campaign=None)
-        store.find_sent([rec.message_id])
+        rec = record(i, run=run, campaign=campaign)
+        if campaign is None:
+            store.find_sent([rec.message_id])
+        else:
+            store.blocked_enrollments(campaign, [r.address for r in rec.recipients])
         pk = store.record_outbound(rec)
-        store.set_message_status(pk, "relayed", "250 2.0.0 Ok: queued as 4F2A1")
-
-    return mail
-
-
-def campaign_step(store: Store, run: str) -> Mail:
-    def mail(i: int) -> None:
-        rec = record(i, run=run, campaign="spring-floor")
-        store.blocked_enrollments("spring-floor", [r.address for r in rec.recipients])
-        pk = store.record_outbound(rec)
-        store.set_message_status(pk, "relayed", "250 2.0.0 Ok: queued as 4F2A1")
+        store.set_message_status(pk, "relayed", SETTLED)
 
     return mail
 
@@ -120,7 +118,7 @@ def driver(url: str, run: str) -> tuple[Mail, Callable[[], None]]:
         cur.execute(FIND_SENT, ([rec.message_id], [rec.message_id]), prepare=True).fetchall()
         row = cur.execute(_RECORD, record_params(rec), prepare=True).fetchone()
         assert row is not None
-        params = plain_settle_params(row[0], "relayed", "250 2.0.0 Ok: queued as 4F2A1")
+        params = plain_settle_params(row[0], "relayed", SETTLED)
         cur.execute(_PLAIN_SETTLE, params, prepare=True).fetchone()
 
     return mail, conn.close
@@ -211,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         ping, close = protocol(url)
         closers.append(close)
         variants: dict[str, Mail] = {
-            "one-to-one, SQLite store": one_to_one(sqlite, "s"),
-            "one-to-one, PostgreSQL store": one_to_one(pg, "p"),
+            "one-to-one, SQLite store": store_mail(sqlite, "s"),
+            "one-to-one, PostgreSQL store": store_mail(pg, "p"),
             "one-to-one, PostgreSQL driver": drive,
             "3 round trips (SELECT 1)": ping,
-            "campaign, SQLite store": campaign_step(sqlite, "cs"),
-            "campaign, PostgreSQL store": campaign_step(pg, "cp"),
+            "campaign, SQLite store": store_mail(sqlite, "cs", "spring-floor"),
+            "campaign, PostgreSQL store": store_mail(pg, "cp", "spring-floor"),
         }
         for mail in variants.values():  # warm-up: prepared statements, caches
             mail(10**8)

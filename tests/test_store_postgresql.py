@@ -328,15 +328,7 @@ def _blocked_reads(url: str, store: PostgreSQLStore, campaign: str, address: str
     """Buffers the proxy's blocked check reads for one recipient of ``campaign``."""
     from replytrack.store.postgresql.outbound import _BLOCKED
 
-    addresses, domains, digests = store._dnc_keys([address])
-    params = {
-        "campaign": campaign,
-        "wanted": [address],
-        "dnc_addresses": addresses,
-        "dnc_domains": domains,
-        "dnc_digests": digests,
-    }
-    return _reads(url, _BLOCKED, params)
+    return _reads(url, _BLOCKED, store.blocked_params(campaign, [address]))
 
 
 # One enrollment by campaign and recipient, as the milter's and the threading's reads ask.

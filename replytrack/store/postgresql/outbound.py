@@ -226,29 +226,31 @@ class PgOutbound(PgSuppressions):
     """The outbound calls of the PostgreSQL store (the do-not-contact read is part of
     ``blocked_enrollments``)."""
 
+    def blocked_params(self, campaign: str, addresses: Iterable[str]) -> dict[str, Any]:
+        """_BLOCKED's parameters: the campaign, the recipients (storable, sorted, once
+        each) and the do-not-contact keys that may cover them."""
+        wanted = sorted({text(a) for a in addresses})
+        dnc_addresses, dnc_domains, dnc_digests = self._dnc_keys(wanted)
+        return {
+            "campaign": text(campaign),
+            "wanted": wanted,
+            "dnc_addresses": dnc_addresses,
+            "dnc_domains": dnc_domains,
+            "dnc_digests": dnc_digests,
+        }
+
     def blocked_enrollments(self, campaign: str, addresses: Iterable[str]) -> dict[str, Enrollment]:
         now = time.time()
-        wanted = sorted({text(a) for a in addresses})
-        campaign = text(campaign)
-        dnc_addresses, dnc_domains, dnc_digests = self._dnc_keys(wanted)
-        row = self.rows(
-            _BLOCKED,
-            {
-                "campaign": campaign,
-                "wanted": wanted,
-                "dnc_addresses": dnc_addresses,
-                "dnc_domains": dnc_domains,
-                "dnc_digests": dnc_digests,
-            },
-        )[0]
+        params = self.blocked_params(campaign, addresses)
+        row = self.rows(_BLOCKED, params)[0]
         stop = rows.campaign_stop(_floats(row["stop"], "updated_at"))
         return rules.blocked_recipients(
-            campaign,
-            wanted,
+            params["campaign"],
+            params["wanted"],
             stop=stop,
             enrollments=[rows.enrollment(_floats(e, "since", "until")) for e in row["held"]],
             now=now,
-            do_not_contact=self._dnc_covering(dnc_addresses, row["dnc"]),
+            do_not_contact=self._dnc_covering(params["dnc_addresses"], row["dnc"]),
         )
 
     def record_outbound(self, record: OutboundRecord) -> int:
